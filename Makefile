@@ -1,0 +1,59 @@
+# Newcomer commands:  make demo   (runs the whole system on this machine, fake hardware)
+#                     make test   (lint + types + the test suite)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Pi-only extras (PyAudio, systemd-python) build from source and need apt packages:
+# portaudio19-dev libsystemd-dev pkg-config (see .ci/run and scripts/install.sh).
+EXTRAS ?= dev,wake,postgres,pi
+
+.PHONY: help venv venv-dev demo test lint fmt typecheck pytest bench soak clean install uninstall
+
+help:
+	@echo "make demo   - run the stand-in, the provisioning server and a device on fake hardware"
+	@echo "make test   - lint (ruff), types (mypy --strict) and the test suite"
+	@echo "make bench  - latency, CPU, audio and mint benchmarks (prints tables)"
+
+$(VENV)/.stamp-base: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+venv: $(VENV)/.stamp-base
+venv-dev: $(VENV)/.stamp-dev
+
+demo: $(VENV)/.stamp-base
+	$(PY) -m appliance.demo
+
+lint: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff check appliance provisioning tests
+	$(VENV)/bin/ruff format --check appliance provisioning tests
+	$(VENV)/bin/mypy
+
+fmt: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff format appliance provisioning tests
+	$(VENV)/bin/ruff check --fix appliance provisioning tests
+
+pytest: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test: lint pytest
+
+bench: $(VENV)/.stamp-dev
+	$(PY) -m appliance.bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+
+install:
+	./scripts/install.sh
+
+uninstall:
+	./scripts/install.sh --uninstall

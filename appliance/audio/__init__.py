@@ -1,0 +1,1 @@
+"""Audio: fixed frames, sources and sinks, echo suppression, VAD, earcons."""

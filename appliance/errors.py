@@ -1,0 +1,86 @@
+"""The device's exception tree. Catch the narrowest class that you can handle.
+
+    ApplianceError
+    ├── ConfigError            bad or missing setting; the daemon exits with code 78 (EX_CONFIG)
+    ├── AudioDeviceError       a sound device is missing, vanished or failed to open
+    ├── GpioError              a pin could not be claimed / no pin factory
+    ├── ProvisioningError      could not get a key from the provisioning server
+    │   ├── ProvisioningUnavailable   server down / 5xx / 503 upstream trouble (retry_after)
+    │   ├── RateLimited               429 from our server (retry_after)
+    │   ├── DeviceRevoked             401/403: this device was revoked, disabled or deleted
+    │   └── EnrollmentError           enrollment refused (bad / reused / expired token)
+    └── SessionError           the Realtime call failed
+        ├── CallRejected              /v1/realtime/calls answered non-201 (status, code)
+        ├── ConnectTimeout            no usable session within the connect deadline
+        └── SessionLost               an established session died
+"""
+
+from __future__ import annotations
+
+EX_CONFIG = 78
+"""sysexits.h EX_CONFIG: systemd's ``RestartPreventExitStatus=78`` stops a crash loop."""
+
+
+class ApplianceError(Exception):
+    """Base of every error the appliance raises on purpose."""
+
+
+class ConfigError(ApplianceError):
+    """A setting is invalid. ``key`` names it, e.g. ``audio.capture_rate``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+class AudioDeviceError(ApplianceError):
+    """A sound device is missing, vanished, or failed."""
+
+
+class GpioError(ApplianceError):
+    """GPIO could not be set up."""
+
+
+class ProvisioningError(ApplianceError):
+    """No key could be had from the provisioning server."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProvisioningUnavailable(ProvisioningError):
+    """The server is unreachable or reported upstream trouble; try again later."""
+
+
+class RateLimited(ProvisioningError):
+    """The server refused for rate or quota reasons; honour ``retry_after``."""
+
+
+class DeviceRevoked(ProvisioningError):
+    """This device's credential is no longer accepted. Retrying will not help."""
+
+
+class EnrollmentError(ProvisioningError):
+    """Enrollment was refused (bad, reused or expired token, or bad request)."""
+
+
+class SessionError(ApplianceError):
+    """The Realtime call failed."""
+
+
+class CallRejected(SessionError):
+    """``POST /v1/realtime/calls`` did not answer 201."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(f"call rejected ({status}{', ' + code if code else ''}): {message}")
+        self.status = status
+        self.code = code
+
+
+class ConnectTimeout(SessionError):
+    """No usable session within the connect deadline."""
+
+
+class SessionLost(SessionError):
+    """An established session died (peer closed/failed, liveness lost, session expired)."""

@@ -1,0 +1,1 @@
+"""The Realtime session: ephemeral keys, typed events, the aiortc adapter, tools."""
