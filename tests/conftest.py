@@ -1,0 +1,41 @@
+"""Shared test fixtures.
+
+Tests that need a system part (chromium, espeak-ng, PostgreSQL, libspeexdsp…) call
+``require(...)``: on a developer laptop a missing part skips the test with a reason; in
+CI (``APPLIANCE_REQUIRE_ALL=1``) it fails loudly, so nothing is silently skipped there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from appliance.realtime.ice import allow_loopback
+
+REQUIRE_ALL = os.environ.get("APPLIANCE_REQUIRE_ALL") == "1"
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip (laptop) or fail (CI) when a required system part is missing."""
+    if condition:
+        return
+    if REQUIRE_ALL:
+        pytest.fail(f"required part missing in CI: {what}")
+    pytest.skip(f"missing: {what}")
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"executable {name!r}")
+    assert path is not None
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loopback_ice() -> Iterator[None]:
+    """Every WebRTC test in this suite connects over 127.0.0.1."""
+    allow_loopback()
+    yield
