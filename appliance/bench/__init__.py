@@ -1,0 +1,1 @@
+"""Benchmarks behind ``make bench``. Each module exposes ``run() -> list[tuple[str, str]]``."""
