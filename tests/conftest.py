@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 
 import pytest
 
@@ -35,7 +34,6 @@ def require_tool(name: str) -> str:
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _loopback_ice() -> Iterator[None]:
+def _loopback_ice() -> None:
     """Every WebRTC test in this suite connects over 127.0.0.1."""
     allow_loopback()
-    yield

@@ -1,0 +1,3 @@
+from provisioning.standin.cli import main
+
+raise SystemExit(main())

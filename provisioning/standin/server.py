@@ -1,0 +1,371 @@
+"""HTTP face of the stand-in: ``client_secrets``, ``calls`` (SDP and multipart), ``hangup``.
+
+``StandIn`` serves it with uvicorn on the running event loop, so tests and the demo embed it
+as an async context manager. Errors are OpenAI-shaped: ``{"error": {message, type, code, param}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from appliance.realtime.ice import allow_loopback
+from provisioning.standin import events as ev
+from provisioning.standin.call import Call, SessionUpdateError, apply_session_update
+from provisioning.standin.script import Script
+from provisioning.standin.voice import Voice
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StandInConfig:
+    """Settings of the stand-in. Defaults match the real service where it matters."""
+
+    api_key: str = "sk-standin-local"
+    """The standard API key the stand-in accepts (a made-up secret; never a real key)."""
+    host: str = "127.0.0.1"
+    port: int = 0
+    """0 picks a free port; read it back from ``StandIn.base_url``."""
+    max_session_s: float = 3600.0
+    """Maximum session duration (GA: 60 min). Shorten it to test ``session_expired``."""
+    script: Path | None = None
+    """Rule file deciding what the model says (default: the shipped ``script.toml``)."""
+    tts: str = "auto"
+    """``auto`` (espeak-ng when installed), ``espeak`` or ``assets``."""
+    allow_loopback: bool = True
+    """Offer 127.0.0.1 ICE candidates (needed when everything runs on one host)."""
+    default_model: str = "gpt-realtime"
+
+
+@dataclass
+class Faults:
+    """Fault switches for tests; change them while the stand-in runs."""
+
+    calls_status: int | None = None
+    """Answer ``/v1/realtime/calls`` with this HTTP status (e.g. 429, 500)."""
+    client_secrets_status: int | None = None
+    """Answer ``/v1/realtime/client_secrets`` with this HTTP status."""
+    drop_after_audio_ms: int | None = None
+    """Close the peer connection after this much reply audio."""
+    stall_events: bool = False
+    """Stop sending data-channel events (a half-dead session)."""
+
+
+@dataclass
+class _Key:
+    expires_at: float
+    session: JSON
+    calls: list[str] = field(default_factory=list)
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    param: str | None = None,
+    kind: str = "invalid_request_error",
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": code, "param": param}},
+        status_code=status,
+    )
+
+
+STATUS_ERRORS = {
+    429: ("rate_limit_exceeded", "requests", "Rate limit reached. Please try again later."),
+    500: ("server_error", "server_error", "The server had an error while processing your request."),
+    503: (
+        "server_error",
+        "server_error",
+        "The engine is currently overloaded, please try again later.",
+    ),
+}
+
+
+def fault_response(status: int) -> JSONResponse:
+    kind, code, message = STATUS_ERRORS.get(status, ("server_error", "server_error", "Error."))
+    response = openai_error(status, message, code=code, kind=kind)
+    if status == 429:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+class StandIn:
+    """The local stand-in for the OpenAI Realtime service."""
+
+    def __init__(
+        self, config: StandInConfig | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config or StandInConfig()
+        self.clock = clock
+        self.faults = Faults()
+        self.calls: dict[str, Call] = {}
+        self.finished_calls: list[Call] = []
+        self.keys: dict[str, _Key] = {}
+        self.voice = Voice(self.config.tts)
+        self.script = Script.load(self.config.script)
+        self.app = self._build_app()
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+        if self.config.allow_loopback:
+            allow_loopback()
+
+    @property
+    def base_url(self) -> str:
+        if self._socket is None:
+            raise RuntimeError("the stand-in is not running")
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> StandIn:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.config.host, self.config.port))
+        self._socket = sock
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        log.info("stand-in listening on %s (tts: %s)", self.base_url, self.voice.engine)
+
+    async def stop(self) -> None:
+        for call in list(self.calls.values()):
+            await call.close()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._socket is not None:
+            self._socket.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            assert self._task is not None
+            await self._task
+        finally:
+            await self.stop()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _bearer(self, request: Request) -> str | None:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+    def _standard_key_ok(self, request: Request) -> bool:
+        token = self._bearer(request)
+        return token is not None and secrets.compare_digest(token, self.config.api_key)
+
+    def _new_session(self, requested: JSON) -> JSON:
+        if requested.get("type") == "transcription":
+            base = ev.default_transcription_session()
+        else:
+            base = ev.default_session(str(requested.get("model") or self.config.default_model))
+        return apply_session_update(base, requested, voice_locked=False)
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="Realtime stand-in", docs_url=None, redoc_url=None)
+        bad_key = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+
+        @app.post("/v1/realtime/client_secrets")
+        async def client_secrets(request: Request) -> Response:
+            if not self._standard_key_ok(request):
+                return openai_error(401, bad_key, code="invalid_api_key")
+            if self.faults.client_secrets_status:
+                return fault_response(self.faults.client_secrets_status)
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                return openai_error(
+                    400, "We could not parse the JSON body of your request.", code="invalid_json"
+                )
+            if not isinstance(body, dict):
+                return openai_error(400, "The request body must be a JSON object.")
+            seconds = 600
+            expires_after = body.get("expires_after")
+            if expires_after is not None:
+                if not isinstance(expires_after, dict):
+                    return openai_error(
+                        400,
+                        "Invalid type for 'expires_after'.",
+                        code="invalid_type",
+                        param="expires_after",
+                    )
+                if expires_after.get("anchor", "created_at") != "created_at":
+                    return openai_error(
+                        400,
+                        "Invalid value for 'expires_after.anchor'.",
+                        code="invalid_value",
+                        param="expires_after.anchor",
+                    )
+                raw = expires_after.get("seconds", 600)
+                if not isinstance(raw, int) or isinstance(raw, bool) or not 10 <= raw <= 7200:
+                    return openai_error(
+                        400,
+                        "Invalid 'expires_after.seconds': must be an integer between 10 and 7200.",
+                        code="invalid_value",
+                        param="expires_after.seconds",
+                    )
+                seconds = raw
+            requested = body.get("session", {"type": "realtime"})
+            if not isinstance(requested, dict) or "type" not in requested:
+                return openai_error(
+                    400,
+                    "Missing required parameter: 'session.type'.",
+                    code="missing_required_parameter",
+                    param="session.type",
+                )
+            try:
+                session = self._new_session(requested)
+            except SessionUpdateError as exc:
+                return openai_error(400, str(exc), code=exc.code, param=exc.param)
+            value = "ek_" + secrets.token_hex(16)
+            expires_at = int(self.clock()) + seconds
+            self.keys[value] = _Key(expires_at, session)
+            log.info("minted ephemeral key (expires in %d s)", seconds)
+            return JSONResponse({"value": value, "expires_at": expires_at, "session": session})
+
+        @app.post("/v1/realtime/calls")
+        async def create_call(request: Request) -> Response:
+            if self.faults.calls_status:
+                return fault_response(self.faults.calls_status)
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            token = self._bearer(request)
+            if content_type == "application/sdp":
+                key = self.keys.get(token or "")
+                if key is not None:
+                    if key.expires_at <= self.clock():
+                        return openai_error(
+                            401, "The ephemeral key has expired.", code="invalid_api_key"
+                        )
+                    session = json.loads(json.dumps(key.session))
+                elif self._standard_key_ok(request):
+                    session = self._new_session({"type": "realtime"})
+                else:
+                    return openai_error(401, bad_key, code="invalid_api_key")
+                sdp = (await request.body()).decode("utf-8", "replace")
+            elif content_type == "multipart/form-data":
+                if not self._standard_key_ok(request):
+                    return openai_error(401, bad_key, code="invalid_api_key")
+                form = await request.form()
+                sdp_part = form.get("sdp")
+                if sdp_part is None:
+                    return openai_error(
+                        400,
+                        "Missing required parameter: 'sdp'.",
+                        code="missing_required_parameter",
+                        param="sdp",
+                    )
+                sdp = sdp_part if isinstance(sdp_part, str) else (await sdp_part.read()).decode()
+                session_part = form.get("session")
+                requested: JSON = {"type": "realtime"}
+                if session_part is not None:
+                    raw = (
+                        session_part
+                        if isinstance(session_part, str)
+                        else (await session_part.read()).decode()
+                    )
+                    try:
+                        requested = json.loads(raw)
+                    except ValueError:
+                        return openai_error(
+                            400, "Invalid JSON in 'session'.", code="invalid_json", param="session"
+                        )
+                    if not isinstance(requested, dict) or "type" not in requested:
+                        return openai_error(
+                            400,
+                            "Missing required parameter: 'session.type'.",
+                            code="missing_required_parameter",
+                            param="session.type",
+                        )
+                try:
+                    session = self._new_session(requested)
+                except SessionUpdateError as exc:
+                    return openai_error(400, str(exc), code=exc.code, param=exc.param)
+            else:
+                return openai_error(
+                    400,
+                    "Unsupported content type: use application/sdp or multipart/form-data.",
+                    code="unsupported_content_type",
+                )
+            if not sdp.lstrip().startswith("v=0"):
+                return openai_error(400, "Invalid SDP offer.", code="invalid_offer", param="sdp")
+            call_id = "rtc_" + secrets.token_hex(16)
+            call = Call(
+                call_id,
+                session,
+                voice=self.voice,
+                script=self.script,
+                faults=self.faults,
+                max_session_s=self.config.max_session_s,
+                on_closed=self._call_closed,
+            )
+            try:
+                answer = await call.answer(sdp)
+            except ValueError as exc:
+                return openai_error(400, str(exc), code="invalid_offer", param="sdp")
+            self.calls[call_id] = call
+            if token in self.keys:
+                self.keys[token].calls.append(call_id)
+            log.info("call %s created", call_id)
+            return Response(
+                answer,
+                status_code=201,
+                media_type="application/sdp",
+                headers={"Location": f"/v1/realtime/calls/{call_id}"},
+            )
+
+        @app.post("/v1/realtime/calls/{call_id}/hangup")
+        async def hangup(call_id: str, request: Request) -> Response:
+            if not self._standard_key_ok(request):
+                return openai_error(401, bad_key, code="invalid_api_key")
+            call = self.calls.get(call_id)
+            if call is None:
+                return openai_error(
+                    404, f"Call '{call_id}' not found.", code="call_id_not_found", param="call_id"
+                )
+            await call.close()
+            return Response(status_code=200)
+
+        return app
+
+    def _call_closed(self, call: Call) -> None:
+        if self.calls.pop(call.id, None) is not None:
+            self.finished_calls.append(call)

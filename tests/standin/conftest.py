@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from provisioning.standin import StandIn, StandInConfig
+
+API_KEY = "sk-standin-test"
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StandIn]:
+    async with StandIn(StandInConfig(api_key=API_KEY)) as server:
+        yield server
+
+
+async def mint(base_url: str, session: dict[str, object] | None = None, seconds: int = 600) -> str:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(
+            f"{base_url}/v1/realtime/client_secrets",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            json={
+                "expires_after": {"anchor": "created_at", "seconds": seconds},
+                "session": session or {"type": "realtime"},
+            },
+        )
+    response.raise_for_status()
+    return str(response.json()["value"])
