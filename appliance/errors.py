@@ -1,18 +1,18 @@
 """The device's exception tree. Catch the narrowest class that you can handle.
 
-    ApplianceError
-    ├── ConfigError            bad or missing setting; the daemon exits with code 78 (EX_CONFIG)
-    ├── AudioDeviceError       a sound device is missing, vanished or failed to open
-    ├── GpioError              a pin could not be claimed / no pin factory
-    ├── ProvisioningError      could not get a key from the provisioning server
-    │   ├── ProvisioningUnavailable   server down / 5xx / 503 upstream trouble (retry_after)
-    │   ├── RateLimited               429 from our server (retry_after)
-    │   ├── DeviceRevoked             401/403: this device was revoked, disabled or deleted
-    │   └── EnrollmentError           enrollment refused (bad / reused / expired token)
-    └── SessionError           the Realtime call failed
-        ├── CallRejected              /v1/realtime/calls answered non-201 (status, code)
-        ├── ConnectTimeout            no usable session within the connect deadline
-        └── SessionLost               an established session died
+ApplianceError
+├── ConfigError            bad or missing setting; the daemon exits with code 78 (EX_CONFIG)
+├── AudioDeviceError       a sound device is missing, vanished or failed to open
+├── GpioError              a pin could not be claimed / no pin factory
+├── ProvisioningError      could not get a key from the provisioning server
+│   ├── ProvisioningUnavailable   server down / 5xx / 503 upstream trouble (retry_after)
+│   ├── RateLimited               429 from our server (retry_after)
+│   ├── DeviceRevoked             401/403: this device was revoked, disabled or deleted
+│   └── EnrollmentError           enrollment refused (bad / reused / expired token)
+└── SessionError           the Realtime call failed
+    ├── CallRejected              /v1/realtime/calls answered non-201 (status, code)
+    ├── ConnectTimeout            no usable session within the connect deadline
+    └── SessionLost               an established session died
 """
 
 from __future__ import annotations
@@ -76,6 +76,10 @@ class CallRejected(SessionError):
         super().__init__(f"call rejected ({status}{', ' + code if code else ''}): {message}")
         self.status = status
         self.code = code
+
+
+class RealtimeUnreachable(SessionError):
+    """The Realtime service could not be reached (network down, DNS failure)."""
 
 
 class ConnectTimeout(SessionError):

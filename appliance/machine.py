@@ -6,14 +6,12 @@ the effects that come out. Events are past-tense facts; effects are imperative v
 
 Timers are tied to the snapshot's ``epoch``: every state change bumps the epoch, so a timer
 started in an earlier state carries a stale epoch and its ``TimerFired`` changes nothing.
-
-VOCABULARY ONLY IN THIS REVISION: ``step`` is implemented by the device-core work (see tests).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class State(enum.Enum):
@@ -306,5 +304,164 @@ class Snapshot:
     session_open: bool = False
     """A configured session exists (``SessionUp`` seen, not yet lost/closed)."""
     pending_tools: int = 0
+    awaiting_reply: bool = False
+    """A ``response.create`` was asked for and its ``response.created`` has not come yet."""
     epoch: int = 0
     timings: Timings = Timings()
+
+
+Result = tuple[Snapshot, tuple[Effect, ...]]
+ACTIVE = (State.LISTENING, State.THINKING, State.SPEAKING)
+
+
+def _go(snap: Snapshot, state: State, *effects: Effect, **changes: object) -> Result:
+    """Enter ``state``: bump the epoch (invalidating every running timer), apply ``changes``,
+    then start the timers the new state needs."""
+    new = replace(snap, state=state, epoch=snap.epoch + 1, **changes)  # type: ignore[arg-type]
+    return new, (*effects, *_timers(new))
+
+
+def _timers(snap: Snapshot) -> tuple[Effect, ...]:
+    t, e = snap.timings, snap.epoch
+    match snap.state:
+        case State.CONNECTING:
+            return (StartTimer(TimerName.CONNECT, t.connect_s, e),)
+        case State.LISTENING if snap.mode is Mode.HANDS_FREE:
+            return (StartTimer(TimerName.NO_SPEECH, t.no_speech_s, e),)
+        case State.LISTENING:
+            return (StartTimer(TimerName.MAX_TURN, t.max_turn_s, e),)
+        case State.THINKING | State.SPEAKING:
+            return (StartTimer(TimerName.REPLY, t.reply_s, e),)
+        case State.ERROR:
+            return (StartTimer(TimerName.ERROR_HOLD, t.error_hold_s, e),)
+        case State.IDLE if snap.session_open:
+            return (StartTimer(TimerName.SESSION_IDLE, t.session_idle_s, e),)
+    return ()
+
+
+def _stay(snap: Snapshot, *effects: Effect, **changes: object) -> Result:
+    return replace(snap, **changes), effects  # type: ignore[arg-type]
+
+
+def _end_turn(snap: Snapshot) -> Result:
+    """Back to IDLE after a reply; the session stays warm for a while."""
+    return _go(snap, State.IDLE, CloseUplink(), SetTurnDetection(server_vad=True), mode=Mode.NONE)
+
+
+def _new_turn(snap: Snapshot, mode: Mode) -> Result:
+    """Start a user turn: straight to LISTENING on a warm session, else connect first."""
+    if snap.session_open:
+        return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), mode=mode)
+    return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), mode=mode)
+
+
+def step(snap: Snapshot, event: Event) -> Result:
+    """Decide. Unknown (state, event) pairs change nothing."""
+    state, mode = snap.state, snap.mode
+    match state, event:
+        # ---------------------------------------------------------- timers
+        case _, TimerFired(epoch=epoch) if epoch != snap.epoch:
+            return snap, ()  # stale: started in an earlier state
+        case State.CONNECTING, TimerFired(name=TimerName.CONNECT):
+            return _go(snap, State.ERROR, CloseSession(), PlayCue("error"), mode=Mode.NONE,
+                       session_open=False)  # fmt: skip
+        case State.LISTENING, TimerFired(name=TimerName.NO_SPEECH):
+            return _go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
+        case State.LISTENING, TimerFired(name=TimerName.MAX_TURN):
+            return _go(snap, State.THINKING, CloseUplink(), CommitInput(), RequestResponse(),
+                       SetTurnDetection(server_vad=True), mode=Mode.NONE,
+                       awaiting_reply=True)  # fmt: skip
+        case State.THINKING | State.SPEAKING, TimerFired(name=TimerName.REPLY):
+            return _go(snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE,
+                       pending_tools=0)  # fmt: skip
+        case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD):
+            return _go(snap, State.IDLE)
+        case State.OFFLINE, TimerFired(name=TimerName.RETRY):
+            return _go(snap, State.IDLE)
+        case State.IDLE, TimerFired(name=TimerName.SESSION_IDLE):
+            return _stay(snap, CloseSession(), session_open=False)
+
+        # ---------------------------------------------------------- mute
+        case State.MUTED, MuteToggled():
+            return _go(snap, State.IDLE)
+        case _, MuteToggled():
+            effects: tuple[Effect, ...] = (CloseUplink(),)
+            if state in ACTIVE:
+                effects += (CancelReply(),)
+            if snap.session_open or state is State.CONNECTING:
+                effects += (CloseSession(),)
+            return _go(snap, State.MUTED, *effects, mode=Mode.NONE, session_open=False,
+                       pending_tools=0)  # fmt: skip
+        case State.MUTED, _:
+            return snap, ()
+
+        # ---------------------------------------------------------- activation
+        case State.IDLE | State.ERROR | State.OFFLINE, ButtonPressed():
+            return _new_turn(snap, Mode.PRESSED)
+        case State.IDLE | State.ERROR | State.OFFLINE, WakeDetected():
+            return _new_turn(snap, Mode.HANDS_FREE)
+        case State.CONNECTING | State.LISTENING, ButtonHeld() if mode is Mode.PRESSED:
+            return _stay(snap, SetTurnDetection(server_vad=False), mode=Mode.PUSH_TO_TALK)
+        case State.CONNECTING | State.LISTENING, ButtonReleased() if mode is Mode.PRESSED:
+            return _stay(snap, mode=Mode.HANDS_FREE)  # a tap: server VAD ends the turn
+        case State.CONNECTING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
+            return _go(snap, State.IDLE, CloseSession(), mode=Mode.NONE)  # let go before it was up
+        case State.LISTENING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
+            return _go(snap, State.THINKING, CloseUplink(), CommitInput(), RequestResponse(),
+                       SetTurnDetection(server_vad=True), mode=Mode.NONE,
+                       awaiting_reply=True)  # fmt: skip
+        case State.THINKING | State.SPEAKING, ButtonPressed() | WakeDetected():
+            # interrupt the model and start a new user turn at once
+            new_mode = Mode.PRESSED if isinstance(event, ButtonPressed) else Mode.HANDS_FREE
+            return _go(snap, State.LISTENING, CancelReply(), PlayCue("wake"), OpenUplink(),
+                       mode=new_mode, pending_tools=0)  # fmt: skip
+
+        # ---------------------------------------------------------- session
+        case State.CONNECTING, SessionUp():
+            return _go(snap, State.LISTENING, OpenUplink(), session_open=True)
+        case State.CONNECTING, SessionFailed(offline=True):
+            return _go(snap, State.OFFLINE, PlayCue("offline"), mode=Mode.NONE,
+                       session_open=False)  # fmt: skip
+        case State.CONNECTING, SessionFailed():
+            return _go(snap, State.ERROR, PlayCue("error"), mode=Mode.NONE, session_open=False)
+        case State.IDLE, SessionLost():
+            return _stay(snap, session_open=False)
+        case State.CONNECTING | State.LISTENING | State.THINKING | State.SPEAKING, SessionLost():
+            return _go(snap, State.ERROR, CloseUplink(), CloseSession(), PlayCue("error"),
+                       mode=Mode.NONE, session_open=False, pending_tools=0)  # fmt: skip
+
+        # ---------------------------------------------------------- the conversation
+        case State.LISTENING, SpeechStarted() if mode is Mode.HANDS_FREE:
+            return _go(snap, State.LISTENING)  # user is talking: no-speech timer → turn cap
+        case State.LISTENING, SpeechStopped() if mode is Mode.HANDS_FREE:
+            return _go(snap, State.THINKING, CloseUplink(), mode=Mode.NONE)
+        case State.LISTENING, ResponseStarted() if mode is not Mode.PUSH_TO_TALK:
+            return _go(snap, State.THINKING, CloseUplink(), mode=Mode.NONE, awaiting_reply=False)
+        case State.THINKING | State.SPEAKING, ResponseStarted():
+            return _stay(snap, awaiting_reply=False)
+        case State.THINKING, ReplyAudioStarted():
+            return _go(snap, State.SPEAKING)
+        case State.SPEAKING, SpeechStarted():
+            # barge-in detected by the service (or locally): stop talking, listen
+            return _go(snap, State.LISTENING, CancelReply(), OpenUplink(), mode=Mode.HANDS_FREE)
+        case State.SPEAKING, ReplyAudioStopped():
+            if snap.pending_tools or snap.awaiting_reply:
+                return _go(snap, State.THINKING)
+            return _end_turn(snap)
+        case State.THINKING, ResponseDone(had_audio=False) if not (
+            snap.pending_tools or snap.awaiting_reply
+        ):
+            return _end_turn(snap)  # a reply without audio (e.g. failed or text-only)
+        case State.THINKING | State.SPEAKING | State.LISTENING, ToolCallRequested():
+            call = RunTool(event.call_id, event.name, event.arguments)
+            return _stay(snap, call, pending_tools=snap.pending_tools + 1)
+        case State.THINKING | State.SPEAKING, ToolFinished():
+            pending = max(0, snap.pending_tools - 1)
+            output = SendToolOutput(event.call_id, event.output)
+            if state is State.THINKING:
+                return _go(snap, State.THINKING, output, RequestResponse(), pending_tools=pending,
+                           awaiting_reply=True)  # fmt: skip
+            return _stay(
+                snap, output, RequestResponse(), pending_tools=pending, awaiting_reply=True
+            )
+    return snap, ()

@@ -1,0 +1,226 @@
+"""Settings: frozen, documented dataclasses. ``load(path, environ)`` reads the TOML file, then
+``APPLIANCE_<SECTION>_<KEY>`` environment overrides. Any bad value raises
+``ConfigError("section.key", why)``; the CLI turns that into exit code 78.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from appliance.errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/appliance/appliance.toml")
+
+
+def _choice(*values: str) -> dict[str, Any]:
+    return {"choices": values}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    name: str = "appliance"
+    """A human name for this device (shown on the dashboard)."""
+    state_dir: Path = Path("/var/lib/appliance")
+    """Where the device key (``device.key``) and identity (``device.json``) live."""
+    board: str = field(
+        default="generic",
+        metadata=_choice("generic", "respeaker-2mic", "respeaker-4mic", "aiy-voice", "mock"),
+    )
+    """Hardware profile (see ``hw/``): pins for the button and LEDs."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisioningConfig:
+    server: str = ""
+    """Base URL of the provisioning server, e.g. ``https://prov.example.com``."""
+    timeout_s: float = 10.0
+    """HTTP timeout for provisioning requests."""
+
+
+@dataclass(frozen=True, slots=True)
+class RealtimeConfig:
+    voice: str = field(
+        default="marin",
+        metadata=_choice(
+            "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"
+        ),
+    )
+    """The model's voice (cannot change once it has spoken in a session)."""
+    instructions: str = ""
+    """Extra instructions sent in ``session.update`` (empty: keep the fleet profile's)."""
+    turn_detection: str = field(
+        default="server_vad", metadata=_choice("server_vad", "semantic_vad")
+    )
+    """How the service decides a hands-free turn ended."""
+    vad_threshold: float = 0.5
+    """server_vad threshold, 0–1: higher needs louder speech."""
+    silence_ms: int = 500
+    """server_vad silence that ends a turn, in ms."""
+    prefix_padding_ms: int = 300
+    """Audio kept before detected speech, in ms."""
+    tools: bool = True
+    """Offer the built-in tools (time, …) to the model."""
+
+
+@dataclass(frozen=True, slots=True)
+class AudioConfig:
+    backend: str = field(default="alsa", metadata=_choice("alsa", "wav"))
+    """``alsa`` (PyAudio/PortAudio) on a Pi, ``wav`` to use files (demo, tests)."""
+    input_device: str = ""
+    """ALSA capture device name or index (empty: default)."""
+    output_device: str = ""
+    """ALSA playback device name or index (empty: default)."""
+    capture_rate: int = field(default=16000, metadata=_choice("16000", "48000"))
+    """Mic sample rate in Hz."""
+    playback_rate: int = field(default=48000, metadata=_choice("16000", "24000", "48000"))
+    """Speaker sample rate in Hz."""
+    wav_input: Path | None = None
+    """With ``backend = "wav"``: the WAV file played as the microphone."""
+    wav_output: Path | None = None
+    """With ``backend = "wav"``: where the speaker output is written."""
+    aec: str = field(default="speex", metadata=_choice("speex", "webrtc", "half-duplex", "off"))
+    """Echo suppression engine."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationConfig:
+    button: bool = True
+    """Use the board's push button (hold = push-to-talk, tap = hands-free)."""
+    hold_s: float = 0.4
+    """How long a press must last to count as hold-to-talk, in seconds."""
+    wake_word: str = ""
+    """Wake-word model (e.g. ``okay_nabu``); empty disables the wake word."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    connect_s: float = 8.0
+    """Deadline to connect and configure a session."""
+    no_speech_s: float = 8.0
+    """Hands-free turn ends if the user says nothing for this long."""
+    max_turn_s: float = 30.0
+    """Cap on one user turn."""
+    reply_s: float = 20.0
+    """Deadline for the model to start or go on answering."""
+    idle_close_s: float = 30.0
+    """Close a warm session after this long without a turn (cost control)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = field(default="INFO", metadata=_choice("DEBUG", "INFO", "WARNING", "ERROR"))
+    """Log level."""
+    transcripts: str = field(default="INFO", metadata=_choice("DEBUG", "INFO", "OFF"))
+    """Level at which user/assistant transcripts are logged (``OFF``: never)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    device: DeviceConfig = DeviceConfig()
+    provisioning: ProvisioningConfig = ProvisioningConfig()
+    realtime: RealtimeConfig = RealtimeConfig()
+    audio: AudioConfig = AudioConfig()
+    activation: ActivationConfig = ActivationConfig()
+    session: SessionConfig = SessionConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+ENV_PREFIX = "APPLIANCE_"
+
+
+def _convert(key: str, hint: Any, value: Any) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value in (None, "") and type(None) in get_args(hint):
+            return None
+        return _convert(key, options[0], value)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if hint is Path:
+            if not isinstance(value, str | Path):
+                raise ValueError
+            return Path(value)
+        if hint is str:
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            key, f"expected {getattr(hint, '__name__', hint)}, got {value!r}"
+        ) from None
+    raise ConfigError(key, f"unsupported type {hint}")
+
+
+def _section(name: str, cls: type[Any], raw: Mapping[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise ConfigError(f"{name}.{key}", f"unknown setting (known: {', '.join(fields)})")
+        converted = _convert(f"{name}.{key}", hints[key], value)
+        choices = fields[key].metadata.get("choices")
+        if choices and str(converted) not in choices:
+            raise ConfigError(
+                f"{name}.{key}", f"must be one of {', '.join(choices)}, not {converted!r}"
+            )
+        if isinstance(converted, int | float) and not isinstance(converted, bool) and converted < 0:
+            raise ConfigError(f"{name}.{key}", "must not be negative")
+        values[key] = converted
+    return cls(**values)
+
+
+def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (if it exists, or if given explicitly), then apply env overrides."""
+    environ = os.environ if environ is None else environ
+    explicit = path is not None or ENV_PREFIX + "CONFIG" in environ
+    path = path or Path(environ.get(ENV_PREFIX + "CONFIG", str(DEFAULT_PATH)))
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    elif explicit:
+        raise ConfigError(str(path), "config file not found")
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    hints = get_type_hints(Config)
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        rest = key[len(ENV_PREFIX) :].lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            continue  # APPLIANCE_* variables of other tools (e.g. APPLIANCE_TEST_PG_URL)
+        data.setdefault(section, {})[rest[len(section) + 1 :]] = value
+    parts: dict[str, Any] = {}
+    for name, raw in data.items():
+        if name not in sections:
+            raise ConfigError(name, f"unknown section (known: {', '.join(sections)})")
+        if not isinstance(raw, dict):
+            raise ConfigError(name, "must be a table")
+        parts[name] = _section(name, hints[name], raw)
+    return Config(**parts)

@@ -1,0 +1,98 @@
+"""The device's identity: an Ed25519 key pair made on the device, and short EdDSA JWTs.
+
+The private key never leaves the device (``device.key``, mode 0600, under the state
+directory); the server only ever sees the public key, registered at enrollment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from appliance.errors import EnrollmentError, ProvisioningUnavailable
+
+AUDIENCE = "appliance-provisioning"
+KEY_FILE = "device.key"
+ID_FILE = "device.json"
+
+
+@dataclass(frozen=True)
+class Identity:
+    device_id: str
+    server: str
+    private_key: Ed25519PrivateKey
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Identity:
+        """Raises ``FileNotFoundError`` when the device has not enrolled yet."""
+        info = json.loads((state_dir / ID_FILE).read_text())
+        pem = (state_dir / KEY_FILE).read_bytes()
+        key = serialization.load_pem_private_key(pem, password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{state_dir / KEY_FILE} is not an Ed25519 key")
+        return cls(str(info["device_id"]), str(info["server"]), key)
+
+    def token(self, lifetime_s: int = 30) -> str:
+        """A single-use JWT proving this device's identity to the provisioning server."""
+        now = int(time.time())
+        claims = {
+            "iss": self.device_id,
+            "sub": self.device_id,
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + lifetime_s,
+            "jti": secrets.token_urlsafe(16),
+        }
+        return jwt.encode(claims, self.private_key, algorithm="EdDSA",
+                          headers={"kid": self.device_id})  # fmt: skip
+
+
+def public_key_b64(key: Ed25519PrivateKey) -> str:
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+async def enroll(server: str, token: str, state_dir: Path, name: str) -> Identity:
+    """Make a key pair, register its public half with ``token``, store the identity."""
+    key = Ed25519PrivateKey.generate()
+    body = {"token": token, "public_key": public_key_b64(key), "name": name}
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(f"{server.rstrip('/')}/v1/devices/enroll", json=body)
+    except httpx.HTTPError as exc:
+        raise ProvisioningUnavailable(
+            f"provisioning server unreachable: {type(exc).__name__}"
+        ) from exc
+    if response.status_code != 201:
+        try:
+            detail = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            detail = response.reason_phrase
+        raise EnrollmentError(f"enrollment refused ({response.status_code}): {detail}")
+    device_id = str(response.json()["device_id"])
+    await asyncio.to_thread(_save, state_dir, key, device_id, server, name)
+    return Identity(device_id, server, key)
+
+
+def _save(state_dir: Path, key: Ed25519PrivateKey, device_id: str, server: str, name: str) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())  # fmt: skip
+    key_path = state_dir / KEY_FILE
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    os.chmod(key_path, 0o600)
+    info = {"device_id": device_id, "server": server, "name": name}
+    (state_dir / ID_FILE).write_text(json.dumps(info))

@@ -1,0 +1,177 @@
+"""GA client events (builders) and server events (light parsing), without importing ``openai``.
+
+Every client event carries a fresh ``event_id`` so an ``error`` can be tied back to it.
+``to_machine_event`` maps the server events the device cares about to ``appliance.machine``
+events; everything else maps to ``None`` and is only logged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import secrets
+from collections import OrderedDict
+from typing import Any
+
+from appliance import machine as m
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+
+_counter = itertools.count(1)
+_prefix = secrets.token_hex(4)
+
+
+def event_id() -> str:
+    return f"evt_{_prefix}_{next(_counter)}"
+
+
+def _event(kind: str, **fields: Any) -> JSON:
+    return {"type": kind, "event_id": event_id(), **fields}
+
+
+# ------------------------------------------------------------------ client events
+
+
+def session_update(session: JSON) -> JSON:
+    return _event("session.update", session=session)
+
+
+def turn_detection_update(turn_detection: JSON | None) -> JSON:
+    return session_update(
+        {"type": "realtime", "audio": {"input": {"turn_detection": turn_detection}}}
+    )
+
+
+def commit_input() -> JSON:
+    return _event("input_audio_buffer.commit")
+
+
+def clear_input() -> JSON:
+    return _event("input_audio_buffer.clear")
+
+
+def response_create(
+    *,
+    instructions: str | None = None,
+    out_of_band: bool = False,
+    metadata: dict[str, str] | None = None,
+    modalities: list[str] | None = None,
+) -> JSON:
+    response: JSON = {}
+    if instructions is not None:
+        response["instructions"] = instructions
+    if out_of_band:
+        response["conversation"] = "none"
+    if metadata:
+        response["metadata"] = metadata
+    if modalities:
+        response["output_modalities"] = modalities
+    return _event("response.create", response=response) if response else _event("response.create")
+
+
+def response_cancel() -> JSON:
+    return _event("response.cancel")
+
+
+def output_audio_clear() -> JSON:
+    return _event("output_audio_buffer.clear")
+
+
+def truncate(item_id: str, audio_end_ms: int, content_index: int = 0) -> JSON:
+    return _event(
+        "conversation.item.truncate",
+        item_id=item_id,
+        content_index=content_index,
+        audio_end_ms=max(0, int(audio_end_ms)),
+    )
+
+
+def function_call_output(call_id: str, output: str) -> JSON:
+    return _event(
+        "conversation.item.create",
+        item={"type": "function_call_output", "call_id": call_id, "output": output},
+    )
+
+
+def user_text(text: str) -> JSON:
+    return _event(
+        "conversation.item.create",
+        item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]},
+    )
+
+
+def user_image(data_url: str, detail: str = "auto") -> JSON:
+    content = [{"type": "input_image", "image_url": data_url, "detail": detail}]
+    return _event(
+        "conversation.item.create",
+        item={"type": "message", "role": "user", "content": content},
+    )
+
+
+# ------------------------------------------------------------------ server events
+
+
+def parse(message: str | bytes) -> JSON | None:
+    """Decode one data-channel message; ``None`` (logged) if it is not a JSON event object."""
+    try:
+        data = json.loads(message)
+    except ValueError:
+        log.warning("ignoring a data-channel message that is not JSON (%d bytes)", len(message))
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        log.warning("ignoring a data-channel message without a type")
+        return None
+    return data
+
+
+def to_machine_event(data: JSON) -> m.Event | None:
+    """The machine event a server event means, or ``None``."""
+    kind = data["type"]
+    try:
+        match kind:
+            case "input_audio_buffer.speech_started":
+                return m.SpeechStarted()
+            case "input_audio_buffer.speech_stopped":
+                return m.SpeechStopped()
+            case "response.created":
+                return m.ResponseStarted(str(data["response"]["id"]))
+            case "output_audio_buffer.started":
+                return m.ReplyAudioStarted(str(data["response_id"]))
+            case "output_audio_buffer.stopped" | "output_audio_buffer.cleared":
+                return m.ReplyAudioStopped(str(data["response_id"]))
+            case "response.done":
+                response = data["response"]
+                had_audio = any(
+                    part.get("type") == "output_audio"
+                    for item in response.get("output") or []
+                    for part in item.get("content") or []
+                )
+                return m.ResponseDone(str(response["id"]), str(response["status"]), had_audio)
+            case "response.output_item.done":
+                item = data["item"]
+                if item.get("type") == "function_call" and item.get("status") == "completed":
+                    return m.ToolCallRequested(
+                        str(item["call_id"]), str(item["name"]), str(item.get("arguments") or "{}")
+                    )
+                return None
+    except (KeyError, TypeError, AttributeError):
+        log.warning("ignoring a malformed %s event", kind)
+    return None
+
+
+class SentEvents:
+    """Remembers the type of recently sent client events, to explain ``error`` events."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._sent: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, event: JSON) -> None:
+        self._sent[str(event["event_id"])] = str(event["type"])
+        while len(self._sent) > self._size:
+            self._sent.popitem(last=False)
+
+    def cause(self, event_id: str | None) -> str | None:
+        return self._sent.get(event_id) if event_id else None

@@ -1,0 +1,312 @@
+"""The aiortc adapter: one ``RealtimeSession`` is one call to the Realtime service (GA, WebRTC).
+
+connect(): key → peer connection (audio sendrecv + data channel ``oai-events``) → offer →
+``POST {base}/v1/realtime/calls`` (``application/sdp``, ``Bearer ek_…``) → 201 + ``Location`` →
+answer → ``session.created`` → ``session.update`` → ``session.updated`` (or 5 s) → ready.
+Server events become machine events through ``on_event``; the app decides what to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from appliance import machine as m
+from appliance.audio.base import AudioSink
+from appliance.errors import CallRejected, RealtimeUnreachable, SessionLost
+from appliance.realtime import messages as msg
+from appliance.realtime.keys import CachedKeySource, KeySource
+from appliance.realtime.media import MicTrack, Playout
+
+log = logging.getLogger(__name__)
+JSON = dict[str, Any]
+DEFAULT_MAX_MESSAGE_SIZE = 65_536  # what aiortc assumes when the answer gives none
+
+
+class RealtimeSession:
+    """One Realtime call. Not reusable: make a new one to reconnect."""
+
+    def __init__(
+        self,
+        *,
+        keys: KeySource,
+        session: JSON,
+        mic: MicTrack,
+        sink: AudioSink,
+        on_event: Callable[[m.Event], None],
+        on_transcript: Callable[[str, str], None] | None = None,
+        http: httpx.AsyncClient | None = None,
+        update_timeout_s: float = 5.0,
+    ) -> None:
+        self._keys = keys
+        self._session = session
+        self.mic = mic
+        self.playout = Playout(sink)
+        self._on_event = on_event
+        self._on_transcript = on_transcript
+        self._http = http
+        self._update_timeout_s = update_timeout_s
+        self.pc = RTCPeerConnection()
+        self._channel: Any = None
+        self.call_id: str | None = None
+        self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
+        self._sent = msg.SentEvents()
+        self._created = asyncio.Event()
+        self._updated = asyncio.Event()
+        self._update_id: str | None = None
+        self._closing = False
+        self._lost = False
+        self._response_active = False
+        self._response_wanted = False
+        self._reply_item: str | None = None
+        self.timings: dict[str, float] = {}
+        self.server_events = 0
+        self.last_server_event = time.monotonic()
+
+    # ------------------------------------------------------------------ connect / close
+
+    async def connect(self) -> None:
+        """Open and configure the call. Raises ``SessionError``/``ProvisioningError`` subclasses."""
+        started = time.perf_counter()
+        key = await self._keys.get_key()
+        self.timings["key_s"] = time.perf_counter() - started
+        self.pc.addTransceiver(self.mic, direction="sendrecv")
+        self._channel = self.pc.createDataChannel("oai-events")
+        self._channel.on("message", self._on_message)
+        self._channel.on("close", lambda: self._lose("data channel closed"))
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        answer = await self._post_offer(key.realtime_base, key.value, self.pc.localDescription.sdp)
+        self.timings["answer_s"] = time.perf_counter() - started
+        found = re.search(r"^a=max-message-size:(\d+)", answer, re.MULTILINE)
+        self.max_message_size = int(found.group(1)) if found else DEFAULT_MAX_MESSAGE_SIZE
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await self._wait(self._created, "session.created")
+        self.timings["created_s"] = time.perf_counter() - started
+        update = msg.session_update(self._session)
+        self._update_id = str(update["event_id"])
+        self.send(update)
+        try:
+            await asyncio.wait_for(self._updated.wait(), self._update_timeout_s)
+        except TimeoutError:
+            log.warning("no session.updated within %.1f s; going on", self._update_timeout_s)
+        self.timings["ready_s"] = time.perf_counter() - started
+        log.info(
+            "session ready in %.0f ms (call %s)",
+            self.timings["ready_s"] * 1000,
+            self.call_id,
+            extra={"call_id": self.call_id, "latency_ms": round(self.timings["ready_s"] * 1000)},
+        )
+
+    async def _wait(self, event: asyncio.Event, what: str) -> None:
+        while not event.is_set():
+            if self._lost:
+                raise SessionLost(f"connection lost before {what}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), 0.1)
+
+    async def _post_offer(self, base: str, ek: str, sdp: str) -> str:
+        url = f"{base.rstrip('/')}/v1/realtime/calls"
+        headers = {"Authorization": f"Bearer {ek}", "Content-Type": "application/sdp"}
+        client = self._http or httpx.AsyncClient(timeout=10)
+        try:
+            response = await client.post(url, content=sdp, headers=headers)
+        except httpx.HTTPError as exc:
+            raise RealtimeUnreachable(
+                f"Realtime service unreachable: {type(exc).__name__}"
+            ) from exc
+        finally:
+            if self._http is None:
+                await client.aclose()
+        if response.status_code != 201:
+            message, code = _error_detail(response)
+            if response.status_code == 401 and isinstance(self._keys, CachedKeySource):
+                self._keys.invalidate()
+            raise CallRejected(response.status_code, message, code)
+        location = response.headers.get("location", "")
+        self.call_id = location.rstrip("/").rsplit("/", 1)[-1] or None
+        return response.text
+
+    async def close(self) -> None:
+        self._closing = True
+        await self.playout.stop()
+        await self.pc.close()
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, event: JSON) -> None:
+        """Send a client event (it must carry an ``event_id``)."""
+        if self._channel is None or self._channel.readyState != "open":
+            log.warning("not sent (%s): data channel is not open", event["type"])
+            return
+        self._sent.remember(event)
+        log.debug("out: %s", event["type"], extra={"event_type": event["type"]})
+        self._channel.send(json.dumps(event))
+
+    def request_response(self, **kwargs: Any) -> None:
+        """``response.create``, held back while a response is active."""
+        if self._response_active:
+            self._response_wanted = True
+            return
+        self._response_active = True  # until response.created/done or an error says otherwise
+        self.send(msg.response_create(**kwargs))
+
+    def commit_input(self) -> None:
+        self.send(msg.commit_input())
+
+    def set_turn_detection(self, server_vad: bool) -> None:
+        audio = self._session.get("audio", {}).get("input", {})
+        configured = audio.get("turn_detection", {"type": "server_vad"})
+        self.send(msg.turn_detection_update(configured if server_vad else None))
+
+    def send_tool_output(self, call_id: str, output: str) -> None:
+        self.send(msg.function_call_output(call_id, output))
+
+    def interrupt(self) -> None:
+        """Barge-in: cancel the response, clear the server's audio buffer, flush playback,
+        and truncate the assistant item to what the user actually heard."""
+        played = self.playout.reply_ms
+        if self._response_active:
+            self.send(msg.response_cancel())
+        self.send(msg.output_audio_clear())
+        self.playout.interrupt()
+        if self._reply_item is not None and played > 0:
+            self.send(msg.truncate(self._reply_item, played))
+        self._response_wanted = False
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_track(self, track: Any) -> None:
+        if track.kind == "audio":
+            self.playout.start(track)
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("peer connection %s", state, extra={"call_id": self.call_id})
+        if state in ("failed", "closed"):
+            self._lose(f"peer connection {state}")
+
+    def _lose(self, reason: str) -> None:
+        if self._closing or self._lost:
+            return
+        self._lost = True
+        log.warning("session lost: %s", reason, extra={"call_id": self.call_id})
+        self._on_event(m.SessionLost(reason))
+
+    def _on_message(self, message: str | bytes) -> None:
+        data = msg.parse(message)
+        if data is None:
+            return
+        self.server_events += 1
+        self.last_server_event = time.monotonic()
+        kind = data["type"]
+        log.debug("in: %s", kind, extra={"event_type": kind, "call_id": self.call_id})
+        try:
+            self._track(data)
+        except (KeyError, TypeError, AttributeError):
+            log.warning("ignoring a malformed %s event", kind)
+            return
+        event = msg.to_machine_event(data)
+        if event is not None:
+            self._on_event(event)
+
+    def _track(self, data: JSON) -> None:
+        """Bookkeeping the session itself needs (sequencer, gating, transcripts, errors)."""
+        kind = data["type"]
+        if kind == "session.created":
+            self._created.set()
+        elif kind == "session.updated":
+            self._updated.set()
+        elif kind == "response.created":
+            self._response_active = True
+        elif kind == "response.done":
+            self._response_active = False
+            if self._response_wanted:
+                self._response_wanted = False
+                self.request_response()
+        elif kind == "response.output_item.added":
+            item = data["item"]
+            if item.get("type") == "message" and item.get("role") == "assistant":
+                self._reply_item = str(item["id"])
+        elif kind == "output_audio_buffer.started":
+            self.playout.reply_started()
+        elif kind == "response.output_audio_transcript.done" and self._on_transcript:
+            self._on_transcript("assistant", str(data["transcript"]))
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            if self._on_transcript:
+                self._on_transcript("user", str(data["transcript"]))
+        elif kind == "error":
+            self._on_error(data["error"])
+        elif kind not in _KNOWN:
+            log.info("ignoring unknown server event %r", kind)
+
+    def _on_error(self, error: JSON) -> None:
+        code = error.get("code")
+        event_id = error.get("event_id")
+        cause = self._sent.cause(event_id)
+        if code == "response_cancel_not_active":
+            log.debug("cancel raced a finished response (harmless)")
+            return
+        log.warning(
+            "server error %s: %s (caused by %s %s)",
+            code,
+            error.get("message"),
+            cause or "an unknown event",
+            event_id,
+            extra={"error_code": code, "client_event_id": event_id, "call_id": self.call_id},
+        )
+        if code == "conversation_already_has_active_response":
+            self._response_active = True
+            self._response_wanted = True
+        elif cause == "response.create":
+            self._response_active = False
+        elif event_id is not None and event_id == self._update_id:
+            self._updated.set()  # the update was refused; do not hold the uplink for 5 s
+        elif code == "session_expired":
+            self._lose("session_expired")
+
+
+def _error_detail(response: httpx.Response) -> tuple[str, str | None]:
+    try:
+        error = response.json()["error"]
+        return str(error.get("message") or response.reason_phrase), error.get("code")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return response.reason_phrase or f"HTTP {response.status_code}", None
+
+
+_KNOWN = {
+    "conversation.item.added",
+    "conversation.item.done",
+    "conversation.item.created",
+    "conversation.item.truncated",
+    "conversation.item.deleted",
+    "conversation.item.retrieved",
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.failed",
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.committed",
+    "input_audio_buffer.cleared",
+    "input_audio_buffer.timeout_triggered",
+    "output_audio_buffer.stopped",
+    "output_audio_buffer.cleared",
+    "rate_limits.updated",
+    "response.output_item.done",
+    "response.content_part.added",
+    "response.content_part.done",
+    "response.output_audio_transcript.delta",
+    "response.output_text.delta",
+    "response.output_text.done",
+    "response.function_call_arguments.delta",
+    "response.function_call_arguments.done",
+}

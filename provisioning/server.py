@@ -1,0 +1,255 @@
+"""The provisioning server: the only place the real OpenAI key lives.
+
+Devices enroll once with a token (their Ed25519 public key is stored), then authenticate each
+request with a short EdDSA JWT and receive ephemeral Realtime keys minted upstream with their
+group's session profile. See docs/contracts.md for the wire contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jwt
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy import select
+
+from provisioning.store import Device, EnrollmentToken, Group, Store, hash_token
+from provisioning.upstream import Upstream, UpstreamError
+
+log = logging.getLogger(__name__)
+AUDIENCE = "appliance-provisioning"
+MAX_JWT_LIFETIME_S = 60
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///provisioning.db"
+    upstream_url: str = "https://api.openai.com"
+    """Where ``client_secrets`` is called; the stand-in's URL in the demo and tests."""
+    openai_api_key: str = field(default="", repr=False)
+    """The standard key. Never logged, never returned."""
+    realtime_base: str = ""
+    """Realtime base URL handed to devices (default: ``upstream_url``)."""
+    key_ttl_s: int = 60
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        key = env.get("PROVISIONING_OPENAI_API_KEY", "")
+        key_file = env.get("PROVISIONING_OPENAI_API_KEY_FILE") or (
+            str(Path(env["CREDENTIALS_DIRECTORY"]) / "openai-api-key")
+            if "CREDENTIALS_DIRECTORY" in env
+            else ""
+        )
+        if not key and key_file and Path(key_file).exists():
+            key = Path(key_file).read_text().strip()
+        return cls(
+            database_url=env.get("PROVISIONING_DATABASE_URL", cls.database_url),
+            upstream_url=env.get("PROVISIONING_UPSTREAM_URL", cls.upstream_url),
+            openai_api_key=key,
+            realtime_base=env.get("PROVISIONING_REALTIME_BASE", ""),
+            key_ttl_s=int(env.get("PROVISIONING_KEY_TTL_S", cls.key_ttl_s)),
+        )
+
+
+def error(status: int, code: str, message: str, retry_after: float | None = None) -> JSONResponse:
+    response = JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(retry_after)))
+    return response
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+    store = store or Store(settings.database_url)
+    upstream = Upstream(settings.upstream_url, settings.openai_api_key, settings.key_ttl_s)
+    app = FastAPI(title="Appliance provisioning server", version="0.1.0")
+    app.state.store = store
+    app.state.upstream = upstream
+    store.ensure_group("default")
+
+    def authenticate(request: Request) -> Device:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError(401, "missing_credentials", "a device JWT is required")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError(401, "bad_token", "malformed JWT") from None
+        if header.get("alg") != "EdDSA":
+            raise AuthError(401, "bad_token", "JWT must be signed with EdDSA")
+        with store.session() as db:
+            device = db.get(Device, str(header.get("kid", "")))
+        if device is None or device.revoked:
+            raise AuthError(401, "unknown_device", "unknown or revoked device")
+        public = Ed25519PublicKey.from_public_bytes(_b64d(device.public_key))
+        try:
+            claims = jwt.decode(token, public, algorithms=["EdDSA"], audience=AUDIENCE,
+                                options={"require": ["exp", "iat", "jti", "sub"]})  # fmt: skip
+        except jwt.PyJWTError as exc:
+            raise AuthError(401, "bad_token", f"JWT rejected: {type(exc).__name__}") from None
+        if claims["sub"] != device.id or claims["exp"] - claims["iat"] > MAX_JWT_LIFETIME_S:
+            raise AuthError(401, "bad_token", "JWT subject or lifetime not allowed")
+        if not store.use_jti(str(claims["jti"]), float(claims["exp"])):
+            raise AuthError(401, "replayed_token", "JWT already used")
+        if not device.enabled:
+            raise AuthError(403, "device_disabled", "device is disabled")
+        return device
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(_request: Request, exc: AuthError) -> JSONResponse:
+        return error(exc.status, exc.code, str(exc))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/devices/enroll", status_code=201)
+    async def enroll(request: Request) -> Response:
+        try:
+            body = await request.json()
+            token, public_key = str(body["token"]), str(body["public_key"])
+            name = str(body.get("name") or "device")[:128]
+            if len(_b64d(public_key)) != 32:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return error(400, "bad_request", "need token, public_key (base64url Ed25519) and name")
+        now = time.time()
+        with store.session.begin() as db:
+            row = db.scalars(
+                select(EnrollmentToken)
+                .where(EnrollmentToken.token_hash == hash_token(token))
+                .with_for_update()
+            ).first()
+            if row is None:
+                return error(401, "invalid_token", "unknown enrollment token")
+            if row.expires_at < now:
+                return error(410, "token_expired", "this enrollment token has expired")
+            if row.uses >= row.max_uses:
+                return error(409, "token_used", "this enrollment token has already been used")
+            row.uses += 1
+            device = Device(id="dev_" + secrets.token_hex(8), name=name, group=row.group,
+                            public_key=public_key, created_at=now)  # fmt: skip
+            db.add(device)
+            store.audit(db, "device.enroll", device.id, name=name, group=row.group)
+        log.info("device %s enrolled in group %s", device.id, device.group)
+        return JSONResponse({"device_id": device.id, "group": device.group}, status_code=201)
+
+    @app.post("/v1/realtime/keys")
+    async def mint(request: Request) -> Response:
+        device = authenticate(request)
+        with store.session() as db:
+            group = db.get(Group, device.group)
+            profile = dict(group.profile) if group else {"type": "realtime"}
+        try:
+            minted = await upstream.mint(device.id, profile)
+        except UpstreamError as exc:
+            with store.session.begin() as db:
+                store.audit(db, "key.mint", device.id, outcome="upstream_error", status=exc.status)
+            return error(503, "upstream_unavailable", "the Realtime service is unavailable",
+                         retry_after=exc.retry_after)  # fmt: skip
+        with store.session.begin() as db:
+            store.audit(db, "key.mint", device.id, outcome="ok",
+                        upstream_request_id=minted.get("_request_id", ""))  # fmt: skip
+            db.get_one(Device, device.id).last_seen = time.time()
+        return JSONResponse({
+            "value": minted["value"],
+            "expires_at": minted["expires_at"],
+            "session": minted.get("session", {}),
+            "realtime_base": settings.realtime_base or settings.upstream_url,
+        })  # fmt: skip
+
+    @app.post("/v1/devices/heartbeat", status_code=204)
+    async def heartbeat(request: Request) -> Response:
+        device = authenticate(request)
+        body = await request.json()
+        with store.session.begin() as db:
+            row = db.get_one(Device, device.id)
+            row.last_seen = time.time()
+            row.health = body if isinstance(body, dict) else {}
+        return Response(status_code=204)
+
+    return app
+
+
+def _b64d(value: str) -> bytes:
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+class ProvisioningServer:
+    """Serves ``create_app(settings)`` with uvicorn on the running loop (tests, demo)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = Store(settings.database_url)
+        self.app = create_app(settings, self.store)
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def base_url(self) -> str:
+        if self._socket is None:
+            raise RuntimeError("not running")
+        host, port = self._socket.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    async def __aenter__(self) -> ProvisioningServer:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.host, self.settings.port))
+        self._socket = sock
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+            await asyncio.sleep(0.01)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:  # fmt: skip
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.app.state.upstream.close()
+        if self._socket is not None:
+            self._socket.close()
+        self.store.close()
+
+
+def profile_for(
+    voice: str = "marin", instructions: str = "", tools: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A group profile: the session config minted into every key of the group."""
+    session: dict[str, Any] = {"type": "realtime", "model": "gpt-realtime",
+                               "audio": {"output": {"voice": voice}}}  # fmt: skip
+    if instructions:
+        session["instructions"] = instructions
+    if tools is not None:
+        session["tools"] = tools
+    return session

@@ -1,0 +1,149 @@
+"""Persistence: SQLAlchemy 2 tables. SQLite (WAL) by default, PostgreSQL by URL.
+
+Secrets are never stored in the clear: enrollment tokens as SHA-256 hashes (they are long
+random strings, so a fast hash is enough), devices as Ed25519 public keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Group(Base):
+    __tablename__ = "groups"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    profile: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """The ``session`` sent upstream when minting (model, voice, instructions, tools, …)."""
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    group: Mapped[str] = mapped_column(ForeignKey("groups.name"))
+    max_uses: Mapped[int] = mapped_column(Integer, default=1)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[float] = mapped_column(Float)
+    label: Mapped[str] = mapped_column(String(128), default="")
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    group: Mapped[str] = mapped_column(ForeignKey("groups.name"))
+    public_key: Mapped[str] = mapped_column(String(64))
+    """base64url raw Ed25519 public key."""
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[float] = mapped_column(Float)
+    last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
+    health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class UsedJti(Base):
+    __tablename__ = "used_jti"
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class Audit(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    action: Mapped[str] = mapped_column(String(32))
+    device_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def make_engine(url: str) -> Engine:
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn: Any, _record: Any) -> None:
+            cursor = conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    return engine
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def audit(self, db: Session, action: str, device_id: str | None = None, **detail: Any) -> None:
+        db.add(Audit(at=time.time(), action=action, device_id=device_id, detail=detail))
+
+    def ensure_group(self, name: str, profile: dict[str, Any] | None = None) -> Group:
+        with self.session.begin() as db:
+            group = db.get(Group, name)
+            if group is None:
+                group = Group(name=name, profile=profile or {"type": "realtime"})
+                db.add(group)
+                self.audit(db, "group.create", group=name)
+            elif profile is not None:
+                group.profile = profile
+                self.audit(db, "group.update", group=name)
+            return group
+
+    def create_token(
+        self, group: str, max_uses: int = 1, ttl_s: float = 86400, label: str = ""
+    ) -> str:
+        """A new enrollment token, returned once (only its hash is stored)."""
+        token = "enr_" + secrets.token_urlsafe(24)
+        with self.session.begin() as db:
+            if db.get(Group, group) is None:
+                raise KeyError(f"no group {group!r}")
+            db.add(EnrollmentToken(token_hash=hash_token(token), group=group, max_uses=max_uses,
+                                   expires_at=time.time() + ttl_s, label=label))  # fmt: skip
+            self.audit(db, "token.create", group=group, max_uses=max_uses, label=label)
+        return token
+
+    def use_jti(self, jti: str, expires_at: float) -> bool:
+        """Record a JWT id; ``False`` if it was seen before (a replay)."""
+        try:
+            with self.session.begin() as db:
+                db.add(UsedJti(jti=jti, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
+    def purge_jti(self, now: float) -> None:
+        with self.session.begin() as db:
+            for row in db.scalars(select(UsedJti).where(UsedJti.expires_at < now)):
+                db.delete(row)
