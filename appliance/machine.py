@@ -304,6 +304,8 @@ class Snapshot:
     session_open: bool = False
     """A configured session exists (``SessionUp`` seen, not yet lost/closed)."""
     pending_tools: int = 0
+    manual_turns: bool = False
+    """Server VAD was switched off for push-to-talk; switch it back on when the turn ends."""
     awaiting_reply: bool = False
     """A ``response.create`` was asked for and its ``response.created`` has not come yet."""
     epoch: int = 0
@@ -345,7 +347,10 @@ def _stay(snap: Snapshot, *effects: Effect, **changes: object) -> Result:
 
 def _end_turn(snap: Snapshot) -> Result:
     """Back to IDLE after a reply; the session stays warm for a while."""
-    return _go(snap, State.IDLE, CloseUplink(), SetTurnDetection(server_vad=True), mode=Mode.NONE)
+    if snap.manual_turns:
+        return _go(snap, State.IDLE, CloseUplink(), SetTurnDetection(server_vad=True),
+                   mode=Mode.NONE, manual_turns=False)  # fmt: skip
+    return _go(snap, State.IDLE, CloseUplink(), mode=Mode.NONE)
 
 
 def _new_turn(snap: Snapshot, mode: Mode) -> Result:
@@ -369,8 +374,7 @@ def step(snap: Snapshot, event: Event) -> Result:
             return _go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
         case State.LISTENING, TimerFired(name=TimerName.MAX_TURN):
             return _go(snap, State.THINKING, CloseUplink(), CommitInput(), RequestResponse(),
-                       SetTurnDetection(server_vad=True), mode=Mode.NONE,
-                       awaiting_reply=True)  # fmt: skip
+                       mode=Mode.NONE, awaiting_reply=True)  # fmt: skip
         case State.THINKING | State.SPEAKING, TimerFired(name=TimerName.REPLY):
             return _go(snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE,
                        pending_tools=0)  # fmt: skip
@@ -401,15 +405,15 @@ def step(snap: Snapshot, event: Event) -> Result:
         case State.IDLE | State.ERROR | State.OFFLINE, WakeDetected():
             return _new_turn(snap, Mode.HANDS_FREE)
         case State.CONNECTING | State.LISTENING, ButtonHeld() if mode is Mode.PRESSED:
-            return _stay(snap, SetTurnDetection(server_vad=False), mode=Mode.PUSH_TO_TALK)
+            return _stay(snap, SetTurnDetection(server_vad=False), mode=Mode.PUSH_TO_TALK,
+                         manual_turns=True)  # fmt: skip
         case State.CONNECTING | State.LISTENING, ButtonReleased() if mode is Mode.PRESSED:
             return _stay(snap, mode=Mode.HANDS_FREE)  # a tap: server VAD ends the turn
         case State.CONNECTING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
             return _go(snap, State.IDLE, CloseSession(), mode=Mode.NONE)  # let go before it was up
         case State.LISTENING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
             return _go(snap, State.THINKING, CloseUplink(), CommitInput(), RequestResponse(),
-                       SetTurnDetection(server_vad=True), mode=Mode.NONE,
-                       awaiting_reply=True)  # fmt: skip
+                       mode=Mode.NONE, awaiting_reply=True)  # fmt: skip
         case State.THINKING | State.SPEAKING, ButtonPressed() | WakeDetected():
             # interrupt the model and start a new user turn at once
             new_mode = Mode.PRESSED if isinstance(event, ButtonPressed) else Mode.HANDS_FREE

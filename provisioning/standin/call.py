@@ -353,11 +353,16 @@ class Call:
                 )
             )
             return
+        before = self.turn_detection
         try:
             self.session = apply_session_update(self.session, update, self._voice_locked)
         except SessionUpdateError as exc:
             self._send(ev.error(str(exc), code=exc.code, param=exc.param, event_id=event_id))
             return
+        if self.turn_detection != before:  # a new VAD starts from silence
+            self._speaking = False
+            self._speech_run = 0
+            self._silence_ms = 0
         self._send(ev.event("session.updated", session=self.session))
 
     def _append(self, data: JSON, event_id: str | None) -> None:

@@ -1,0 +1,366 @@
+"""The only module that knows every part: it feeds events to the machine and performs effects.
+
+One ``asyncio.Queue`` of events, one dispatcher. Threads (gpiozero callbacks) hand events over
+with ``loop.call_soon_threadsafe``; sessions, timers and tools post events back. The LEDs are
+set from the state after every step (level-triggered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from appliance import machine as m
+from appliance.audio.base import AudioSink, AudioSource
+from appliance.audio.earcons import cue_frames
+from appliance.config import Config
+from appliance.errors import (
+    AudioDeviceError,
+    CallRejected,
+    ConnectTimeout,
+    DeviceRevoked,
+    ProvisioningError,
+    RealtimeUnreachable,
+    SessionError,
+)
+from appliance.leds import PATTERNS, LedDriver
+from appliance.realtime.keys import KeySource
+from appliance.realtime.media import MicTrack
+from appliance.realtime.tools import ToolRegistry
+from appliance.realtime.webrtc import RealtimeSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    turns: int = 0
+    last_turn_latency_ms: float | None = None
+    """From the end of the user's turn to the first reply audio."""
+    reconnects: int = 0
+    tool_calls: int = 0
+    transcripts: list[tuple[str, str]] = field(default_factory=list)
+    states: list[tuple[float, m.State]] = field(default_factory=list)
+
+
+class App:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        source: AudioSource,
+        sink: AudioSink,
+        keys: KeySource,
+        tools: ToolRegistry,
+        leds: LedDriver | None = None,
+        on_state: Callable[[m.State], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.source = source
+        self.sink = sink
+        self.keys = keys
+        self.tools = tools
+        self.leds = leds
+        self._on_state = on_state
+        s = config.session
+        self.snapshot = m.Snapshot(
+            timings=m.Timings(
+                connect_s=s.connect_s,
+                no_speech_s=s.no_speech_s,
+                max_turn_s=s.max_turn_s,
+                reply_s=s.reply_s,
+                session_idle_s=s.idle_close_s,
+            )
+        )
+        self.mic = MicTrack(source.format)
+        self.session: RealtimeSession | None = None
+        self.stats = Stats()
+        self.last_audio = time.monotonic()
+        """When the mic last delivered a frame (the watchdog's audio clock)."""
+        self._queue: asyncio.Queue[m.Event] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: list[asyncio.TimerHandle] = []
+        self._session_task: asyncio.Task[None] | None = None
+        self._turn_ended_at: float | None = None
+
+    # ------------------------------------------------------------------ events in
+
+    def post(self, event: m.Event) -> None:
+        """Queue an event (call from the loop's thread)."""
+        self._queue.put_nowait(event)
+
+    def post_threadsafe(self, event: m.Event) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self.post, event)
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.source.start()
+        await self.sink.start()
+        self._show(self.snapshot.state)
+        self._spawn(self._pump_mic(), "mic")
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                getter = asyncio.ensure_future(self._queue.get())
+                done, _ = await asyncio.wait({getter, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                self._dispatch(getter.result())
+        finally:
+            waiter.cancel()
+            await self.shutdown()
+
+    def _dispatch(self, event: m.Event) -> None:
+        before = self.snapshot
+        self.snapshot, effects = m.step(before, event)
+        if type(event) is not m.TimerFired or effects or self.snapshot != before:
+            log.debug(
+                "%s + %s -> %s", before.state.name, type(event).__name__, self.snapshot.state.name
+            )
+        if self.snapshot.epoch != before.epoch:
+            for handle in self._timers:
+                handle.cancel()  # the epoch already makes them stale; this just tidies up
+            self._timers.clear()
+        if self.snapshot.state is not before.state:
+            self._entered(before.state, self.snapshot.state)
+        for effect in effects:
+            self._perform(effect)
+
+    def _entered(self, old: m.State, new: m.State) -> None:
+        now = time.monotonic()
+        self.stats.states.append((now, new))
+        log.info("state %s -> %s", old.name, new.name, extra={"state": new.name})
+        if new is m.State.THINKING and old is m.State.LISTENING:
+            self._turn_ended_at = now
+        if new is m.State.SPEAKING and self._turn_ended_at is not None:
+            latency = (now - self._turn_ended_at) * 1000
+            self.stats.last_turn_latency_ms = latency
+            self.stats.turns += 1
+            self._turn_ended_at = None
+            log.info("reply started %.0f ms after the end of the turn", latency,
+                     extra={"latency_ms": round(latency)})  # fmt: skip
+        self._show(new)
+
+    def _show(self, state: m.State) -> None:
+        if self.leds is not None:
+            self.leds.show(PATTERNS[state])
+        if self._on_state is not None:
+            self._on_state(state)
+
+    # ------------------------------------------------------------------ effects out
+
+    def _perform(self, effect: m.Effect) -> None:
+        session = self.session
+        match effect:
+            case m.StartTimer(name=name, seconds=seconds, epoch=epoch):
+                assert self._loop is not None
+                event = m.TimerFired(name, epoch)
+                self._timers.append(self._loop.call_later(seconds, self.post, event))
+            case m.OpenSession():
+                self._session_task = self._spawn(self._open_session(), "open-session")
+            case m.CloseSession():
+                self._spawn(self._close_session(), "close-session")
+            case m.OpenUplink():
+                self.mic.uplink_open = True
+            case m.CloseUplink():
+                self.mic.uplink_open = False
+            case m.PlayCue(name=name):
+                self._spawn(self._play_cue(name), "cue")
+            case m.RunTool(call_id=call_id, name=name, arguments=arguments):
+                self.stats.tool_calls += 1
+                self._spawn(self._run_tool(call_id, name, arguments), f"tool-{name}")
+            case _ if session is None:
+                log.debug("no session for %s", type(effect).__name__)
+            case m.SetTurnDetection(server_vad=server_vad):
+                session.set_turn_detection(server_vad)
+            case m.CommitInput():
+                session.commit_input()
+            case m.RequestResponse():
+                session.request_response()
+            case m.CancelReply():
+                session.interrupt()
+            case m.SendToolOutput(call_id=call_id, output=output):
+                session.send_tool_output(call_id, output)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    def session_config(self) -> dict[str, Any]:
+        rt = self.config.realtime
+        turn: dict[str, Any] = {"type": rt.turn_detection}
+        if rt.turn_detection == "server_vad":
+            turn |= {"threshold": rt.vad_threshold, "silence_duration_ms": rt.silence_ms,
+                     "prefix_padding_ms": rt.prefix_padding_ms}  # fmt: skip
+        session: dict[str, Any] = {
+            "type": "realtime",
+            "audio": {"input": {"turn_detection": turn}, "output": {"voice": rt.voice}},
+        }
+        if rt.instructions:
+            session["instructions"] = rt.instructions
+        if rt.tools:
+            session["tools"] = self.tools.schemas()
+        return session
+
+    async def _open_session(self) -> None:
+        await self._close_session()
+        session = RealtimeSession(
+            keys=self.keys,
+            session=self.session_config(),
+            mic=self.mic,
+            sink=self.sink,
+            on_event=lambda event: self._from_session(session, event),
+            on_transcript=self._transcript,
+        )
+        self.session = session
+        try:
+            await asyncio.wait_for(session.connect(), self.config.session.connect_s)
+        except (TimeoutError, ConnectTimeout):
+            await self._fail(session, m.SessionFailed("connect timed out", offline=True))
+        except DeviceRevoked as exc:
+            await self._fail(session, m.SessionFailed(f"device refused: {exc}"))
+        except ProvisioningError as exc:
+            await self._fail(session, m.SessionFailed(str(exc), True, exc.retry_after))
+        except RealtimeUnreachable as exc:
+            await self._fail(session, m.SessionFailed(str(exc), offline=True))
+        except CallRejected as exc:
+            offline = exc.status == 429 or exc.status >= 500
+            await self._fail(session, m.SessionFailed(str(exc), offline=offline))
+        except SessionError as exc:
+            await self._fail(session, m.SessionFailed(str(exc), offline=True))
+        else:
+            if self.session is session:
+                self.post(m.SessionUp())
+
+    async def _fail(self, session: RealtimeSession, event: m.SessionFailed) -> None:
+        log.warning("could not open a session: %s", event.reason)
+        if self.session is session:
+            self.session = None
+        await session.close()
+        self.post(event)
+
+    def _from_session(self, session: RealtimeSession, event: m.Event) -> None:
+        if session is not self.session:
+            return  # a stale session's last words
+        if isinstance(event, m.SessionLost):
+            self.session = None
+            self._spawn(session.close(), "close-lost-session")
+        self.post(event)
+
+    def _transcript(self, role: str, text: str) -> None:
+        self.stats.transcripts.append((role, text))
+        level = self.config.logging.transcripts
+        if level != "OFF":
+            log.log(logging.getLevelName(level), "%s: %s", role, text, extra={"role": role})
+
+    async def _close_session(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            await session.close()
+
+    async def _run_tool(self, call_id: str, name: str, arguments: str) -> None:
+        output = await self.tools.call(name, arguments)
+        log.info("tool %s -> %s", name, output[:200])
+        self.post(m.ToolFinished(call_id, output))
+
+    async def _play_cue(self, name: str) -> None:
+        for frame in cue_frames(name, self.sink.format):
+            await self.sink.write(frame)
+
+    async def _pump_mic(self) -> None:
+        while True:
+            try:
+                frame = await self.source.read()
+            except EOFError:
+                return
+            except AudioDeviceError as exc:
+                log.error("microphone failed: %s", exc)
+                self.post(m.SessionLost(f"microphone failed: {exc}"))
+                return
+            self.last_audio = time.monotonic()
+            if self.session is not None:
+                self.mic.push(frame)
+
+    async def shutdown(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        await self._close_session()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.source.close()
+        await self.sink.close()
+        if self.leds is not None:
+            self.leds.close()
+
+
+# ---------------------------------------------------------------------- building the parts
+
+
+def make_audio(config: Config) -> tuple[AudioSource, AudioSink]:
+    """The mic and speaker the config asks for (``AudioDeviceError`` if they are missing)."""
+    from appliance.audio.base import AudioFormat
+
+    cap = AudioFormat(rate=config.audio.capture_rate)
+    play = AudioFormat(rate=config.audio.playback_rate)
+    if config.audio.backend == "wav":
+        from appliance.audio.wav import WavSink, WavSource
+
+        return WavSource(config.audio.wav_input, cap), WavSink(config.audio.wav_output, play)
+    from appliance.audio.alsa import AlsaSink, AlsaSource
+
+    return (
+        AlsaSource(config.audio.input_device, cap),
+        AlsaSink(config.audio.output_device, play),
+    )
+
+
+def make_gpio(config: Config, app: App) -> tuple[LedDriver | None, Any]:
+    """LEDs and the button of the configured board, through gpiozero's pin factory
+    (``GPIOZERO_PIN_FACTORY``: lgpio on a Pi, ``mock`` for fakes). Returns (leds, button)."""
+    from gpiozero import LED, PWMLED, RGBLED, Button
+    from gpiozero.exc import GPIOZeroError
+
+    from appliance.boards import PROFILES
+    from appliance.button import ButtonEvents
+    from appliance.errors import GpioError
+    from appliance.leds import GpioLeds
+
+    board = PROFILES[config.device.board]
+    leds: LedDriver | None = None
+    button: Any = None
+    try:
+        if board.rgb_pins is not None:
+            leds = GpioLeds(RGBLED(*board.rgb_pins))
+        elif board.led_pin is not None:
+            try:
+                leds = GpioLeds(PWMLED(board.led_pin))
+            except GPIOZeroError:
+                leds = GpioLeds(LED(board.led_pin))
+        elif board.apa102_count:
+            log.warning("board %s: APA102 LEDs are not driven yet", board.name)
+        if config.activation.button and board.button_pin is not None:
+            gz = Button(board.button_pin, hold_time=config.activation.hold_s)
+            button = ButtonEvents(gz, asyncio.get_running_loop(), app.post)
+    except GPIOZeroError as exc:
+        raise GpioError(f"GPIO setup failed on board {board.name}: {exc}") from exc
+    return leds, button

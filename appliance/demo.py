@@ -1,0 +1,150 @@
+"""``make demo``: the whole system on this machine, no hardware, no OpenAI account.
+
+Starts the Realtime stand-in and the provisioning server on loopback (SQLite in a temp dir),
+enrolls a demo device, then runs the daemon on fake hardware: WAV clips as the microphone,
+gpiozero's mock pins as the button and LED. Two turns: hold-to-talk, then a tap (hands-free,
+with a tool call). Prints the transcript, LED states and latencies; writes the speaker output
+to ``demo-out/answer.wav``. Exits 0 when both turns were answered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
+os.environ.setdefault("GPIOZERO_MOCK_PIN_CLASS", "mockpwmpin")
+
+from appliance import machine as m  # pin factory must be chosen first
+from appliance.app import App, make_gpio
+from appliance.audio.base import AudioFormat
+from appliance.audio.wav import WavSink, WavSource
+from appliance.config import ActivationConfig, AudioConfig, Config, DeviceConfig
+from appliance.identity import enroll
+from appliance.leds import PATTERNS
+from appliance.realtime.keys import CachedKeySource
+from appliance.realtime.provisioning_keys import ProvisioningKeySource
+from appliance.realtime.tools import builtin_registry
+from provisioning.server import ProvisioningServer, Settings, profile_for
+from provisioning.standin import StandIn, StandInConfig
+
+STANDIN_KEY = "sk-standin-demo"  # the stand-in's made-up "standard key"
+
+
+def asset(name: str) -> Path:
+    return Path(str(resources.files("appliance") / "assets" / name))
+
+
+class Printer:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, what: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.2f}s] {what}", flush=True)
+
+
+async def wait_state(app: App, wanted: m.State, within: float) -> None:
+    deadline = time.monotonic() + within
+    while app.snapshot.state is not wanted:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"no {wanted.name} within {within:g} s (now {app.snapshot.state.name})"
+            )
+        await asyncio.sleep(0.02)
+
+
+async def run_demo(out_dir: Path, work: Path) -> int:
+    say = Printer()
+    async with StandIn(StandInConfig(api_key=STANDIN_KEY)) as standin:
+        settings = Settings(database_url=f"sqlite:///{work / 'provisioning.db'}",
+                            upstream_url=standin.base_url, openai_api_key=STANDIN_KEY, port=0)  # fmt: skip
+        async with ProvisioningServer(settings) as server:
+            profile = profile_for(voice="marin")
+            profile["audio"]["input"] = {"transcription": {"model": "gpt-4o-mini-transcribe"}}
+            server.store.ensure_group("default", profile)
+            say(f"stand-in on {standin.base_url} (voice: {standin.voice.engine}); "
+                f"provisioning server on {server.base_url}")  # fmt: skip
+            token = server.store.create_token("default", label="demo")
+            identity = await enroll(server.base_url, token, work / "state", "demo-device")
+            say(f"enrolled as {identity.device_id} (Ed25519 key in {work / 'state'})")
+            config = Config(
+                device=DeviceConfig(name="demo", state_dir=work / "state", board="mock"),
+                audio=AudioConfig(backend="wav", wav_output=out_dir / "answer.wav"),
+                activation=ActivationConfig(hold_s=0.3),
+            )
+            source = WavSource(None, AudioFormat(config.audio.capture_rate))
+            sink = WavSink(out_dir / "answer.wav", AudioFormat(config.audio.playback_rate))
+            keys = CachedKeySource(ProvisioningKeySource(identity))
+
+            def on_state(state: m.State) -> None:
+                p = PATTERNS[state]
+                say(f"state {state.name:<10} LED {p.kind.value} rgb{p.color}")
+
+            app = App(config, source=source, sink=sink, keys=keys, tools=builtin_registry(),
+                      on_state=on_state)  # fmt: skip
+            stop = asyncio.Event()
+            runner = asyncio.create_task(app.run(stop))
+            await asyncio.sleep(0.05)
+            leds, button = make_gpio(config, app)
+            app.leds = leds
+            pin = button.button.pin
+            logging.getLogger("appliance.app").addFilter(lambda r: r.levelno >= logging.WARNING)
+            try:
+                say("turn 1: hold the button and ask (push-to-talk)")
+                pin.drive_low()
+                await wait_state(app, m.State.LISTENING, 10)
+                assert app.session is not None
+                say(f"cold connect (key fetch → session ready) "
+                    f"{app.session.timings['ready_s'] * 1000:.0f} ms, call {app.session.call_id}")  # fmt: skip
+                source.queue(asset("question-moon.wav"))
+                while source.playing:  # noqa: ASYNC110  # the fake mic has no "done" event
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.3)
+                pin.drive_high()
+                await wait_state(app, m.State.SPEAKING, 15)
+                await wait_state(app, m.State.IDLE, 30)
+                say(f"turn 1 answered {app.stats.last_turn_latency_ms:.0f} ms after release")
+                say("turn 2: tap the button and ask (hands-free; the model calls a tool)")
+                pin.drive_low()
+                await asyncio.sleep(0.1)
+                pin.drive_high()
+                await wait_state(app, m.State.LISTENING, 10)
+                source.queue(asset("question-time.wav"))
+                await wait_state(app, m.State.SPEAKING, 20)
+                await wait_state(app, m.State.IDLE, 30)
+                say(f"turn 2 answered {app.stats.last_turn_latency_ms:.0f} ms after end of speech")
+            finally:
+                stop.set()
+                await runner
+                if button is not None:
+                    button.close()
+    for role, text in app.stats.transcripts:
+        say(f"transcript {role}: {text}")
+    say(f"tool calls: {app.stats.tool_calls}; turns answered: {app.stats.turns}")
+    ok = app.stats.turns >= 2 and app.stats.tool_calls >= 1
+    say(f"speaker output written to {out_dir / 'answer.wav'}")
+    say("demo OK" if ok else "demo FAILED")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m appliance.demo", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("demo-out"))
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(name)s %(levelname)s %(message)s", stream=sys.stderr)  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="appliance-demo-") as work:
+        return asyncio.run(run_demo(args.out, Path(work)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
