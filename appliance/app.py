@@ -147,8 +147,11 @@ class App:
             self.stats.last_turn_latency_ms = latency
             self.stats.turns += 1
             self._turn_ended_at = None
-            log.info("reply started %.0f ms after the end of the turn", latency,
-                     extra={"latency_ms": round(latency)})  # fmt: skip
+            log.info(
+                "reply started %.0f ms after the end of the turn",
+                latency,
+                extra={"latency_ms": round(latency)},
+            )
         self._show(new)
 
     def _show(self, state: m.State) -> None:
@@ -207,8 +210,11 @@ class App:
         rt = self.config.realtime
         turn: dict[str, Any] = {"type": rt.turn_detection}
         if rt.turn_detection == "server_vad":
-            turn |= {"threshold": rt.vad_threshold, "silence_duration_ms": rt.silence_ms,
-                     "prefix_padding_ms": rt.prefix_padding_ms}  # fmt: skip
+            turn |= {
+                "threshold": rt.vad_threshold,
+                "silence_duration_ms": rt.silence_ms,
+                "prefix_padding_ms": rt.prefix_padding_ms,
+            }
         session: dict[str, Any] = {
             "type": "realtime",
             "audio": {"input": {"turn_detection": turn}, "output": {"voice": rt.voice}},

@@ -63,14 +63,20 @@ async def wait_state(app: App, wanted: m.State, within: float) -> None:
 async def run_demo(out_dir: Path, work: Path) -> int:
     say = Printer()
     async with StandIn(StandInConfig(api_key=STANDIN_KEY)) as standin:
-        settings = Settings(database_url=f"sqlite:///{work / 'provisioning.db'}",
-                            upstream_url=standin.base_url, openai_api_key=STANDIN_KEY, port=0)  # fmt: skip
+        settings = Settings(
+            database_url=f"sqlite:///{work / 'provisioning.db'}",
+            upstream_url=standin.base_url,
+            openai_api_key=STANDIN_KEY,
+            port=0,
+        )
         async with ProvisioningServer(settings) as server:
             profile = profile_for(voice="marin")
             profile["audio"]["input"] = {"transcription": {"model": "gpt-4o-mini-transcribe"}}
             server.store.ensure_group("default", profile)
-            say(f"stand-in on {standin.base_url} (voice: {standin.voice.engine}); "
-                f"provisioning server on {server.base_url}")  # fmt: skip
+            say(
+                f"stand-in on {standin.base_url} (voice: {standin.voice.engine}); "
+                f"provisioning server on {server.base_url}"
+            )
             token = server.store.create_token("default", label="demo")
             identity = await enroll(server.base_url, token, work / "state", "demo-device")
             say(f"enrolled as {identity.device_id} (Ed25519 key in {work / 'state'})")
@@ -87,8 +93,14 @@ async def run_demo(out_dir: Path, work: Path) -> int:
                 p = PATTERNS[state]
                 say(f"state {state.name:<10} LED {p.kind.value} rgb{p.color}")
 
-            app = App(config, source=source, sink=sink, keys=keys, tools=builtin_registry(),
-                      on_state=on_state)  # fmt: skip
+            app = App(
+                config,
+                source=source,
+                sink=sink,
+                keys=keys,
+                tools=builtin_registry(),
+                on_state=on_state,
+            )
             stop = asyncio.Event()
             runner = asyncio.create_task(app.run(stop))
             await asyncio.sleep(0.05)
@@ -101,8 +113,10 @@ async def run_demo(out_dir: Path, work: Path) -> int:
                 pin.drive_low()
                 await wait_state(app, m.State.LISTENING, 10)
                 assert app.session is not None
-                say(f"cold connect (key fetch → session ready) "
-                    f"{app.session.timings['ready_s'] * 1000:.0f} ms, call {app.session.call_id}")  # fmt: skip
+                say(
+                    f"cold connect (key fetch → session ready) "
+                    f"{app.session.timings['ready_s'] * 1000:.0f} ms, call {app.session.call_id}"
+                )
                 source.queue(asset("question-moon.wav"))
                 while source.playing:  # noqa: ASYNC110  # the fake mic has no "done" event
                     await asyncio.sleep(0.05)
@@ -139,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(name)s %(levelname)s %(message)s", stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="appliance-demo-") as work:
         return asyncio.run(run_demo(args.out, Path(work)))

@@ -54,8 +54,9 @@ class Identity:
             "exp": now + lifetime_s,
             "jti": secrets.token_urlsafe(16),
         }
-        return jwt.encode(claims, self.private_key, algorithm="EdDSA",
-                          headers={"kid": self.device_id})  # fmt: skip
+        return jwt.encode(
+            claims, self.private_key, algorithm="EdDSA", headers={"kid": self.device_id}
+        )
 
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:
@@ -87,8 +88,9 @@ async def enroll(server: str, token: str, state_dir: Path, name: str) -> Identit
 
 def _save(state_dir: Path, key: Ed25519PrivateKey, device_id: str, server: str, name: str) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())  # fmt: skip
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     key_path = state_dir / KEY_FILE
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

@@ -348,8 +348,14 @@ def _stay(snap: Snapshot, *effects: Effect, **changes: object) -> Result:
 def _end_turn(snap: Snapshot) -> Result:
     """Back to IDLE after a reply; the session stays warm for a while."""
     if snap.manual_turns:
-        return _go(snap, State.IDLE, CloseUplink(), SetTurnDetection(server_vad=True),
-                   mode=Mode.NONE, manual_turns=False)  # fmt: skip
+        return _go(
+            snap,
+            State.IDLE,
+            CloseUplink(),
+            SetTurnDetection(server_vad=True),
+            mode=Mode.NONE,
+            manual_turns=False,
+        )
     return _go(snap, State.IDLE, CloseUplink(), mode=Mode.NONE)
 
 
@@ -368,16 +374,30 @@ def step(snap: Snapshot, event: Event) -> Result:
         case _, TimerFired(epoch=epoch) if epoch != snap.epoch:
             return snap, ()  # stale: started in an earlier state
         case State.CONNECTING, TimerFired(name=TimerName.CONNECT):
-            return _go(snap, State.ERROR, CloseSession(), PlayCue("error"), mode=Mode.NONE,
-                       session_open=False)  # fmt: skip
+            return _go(
+                snap,
+                State.ERROR,
+                CloseSession(),
+                PlayCue("error"),
+                mode=Mode.NONE,
+                session_open=False,
+            )
         case State.LISTENING, TimerFired(name=TimerName.NO_SPEECH):
             return _go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
         case State.LISTENING, TimerFired(name=TimerName.MAX_TURN):
-            return _go(snap, State.THINKING, CloseUplink(), CommitInput(), RequestResponse(),
-                       mode=Mode.NONE, awaiting_reply=True)  # fmt: skip
+            return _go(
+                snap,
+                State.THINKING,
+                CloseUplink(),
+                CommitInput(),
+                RequestResponse(),
+                mode=Mode.NONE,
+                awaiting_reply=True,
+            )
         case State.THINKING | State.SPEAKING, TimerFired(name=TimerName.REPLY):
-            return _go(snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE,
-                       pending_tools=0)  # fmt: skip
+            return _go(
+                snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE, pending_tools=0
+            )
         case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD):
             return _go(snap, State.IDLE)
         case State.OFFLINE, TimerFired(name=TimerName.RETRY):
@@ -394,8 +414,9 @@ def step(snap: Snapshot, event: Event) -> Result:
                 effects += (CancelReply(),)
             if snap.session_open or state is State.CONNECTING:
                 effects += (CloseSession(),)
-            return _go(snap, State.MUTED, *effects, mode=Mode.NONE, session_open=False,
-                       pending_tools=0)  # fmt: skip
+            return _go(
+                snap, State.MUTED, *effects, mode=Mode.NONE, session_open=False, pending_tools=0
+            )
         case State.MUTED, _:
             return snap, ()
 
@@ -405,34 +426,56 @@ def step(snap: Snapshot, event: Event) -> Result:
         case State.IDLE | State.ERROR | State.OFFLINE, WakeDetected():
             return _new_turn(snap, Mode.HANDS_FREE)
         case State.CONNECTING | State.LISTENING, ButtonHeld() if mode is Mode.PRESSED:
-            return _stay(snap, SetTurnDetection(server_vad=False), mode=Mode.PUSH_TO_TALK,
-                         manual_turns=True)  # fmt: skip
+            return _stay(
+                snap, SetTurnDetection(server_vad=False), mode=Mode.PUSH_TO_TALK, manual_turns=True
+            )
         case State.CONNECTING | State.LISTENING, ButtonReleased() if mode is Mode.PRESSED:
             return _stay(snap, mode=Mode.HANDS_FREE)  # a tap: server VAD ends the turn
         case State.CONNECTING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
             return _go(snap, State.IDLE, CloseSession(), mode=Mode.NONE)  # let go before it was up
         case State.LISTENING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
-            return _go(snap, State.THINKING, CloseUplink(), CommitInput(), RequestResponse(),
-                       mode=Mode.NONE, awaiting_reply=True)  # fmt: skip
+            return _go(
+                snap,
+                State.THINKING,
+                CloseUplink(),
+                CommitInput(),
+                RequestResponse(),
+                mode=Mode.NONE,
+                awaiting_reply=True,
+            )
         case State.THINKING | State.SPEAKING, ButtonPressed() | WakeDetected():
             # interrupt the model and start a new user turn at once
             new_mode = Mode.PRESSED if isinstance(event, ButtonPressed) else Mode.HANDS_FREE
-            return _go(snap, State.LISTENING, CancelReply(), PlayCue("wake"), OpenUplink(),
-                       mode=new_mode, pending_tools=0)  # fmt: skip
+            return _go(
+                snap,
+                State.LISTENING,
+                CancelReply(),
+                PlayCue("wake"),
+                OpenUplink(),
+                mode=new_mode,
+                pending_tools=0,
+            )
 
         # ---------------------------------------------------------- session
         case State.CONNECTING, SessionUp():
             return _go(snap, State.LISTENING, OpenUplink(), session_open=True)
         case State.CONNECTING, SessionFailed(offline=True):
-            return _go(snap, State.OFFLINE, PlayCue("offline"), mode=Mode.NONE,
-                       session_open=False)  # fmt: skip
+            return _go(snap, State.OFFLINE, PlayCue("offline"), mode=Mode.NONE, session_open=False)
         case State.CONNECTING, SessionFailed():
             return _go(snap, State.ERROR, PlayCue("error"), mode=Mode.NONE, session_open=False)
         case State.IDLE, SessionLost():
             return _stay(snap, session_open=False)
         case State.CONNECTING | State.LISTENING | State.THINKING | State.SPEAKING, SessionLost():
-            return _go(snap, State.ERROR, CloseUplink(), CloseSession(), PlayCue("error"),
-                       mode=Mode.NONE, session_open=False, pending_tools=0)  # fmt: skip
+            return _go(
+                snap,
+                State.ERROR,
+                CloseUplink(),
+                CloseSession(),
+                PlayCue("error"),
+                mode=Mode.NONE,
+                session_open=False,
+                pending_tools=0,
+            )
 
         # ---------------------------------------------------------- the conversation
         case State.LISTENING, SpeechStarted() if mode is Mode.HANDS_FREE:
@@ -463,8 +506,14 @@ def step(snap: Snapshot, event: Event) -> Result:
             pending = max(0, snap.pending_tools - 1)
             output = SendToolOutput(event.call_id, event.output)
             if state is State.THINKING:
-                return _go(snap, State.THINKING, output, RequestResponse(), pending_tools=pending,
-                           awaiting_reply=True)  # fmt: skip
+                return _go(
+                    snap,
+                    State.THINKING,
+                    output,
+                    RequestResponse(),
+                    pending_tools=pending,
+                    awaiting_reply=True,
+                )
             return _stay(
                 snap, output, RequestResponse(), pending_tools=pending, awaiting_reply=True
             )

@@ -105,8 +105,13 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             raise AuthError(401, "unknown_device", "unknown or revoked device")
         public = Ed25519PublicKey.from_public_bytes(_b64d(device.public_key))
         try:
-            claims = jwt.decode(token, public, algorithms=["EdDSA"], audience=AUDIENCE,
-                                options={"require": ["exp", "iat", "jti", "sub"]})  # fmt: skip
+            claims = jwt.decode(
+                token,
+                public,
+                algorithms=["EdDSA"],
+                audience=AUDIENCE,
+                options={"require": ["exp", "iat", "jti", "sub"]},
+            )
         except jwt.PyJWTError as exc:
             raise AuthError(401, "bad_token", f"JWT rejected: {type(exc).__name__}") from None
         if claims["sub"] != device.id or claims["exp"] - claims["iat"] > MAX_JWT_LIFETIME_S:
@@ -149,8 +154,13 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             if row.uses >= row.max_uses:
                 return error(409, "token_used", "this enrollment token has already been used")
             row.uses += 1
-            device = Device(id="dev_" + secrets.token_hex(8), name=name, group=row.group,
-                            public_key=public_key, created_at=now)  # fmt: skip
+            device = Device(
+                id="dev_" + secrets.token_hex(8),
+                name=name,
+                group=row.group,
+                public_key=public_key,
+                created_at=now,
+            )
             db.add(device)
             store.audit(db, "device.enroll", device.id, name=name, group=row.group)
         log.info("device %s enrolled in group %s", device.id, device.group)
@@ -167,18 +177,29 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         except UpstreamError as exc:
             with store.session.begin() as db:
                 store.audit(db, "key.mint", device.id, outcome="upstream_error", status=exc.status)
-            return error(503, "upstream_unavailable", "the Realtime service is unavailable",
-                         retry_after=exc.retry_after)  # fmt: skip
+            return error(
+                503,
+                "upstream_unavailable",
+                "the Realtime service is unavailable",
+                retry_after=exc.retry_after,
+            )
         with store.session.begin() as db:
-            store.audit(db, "key.mint", device.id, outcome="ok",
-                        upstream_request_id=minted.get("_request_id", ""))  # fmt: skip
+            store.audit(
+                db,
+                "key.mint",
+                device.id,
+                outcome="ok",
+                upstream_request_id=minted.get("_request_id", ""),
+            )
             db.get_one(Device, device.id).last_seen = time.time()
-        return JSONResponse({
-            "value": minted["value"],
-            "expires_at": minted["expires_at"],
-            "session": minted.get("session", {}),
-            "realtime_base": settings.realtime_base or settings.upstream_url,
-        })  # fmt: skip
+        return JSONResponse(
+            {
+                "value": minted["value"],
+                "expires_at": minted["expires_at"],
+                "session": minted.get("session", {}),
+                "realtime_base": settings.realtime_base or settings.upstream_url,
+            }
+        )
 
     @app.post("/v1/devices/heartbeat", status_code=204)
     async def heartbeat(request: Request) -> Response:
@@ -229,8 +250,12 @@ class ProvisioningServer:
             await asyncio.sleep(0.01)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:  # fmt: skip
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._server is not None:
             self._server.should_exit = True
         if self._task is not None:
@@ -246,8 +271,11 @@ def profile_for(
     voice: str = "marin", instructions: str = "", tools: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
     """A group profile: the session config minted into every key of the group."""
-    session: dict[str, Any] = {"type": "realtime", "model": "gpt-realtime",
-                               "audio": {"output": {"voice": voice}}}  # fmt: skip
+    session: dict[str, Any] = {
+        "type": "realtime",
+        "model": "gpt-realtime",
+        "audio": {"output": {"voice": voice}},
+    }
     if instructions:
         session["instructions"] = instructions
     if tools is not None:

@@ -129,8 +129,15 @@ class Store:
         with self.session.begin() as db:
             if db.get(Group, group) is None:
                 raise KeyError(f"no group {group!r}")
-            db.add(EnrollmentToken(token_hash=hash_token(token), group=group, max_uses=max_uses,
-                                   expires_at=time.time() + ttl_s, label=label))  # fmt: skip
+            db.add(
+                EnrollmentToken(
+                    token_hash=hash_token(token),
+                    group=group,
+                    max_uses=max_uses,
+                    expires_at=time.time() + ttl_s,
+                    label=label,
+                )
+            )
             self.audit(db, "token.create", group=group, max_uses=max_uses, label=label)
         return token
 

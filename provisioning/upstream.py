@@ -51,8 +51,11 @@ class Upstream:
             raise UpstreamError(0, 5.0) from None
         if response.status_code != 200:
             retry = _retry_after(response.headers.get("retry-after"), response.status_code)
-            log.warning("upstream answered %d (request id %s)", response.status_code,
-                        response.headers.get("x-request-id", "-"))  # fmt: skip
+            log.warning(
+                "upstream answered %d (request id %s)",
+                response.status_code,
+                response.headers.get("x-request-id", "-"),
+            )
             raise UpstreamError(response.status_code, retry)
         data: dict[str, Any] = response.json()
         data["_request_id"] = response.headers.get("x-request-id", "")

@@ -84,10 +84,14 @@ class AlsaSource:
         try:
             index = find_device(self._pa, self._device, output=False)
             self._stream = self._pa.open(
-                format=pyaudio.paInt16, channels=1, rate=self._format.rate, input=True,
-                input_device_index=index, frames_per_buffer=self._format.frame_samples,
+                format=pyaudio.paInt16,
+                channels=1,
+                rate=self._format.rate,
+                input=True,
+                input_device_index=index,
+                frames_per_buffer=self._format.frame_samples,
                 stream_callback=self._callback,
-            )  # fmt: skip
+            )
         except (OSError, ValueError) as exc:
             await self.close()
             raise AudioDeviceError(
@@ -147,10 +151,14 @@ class AlsaSink:
         try:
             index = find_device(self._pa, self._device, output=True)
             self._stream = self._pa.open(
-                format=pyaudio.paInt16, channels=1, rate=self._format.rate, output=True,
-                output_device_index=index, frames_per_buffer=self._format.frame_samples,
+                format=pyaudio.paInt16,
+                channels=1,
+                rate=self._format.rate,
+                output=True,
+                output_device_index=index,
+                frames_per_buffer=self._format.frame_samples,
                 stream_callback=self._callback,
-            )  # fmt: skip
+            )
         except (OSError, ValueError) as exc:
             await self.close()
             raise AudioDeviceError(

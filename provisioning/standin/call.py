@@ -36,9 +36,19 @@ VAD_RATE = 16_000
 VAD_FRAME = 320  # 20 ms
 SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 700, "auto": 700, "high": 400}
 SESSION_KEYS = {
-    "type", "model", "output_modalities", "instructions", "tools", "tool_choice",
-    "max_output_tokens", "tracing", "truncation", "prompt", "include", "audio",
-}  # fmt: skip
+    "type",
+    "model",
+    "output_modalities",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "max_output_tokens",
+    "tracing",
+    "truncation",
+    "prompt",
+    "include",
+    "audio",
+}
 VOICES = {"alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"}
 
 
