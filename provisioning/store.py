@@ -154,3 +154,16 @@ class Store:
         with self.session.begin() as db:
             for row in db.scalars(select(UsedJti).where(UsedJti.expires_at < now)):
                 db.delete(row)
+
+    def set_device_state(self, device_id: str, action: str) -> bool:
+        """``disable``, ``enable`` or ``revoke`` a device; effective on its next request."""
+        with self.session.begin() as db:
+            device = db.get(Device, device_id)
+            if device is None:
+                return False
+            if action == "revoke":
+                device.revoked = True
+            else:
+                device.enabled = action == "enable"
+            self.audit(db, f"device.{action}", device_id)
+        return True

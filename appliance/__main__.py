@@ -1,0 +1,109 @@
+"""``appliance``: run | enroll | devices | demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from appliance.errors import EX_CONFIG, ApplianceError, ConfigError
+
+log = logging.getLogger("appliance")
+
+
+async def _run(config_path: Path | None) -> int:
+    from appliance import config as cfg
+    from appliance.app import App, make_audio, make_gpio
+    from appliance.identity import Identity
+    from appliance.realtime.keys import CachedKeySource
+    from appliance.realtime.provisioning_keys import ProvisioningKeySource
+    from appliance.realtime.tools import builtin_registry
+
+    config = cfg.load(config_path)
+    logging.getLogger().setLevel(config.logging.level)
+    try:
+        identity = Identity.load(config.device.state_dir)
+    except FileNotFoundError:
+        raise ConfigError(
+            "device.state_dir",
+            f"no device identity in {config.device.state_dir}: run 'appliance enroll' first",
+        ) from None
+    source, sink = make_audio(config)
+    keys = CachedKeySource(ProvisioningKeySource(identity, timeout_s=config.provisioning.timeout_s))
+    app = App(config, source=source, sink=sink, keys=keys, tools=builtin_registry())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = asyncio.create_task(app.run(stop))
+    await asyncio.sleep(0)
+    leds, button = make_gpio(config, app)
+    app.leds = leds
+    try:
+        await runner
+    finally:
+        if button is not None:
+            button.close()
+    return 0
+
+
+async def _enroll(server: str, token: str, state_dir: Path, name: str) -> int:
+    from appliance.identity import enroll
+
+    identity = await enroll(server, token, state_dir, name)
+    print(f"enrolled as {identity.device_id}; key stored in {state_dir}")
+    return 0
+
+
+def _devices() -> int:
+    from appliance.audio.alsa import list_devices
+
+    for dev in list_devices():
+        kinds = ", ".join(
+            k for k, n in (("capture", dev["inputs"]), ("playback", dev["outputs"])) if n
+        )
+        print(f"{dev['index']:>3}  {dev['name']:<40} {kinds:<18} {dev['rate']} Hz")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="appliance", description="Realtime voice appliance")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", type=Path, default=None)
+    enroll = sub.add_parser("enroll", help="enroll this device with a provisioning server")
+    enroll.add_argument("--server", required=True)
+    enroll.add_argument("--token", required=True)
+    enroll.add_argument("--state-dir", type=Path, default=Path("/var/lib/appliance"))
+    enroll.add_argument("--name", default="appliance")
+    sub.add_parser("devices", help="list audio devices")
+    sub.add_parser("demo", help="the whole system on fake hardware (same as make demo)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
+    try:
+        if args.command == "run":
+            with contextlib.suppress(KeyboardInterrupt):
+                return asyncio.run(_run(args.config))
+            return 0
+        if args.command == "enroll":
+            return asyncio.run(_enroll(args.server, args.token, args.state_dir, args.name))
+        if args.command == "devices":
+            return _devices()
+        from appliance.demo import main as demo
+
+        return demo([])
+    except ConfigError as exc:
+        print(f"appliance: configuration error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except ApplianceError as exc:
+        print(f"appliance: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
