@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.config import load
+from appliance.errors import EX_CONFIG, ConfigError
+
+
+def test_defaults_without_a_file() -> None:
+    config = load(None, {})
+    assert config.audio.backend == "alsa"
+    assert config.realtime.voice == "marin"
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    path = tmp_path / "appliance.toml"
+    path.write_text('[audio]\nbackend = "wav"\ncapture_rate = 48000\n[realtime]\nvoice = "cedar"\n')
+    env = {"APPLIANCE_REALTIME_VOICE": "ash", "APPLIANCE_SESSION_NO_SPEECH_S": "2.5"}
+    config = load(path, env)
+    assert (config.audio.backend, config.audio.capture_rate) == ("wav", 48000)
+    assert config.realtime.voice == "ash"
+    assert config.session.no_speech_s == 2.5
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "key"),
+    [
+        ("[audio]\ncapture_rate = 44100\n", {}, "audio.capture_rate"),
+        ('[audio]\nbackend = "pulse"\n', {}, "audio.backend"),
+        ("[audio]\nfoo = 1\n", {}, "audio.foo"),
+        ("[nonsense]\nx = 1\n", {}, "nonsense"),
+        ("", {"APPLIANCE_SESSION_CONNECT_S": "soon"}, "session.connect_s"),
+        ("", {"APPLIANCE_ACTIVATION_BUTTON": "maybe"}, "activation.button"),
+        ("", {"APPLIANCE_SESSION_REPLY_S": "-1"}, "session.reply_s"),
+        ('[realtime]\nvoice = "hal9000"\n', {}, "realtime.voice"),
+        ("[session]\nmax_turn_s = true\n", {}, "session.max_turn_s"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], key: str) -> None:
+    path = tmp_path / "appliance.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load(path, env)
+    assert caught.value.key == key
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[audio\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(bad, {})
+    with pytest.raises(ConfigError, match="not found"):
+        load(tmp_path / "missing.toml", {})
+
+
+def test_cli_exits_78_naming_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "appliance.toml"
+    path.write_text("[audio]\ncapture_rate = 44100\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == EX_CONFIG
+    assert "audio.capture_rate" in result.stderr
+
+
+def test_cli_exits_78_when_the_device_never_enrolled(tmp_path: Path) -> None:
+    path = tmp_path / "appliance.toml"
+    path.write_text(f'[device]\nstate_dir = "{tmp_path / "state"}"\n[audio]\nbackend = "wav"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "run", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == EX_CONFIG
+    assert "device.state_dir" in result.stderr

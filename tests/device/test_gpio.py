@@ -1,0 +1,83 @@
+"""Button and LEDs on gpiozero's own MockFactory."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from gpiozero import PWMLED, RGBLED, Button, Device
+from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+from appliance import machine as m
+from appliance.button import ButtonEvents
+from appliance.leds import PATTERNS, GpioLeds, Kind
+
+
+@pytest.fixture
+def factory() -> Iterator[MockFactory]:
+    saved = Device.pin_factory
+    Device.pin_factory = MockFactory(pin_class=MockPWMPin)
+    yield Device.pin_factory
+    Device.pin_factory.reset()
+    Device.pin_factory = saved
+
+
+async def test_button_press_hold_release_become_events(factory: MockFactory) -> None:
+    events: list[m.Event] = []
+    button = ButtonEvents(Button(17, hold_time=0.1), asyncio.get_running_loop(), events.append)
+    pin = factory.pin(17)
+    pin.drive_low()
+    await asyncio.sleep(0.25)
+    pin.drive_high()
+    await asyncio.sleep(0.05)
+    assert events == [m.ButtonPressed(), m.ButtonHeld(), m.ButtonReleased()]
+    events.clear()
+    pin.drive_low()
+    pin.drive_high()
+    await asyncio.sleep(0.05)
+    assert events == [m.ButtonPressed(), m.ButtonReleased()], "a tap is never held"
+    button.close()
+
+
+@pytest.mark.parametrize("state", list(m.State))
+def test_every_state_has_a_visible_pattern_on_a_pwm_led(
+    factory: MockFactory, state: m.State
+) -> None:
+    leds = GpioLeds(PWMLED(25))
+    pattern = PATTERNS[state]
+    leds.show(pattern)
+    pin = factory.pin(25)
+    if pattern.kind is Kind.OFF:
+        assert pin.state == 0
+    elif pattern.kind is Kind.SOLID:
+        assert pin.state == pytest.approx(max(pattern.color))
+    else:  # blinking/pulsing: the LED changes over time
+        levels = set()
+        for _ in range(30):
+            levels.add(round(pin.state, 2))
+            time.sleep(pattern.period_s / 20)
+        assert len(levels) > 1
+    leds.close()
+
+
+def test_rgb_led_shows_the_state_colour(factory: MockFactory) -> None:
+    leds = GpioLeds(RGBLED(5, 6, 13))
+    leds.show(PATTERNS[m.State.LISTENING])
+    assert (factory.pin(5).state, factory.pin(6).state, factory.pin(13).state) == pytest.approx(
+        PATTERNS[m.State.LISTENING].color
+    )
+    leds.show(PATTERNS[m.State.IDLE])
+    assert (factory.pin(5).state, factory.pin(6).state, factory.pin(13).state) == (0, 0, 0)
+    leds.close()
+
+
+def test_leds_are_level_triggered(factory: MockFactory) -> None:
+    leds = GpioLeds(PWMLED(25))
+    leds.show(PATTERNS[m.State.MUTED])
+    leds.show(PATTERNS[m.State.MUTED])
+    assert factory.pin(25).state == pytest.approx(1.0)
+    leds.show(PATTERNS[m.State.IDLE])
+    assert factory.pin(25).state == 0
+    leds.close()

@@ -1,0 +1,137 @@
+"""The state machine as a table: (state, mode, event) -> (new state, effects)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from appliance import machine as m
+from appliance.machine import Mode, State, TimerName
+
+S = m.Snapshot()
+T = S.timings
+
+
+def snap(state: State, mode: Mode = Mode.NONE, **kw: object) -> m.Snapshot:
+    return replace(S, state=state, mode=mode, epoch=5, **kw)  # type: ignore[arg-type]
+
+
+def kinds(effects: tuple[m.Effect, ...]) -> list[str]:
+    return [type(e).__name__ for e in effects]
+
+
+TABLE = [
+    # activation
+    (snap(State.IDLE), m.ButtonPressed(), State.CONNECTING, Mode.PRESSED,
+     ["PlayCue", "OpenSession", "StartTimer"]),
+    (snap(State.IDLE, session_open=True), m.ButtonPressed(), State.LISTENING, Mode.PRESSED,
+     ["PlayCue", "OpenUplink", "StartTimer"]),
+    (snap(State.IDLE), m.WakeDetected("okay_nabu"), State.CONNECTING, Mode.HANDS_FREE,
+     ["PlayCue", "OpenSession", "StartTimer"]),
+    (snap(State.OFFLINE), m.ButtonPressed(), State.CONNECTING, Mode.PRESSED,
+     ["PlayCue", "OpenSession", "StartTimer"]),
+    (snap(State.CONNECTING, Mode.PRESSED), m.ButtonHeld(), State.CONNECTING, Mode.PUSH_TO_TALK,
+     ["SetTurnDetection"]),
+    (snap(State.CONNECTING, Mode.PRESSED), m.ButtonReleased(), State.CONNECTING, Mode.HANDS_FREE,
+     []),
+    (snap(State.CONNECTING, Mode.PUSH_TO_TALK), m.ButtonReleased(), State.IDLE, Mode.NONE,
+     ["CloseSession"]),
+    (snap(State.LISTENING, Mode.PUSH_TO_TALK, session_open=True), m.ButtonReleased(),
+     State.THINKING, Mode.NONE, ["CloseUplink", "CommitInput", "RequestResponse", "StartTimer"]),
+    # session
+    (snap(State.CONNECTING, Mode.HANDS_FREE), m.SessionUp(), State.LISTENING, Mode.HANDS_FREE,
+     ["OpenUplink", "StartTimer"]),
+    (snap(State.CONNECTING, Mode.PRESSED), m.SessionFailed("down", offline=True), State.OFFLINE,
+     Mode.NONE, ["PlayCue"]),
+    (snap(State.CONNECTING, Mode.PRESSED), m.SessionFailed("revoked"), State.ERROR, Mode.NONE,
+     ["PlayCue", "StartTimer"]),
+    (snap(State.SPEAKING, session_open=True), m.SessionLost("closed"), State.ERROR, Mode.NONE,
+     ["CloseUplink", "CloseSession", "PlayCue", "StartTimer"]),
+    (snap(State.IDLE, session_open=True), m.SessionLost("closed"), State.IDLE, Mode.NONE, []),
+    # conversation
+    (snap(State.LISTENING, Mode.HANDS_FREE), m.SpeechStarted(), State.LISTENING,
+     Mode.HANDS_FREE, ["StartTimer"]),
+    (snap(State.LISTENING, Mode.HANDS_FREE), m.SpeechStopped(), State.THINKING, Mode.NONE,
+     ["CloseUplink", "StartTimer"]),
+    (snap(State.LISTENING, Mode.PUSH_TO_TALK), m.SpeechStopped(), State.LISTENING,
+     Mode.PUSH_TO_TALK, []),
+    (snap(State.THINKING), m.ReplyAudioStarted("r1"), State.SPEAKING, Mode.NONE, ["StartTimer"]),
+    (snap(State.SPEAKING, session_open=True), m.ReplyAudioStopped("r1"), State.IDLE, Mode.NONE,
+     ["CloseUplink", "StartTimer"]),
+    (snap(State.SPEAKING, session_open=True, manual_turns=True), m.ReplyAudioStopped("r1"),
+     State.IDLE, Mode.NONE, ["CloseUplink", "SetTurnDetection", "StartTimer"]),
+    (snap(State.SPEAKING), m.SpeechStarted(), State.LISTENING, Mode.HANDS_FREE,
+     ["CancelReply", "OpenUplink", "StartTimer"]),
+    (snap(State.SPEAKING), m.ButtonPressed(), State.LISTENING, Mode.PRESSED,
+     ["CancelReply", "PlayCue", "OpenUplink", "StartTimer"]),
+    (snap(State.THINKING), m.ResponseDone("r1", "completed"), State.IDLE, Mode.NONE,
+     ["CloseUplink"]),
+    # tools
+    (snap(State.THINKING), m.ToolCallRequested("c1", "get_time", "{}"), State.THINKING,
+     Mode.NONE, ["RunTool"]),
+    (snap(State.THINKING, pending_tools=1), m.ResponseDone("r1", "completed"), State.THINKING,
+     Mode.NONE, []),
+    (snap(State.THINKING, pending_tools=1), m.ToolFinished("c1", "{}"), State.THINKING,
+     Mode.NONE, ["SendToolOutput", "RequestResponse", "StartTimer"]),
+    (snap(State.THINKING, awaiting_reply=True), m.ResponseDone("r1", "completed"),
+     State.THINKING, Mode.NONE, []),
+    # timers
+    (snap(State.CONNECTING), m.TimerFired(TimerName.CONNECT, 5), State.ERROR, Mode.NONE,
+     ["CloseSession", "PlayCue", "StartTimer"]),
+    (snap(State.CONNECTING), m.TimerFired(TimerName.CONNECT, 4), State.CONNECTING, Mode.NONE,
+     []),  # stale: from an earlier state
+    (snap(State.LISTENING, Mode.HANDS_FREE), m.TimerFired(TimerName.NO_SPEECH, 5), State.IDLE,
+     Mode.NONE, ["CloseUplink", "PlayCue"]),
+    (snap(State.ERROR), m.TimerFired(TimerName.ERROR_HOLD, 5), State.IDLE, Mode.NONE, []),
+    (snap(State.IDLE, session_open=True), m.TimerFired(TimerName.SESSION_IDLE, 5), State.IDLE,
+     Mode.NONE, ["CloseSession"]),
+    # mute
+    (snap(State.SPEAKING, session_open=True), m.MuteToggled(), State.MUTED, Mode.NONE,
+     ["CloseUplink", "CancelReply", "CloseSession"]),
+    (snap(State.MUTED), m.ButtonPressed(), State.MUTED, Mode.NONE, []),
+    (snap(State.MUTED), m.MuteToggled(), State.IDLE, Mode.NONE, []),
+    # unknown pairs change nothing
+    (snap(State.IDLE), m.SpeechStopped(), State.IDLE, Mode.NONE, []),
+    (snap(State.IDLE), m.ReplyAudioStarted("r"), State.IDLE, Mode.NONE, []),
+    (snap(State.ERROR), m.ToolFinished("c", "{}"), State.ERROR, Mode.NONE, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("before", "event", "state", "mode", "effects"), TABLE)
+def test_transition(
+    before: m.Snapshot, event: m.Event, state: State, mode: Mode, effects: list[str]
+) -> None:
+    after, out = m.step(before, event)
+    assert (after.state, after.mode, kinds(out)) == (state, mode, effects)
+
+
+def test_every_state_change_bumps_the_epoch_and_timers_carry_it() -> None:
+    after, effects = m.step(snap(State.IDLE), m.ButtonPressed())
+    assert after.epoch == 6
+    timers = [e for e in effects if isinstance(e, m.StartTimer)]
+    assert timers == [m.StartTimer(TimerName.CONNECT, T.connect_s, 6)]
+
+
+def test_unknown_pair_returns_the_same_snapshot() -> None:
+    before = snap(State.SPEAKING)
+    assert m.step(before, m.WakeDetected("x"))[0].state is State.LISTENING
+    assert m.step(before, m.SessionUp()) == (before, ())
+
+
+def test_a_whole_push_to_talk_turn() -> None:
+    s = m.Snapshot()
+    seen = []
+    for event in [
+        m.ButtonPressed(), m.ButtonHeld(), m.SessionUp(), m.ButtonReleased(),
+        m.ResponseStarted("r1"), m.ReplyAudioStarted("r1"), m.ResponseDone("r1", "completed", True),
+        m.ReplyAudioStopped("r1"),
+    ]:  # fmt: skip
+        s, _ = m.step(s, event)
+        seen.append(s.state)
+    assert seen == [
+        State.CONNECTING, State.CONNECTING, State.LISTENING, State.THINKING,
+        State.THINKING, State.SPEAKING, State.SPEAKING, State.IDLE,
+    ]  # fmt: skip
+    assert s.session_open
+    assert not s.manual_turns
