@@ -122,11 +122,12 @@ def test_unknown_pair_returns_the_same_snapshot() -> None:
 def test_a_whole_push_to_talk_turn() -> None:
     s = m.Snapshot()
     seen = []
-    for event in [
+    events: list[m.Event] = [
         m.ButtonPressed(), m.ButtonHeld(), m.SessionUp(), m.ButtonReleased(),
         m.ResponseStarted("r1"), m.ReplyAudioStarted("r1"), m.ResponseDone("r1", "completed", True),
         m.ReplyAudioStopped("r1"),
-    ]:  # fmt: skip
+    ]  # fmt: skip
+    for event in events:
         s, _ = m.step(s, event)
         seen.append(s.state)
     assert seen == [
