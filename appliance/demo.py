@@ -16,15 +16,18 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 os.environ.setdefault("GPIOZERO_MOCK_PIN_CLASS", "mockpwmpin")
 
 from appliance import machine as m  # pin factory must be chosen first
-from appliance.app import App, make_gpio
+from appliance.app import App, Stats, make_gpio
 from appliance.audio.base import AudioFormat
+from appliance.audio.frames import Pcm
 from appliance.audio.wav import WavSink, WavSource
 from appliance.config import ActivationConfig, AudioConfig, Config, DeviceConfig
 from appliance.identity import enroll
@@ -43,11 +46,13 @@ def asset(name: str) -> Path:
 
 
 class Printer:
-    def __init__(self) -> None:
+    def __init__(self, quiet: bool = False) -> None:
         self.t0 = time.monotonic()
+        self.quiet = quiet
 
     def __call__(self, what: str) -> None:
-        print(f"[{time.monotonic() - self.t0:6.2f}s] {what}", flush=True)
+        if not self.quiet:
+            print(f"[{time.monotonic() - self.t0:6.2f}s] {what}", flush=True)
 
 
 async def wait_state(app: App, wanted: m.State, within: float) -> None:
@@ -60,8 +65,22 @@ async def wait_state(app: App, wanted: m.State, within: float) -> None:
         await asyncio.sleep(0.02)
 
 
-async def run_demo(out_dir: Path, work: Path) -> int:
-    say = Printer()
+@dataclass
+class Report:
+    """What a demo run saw, for the end-to-end test."""
+
+    stats: Stats
+    spoken: list[Pcm] = field(default_factory=list)
+    """Reply audio the stand-in sent, 48 kHz."""
+    played: Pcm | None = None
+    """What reached the device's speaker, 48 kHz."""
+    client_events: list[dict[str, Any]] = field(default_factory=list)
+    server_events: list[dict[str, Any]] = field(default_factory=list)
+    ok: bool = False
+
+
+async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
+    say = Printer(quiet)
     async with StandIn(StandInConfig(api_key=STANDIN_KEY)) as standin:
         settings = Settings(
             database_url=f"sqlite:///{work / 'provisioning.db'}",
@@ -139,13 +158,18 @@ async def run_demo(out_dir: Path, work: Path) -> int:
                 await runner
                 if button is not None:
                     button.close()
+        report = Report(app.stats, played=sink.samples())
+        for call in standin.finished_calls + list(standin.calls.values()):
+            report.spoken.extend(call.track.sent)
+            report.client_events.extend(call.received)
+            report.server_events.extend(call.sent)
     for role, text in app.stats.transcripts:
         say(f"transcript {role}: {text}")
     say(f"tool calls: {app.stats.tool_calls}; turns answered: {app.stats.turns}")
-    ok = app.stats.turns >= 2 and app.stats.tool_calls >= 1
+    report.ok = app.stats.turns >= 2 and app.stats.tool_calls >= 1
     say(f"speaker output written to {out_dir / 'answer.wav'}")
-    say("demo OK" if ok else "demo FAILED")
-    return 0 if ok else 1
+    say("demo OK" if report.ok else "demo FAILED")
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="appliance-demo-") as work:
-        return asyncio.run(run_demo(args.out, Path(work)))
+        return 0 if asyncio.run(run_demo(args.out, Path(work))).ok else 1
 
 
 if __name__ == "__main__":
