@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from appliance import machine as m
@@ -65,9 +66,10 @@ def test_answer_audio_reaches_the_speaker(report: Report) -> None:
 
     # what the speaker played correlates with what the stand-in said (Opus is lossy,
     # so compare envelopes in 20 ms windows over the first reply)
-    def envelope(x: np.ndarray) -> np.ndarray:  # type: ignore[type-arg]
+    def envelope(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
         n = x.size // 960
-        return np.sqrt((x[: n * 960].reshape(n, 960) ** 2).mean(axis=1))
+        out: npt.NDArray[np.float64] = np.sqrt((x[: n * 960].reshape(n, 960) ** 2).mean(axis=1))
+        return out
 
     env_spoken, env_played = envelope(spoken[: 48000 * 3]), envelope(played)
     corr = np.correlate(env_played - env_played.mean(), env_spoken - env_spoken.mean(), "valid")
