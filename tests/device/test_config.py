@@ -62,8 +62,11 @@ def test_cli_exits_78_naming_the_key(tmp_path: Path) -> None:
     path.write_text("[audio]\ncapture_rate = 44100\n")
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "run", "--config", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == EX_CONFIG
     assert "audio.capture_rate" in result.stderr
 
@@ -73,7 +76,10 @@ def test_cli_exits_78_when_the_device_never_enrolled(tmp_path: Path) -> None:
     path.write_text(f'[device]\nstate_dir = "{tmp_path / "state"}"\n[audio]\nbackend = "wav"\n')
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "run", "--config", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == EX_CONFIG
     assert "device.state_dir" in result.stderr

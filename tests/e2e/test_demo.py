@@ -33,17 +33,25 @@ def test_both_turns_walk_the_states(report: Report) -> None:
     S = m.State
     # hold-to-talk turn, then a tap turn on the warm session (no second CONNECTING)
     assert seen == [
-        S.CONNECTING, S.LISTENING, S.THINKING, S.SPEAKING, S.IDLE,
-        S.LISTENING, S.THINKING, S.SPEAKING, S.IDLE,
-    ]  # fmt: skip
+        S.CONNECTING,
+        S.LISTENING,
+        S.THINKING,
+        S.SPEAKING,
+        S.IDLE,
+        S.LISTENING,
+        S.THINKING,
+        S.SPEAKING,
+        S.IDLE,
+    ]
 
 
 def test_the_tool_round_trip_happened(report: Report) -> None:
     assert report.stats.tool_calls == 1
     outputs = [
-        e for e in report.client_events
+        e
+        for e in report.client_events
         if e["type"] == "conversation.item.create" and e["item"]["type"] == "function_call_output"
-    ]  # fmt: skip
+    ]
     assert len(outputs) == 1
     assert '"time"' in outputs[0]["item"]["output"]
     assert (
@@ -92,8 +100,11 @@ def test_every_event_on_the_wire_is_valid_ga(report: Report) -> None:
 def test_make_demo_command_exits_zero(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "appliance.demo", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo OK" in result.stdout
     assert (tmp_path / "answer.wav").stat().st_size > 48000
