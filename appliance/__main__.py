@@ -83,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("devices", help="list audio devices")
     sub.add_parser("demo", help="the whole system on fake hardware (same as make demo)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     try:
         if args.command == "run":
             with contextlib.suppress(KeyboardInterrupt):
