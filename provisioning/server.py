@@ -7,13 +7,10 @@ group's session profile. See docs/contracts.md for the wire contract.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import logging
 import os
 import secrets
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +18,12 @@ from types import TracebackType
 from typing import Any
 
 import jwt
-import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
+from provisioning.serving import Served
 from provisioning.store import Device, EnrollmentToken, Group, Store, hash_token
 from provisioning.upstream import Upstream, UpstreamError
 
@@ -225,29 +222,14 @@ class ProvisioningServer:
         self.settings = settings
         self.store = Store(settings.database_url)
         self.app = create_app(settings, self.store)
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._socket: socket.socket | None = None
+        self._served = Served(self.app, settings.host, settings.port)
 
     @property
     def base_url(self) -> str:
-        if self._socket is None:
-            raise RuntimeError("not running")
-        host, port = self._socket.getsockname()[:2]
-        return f"http://{host}:{port}"
+        return self._served.base_url
 
     async def __aenter__(self) -> ProvisioningServer:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.settings.host, self.settings.port))
-        self._socket = sock
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
+        await self._served.start()
         return self
 
     async def __aexit__(
@@ -256,14 +238,8 @@ class ProvisioningServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._served.stop()
         await self.app.state.upstream.close()
-        if self._socket is not None:
-            self._socket.close()
         self.store.close()
 
 

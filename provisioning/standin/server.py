@@ -6,12 +6,9 @@ as an async context manager. Errors are OpenAI-shaped: ``{"error": {message, typ
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import logging
 import secrets
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,11 +16,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from appliance.realtime.ice import allow_loopback
+from provisioning.serving import Served
 from provisioning.standin import events as ev
 from provisioning.standin.call import Call, SessionUpdateError, apply_session_update
 from provisioning.standin.script import Script
@@ -122,18 +119,13 @@ class StandIn:
         self.voice = Voice(self.config.tts)
         self.script = Script.load(self.config.script)
         self.app = self._build_app()
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._socket: socket.socket | None = None
+        self._served = Served(self.app, self.config.host, self.config.port)
         if self.config.allow_loopback:
             allow_loopback()
 
     @property
     def base_url(self) -> str:
-        if self._socket is None:
-            raise RuntimeError("the stand-in is not running")
-        host, port = self._socket.getsockname()[:2]
-        return f"http://{host}:{port}"
+        return self._served.base_url
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -150,35 +142,18 @@ class StandIn:
         await self.stop()
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.config.host, self.config.port))
-        self._socket = sock
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
+        await self._served.start()
         log.info("stand-in listening on %s (tts: %s)", self.base_url, self.voice.engine)
 
     async def stop(self) -> None:
         for call in list(self.calls.values()):
             await call.close()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._socket is not None:
-            self._socket.close()
+        await self._served.stop()
 
     async def serve_forever(self) -> None:
         await self.start()
         try:
-            assert self._task is not None
-            await self._task
+            await self._served.wait()
         finally:
             await self.stop()
 
