@@ -69,3 +69,13 @@ class CachedKeySource:
                 key = await self._inner.get_key()
                 self._key = key
             return key
+
+
+class StaticKeySource:
+    """A fixed key: for ``appliance check`` with a pasted key, tests, and single-user setups."""
+
+    def __init__(self, key: EphemeralKey) -> None:
+        self._key = key
+
+    async def get_key(self) -> EphemeralKey:
+        return self._key
