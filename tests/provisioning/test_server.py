@@ -1,0 +1,247 @@
+"""Provisioning server: enrollment, device JWTs, minting, revocation — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
+
+from appliance.errors import DeviceRevoked, EnrollmentError, ProvisioningUnavailable
+from appliance.identity import AUDIENCE, Identity, enroll
+from appliance.realtime.provisioning_keys import ProvisioningKeySource
+from provisioning.server import ProvisioningServer, Settings, profile_for
+from provisioning.standin import StandIn, StandInConfig
+from provisioning.store import Audit, Base, Device, make_engine
+from tests.conftest import require
+
+STANDARD_KEY = "sk-standin-" + secrets.token_hex(12)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'prov.db'}"
+    url = os.environ.get("APPLIANCE_TEST_PG_URL")
+    require(url is not None, "PostgreSQL (APPLIANCE_TEST_PG_URL)")
+    assert url is not None
+    engine = make_engine(url)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StandIn]:
+    async with StandIn(StandInConfig(api_key=STANDARD_KEY)) as s:
+        yield s
+
+
+@pytest.fixture
+async def server(db_url: str, standin: StandIn) -> AsyncIterator[ProvisioningServer]:
+    settings = Settings(
+        database_url=db_url, upstream_url=standin.base_url, openai_api_key=STANDARD_KEY, port=0
+    )
+    async with ProvisioningServer(settings) as srv:
+        yield srv
+
+
+async def enrolled(server: ProvisioningServer, tmp_path: Path, name: str = "kitchen") -> Identity:
+    token = server.store.create_token("default")
+    return await enroll(server.base_url, token, tmp_path / name, name)
+
+
+async def post(url: str, token: str | None, body: Any = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient() as http:
+        return await http.post(url, json=body or {}, headers=headers)
+
+
+async def test_enroll_then_mint_an_ephemeral_key(
+    server: ProvisioningServer, standin: StandIn, tmp_path: Path
+) -> None:
+    server.store.ensure_group("default", profile_for(voice="cedar", instructions="Be brief."))
+    identity = await enrolled(server, tmp_path)
+    key_file = tmp_path / "kitchen" / "device.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = await ProvisioningKeySource(identity).get_key()
+    assert key.value.startswith("ek_")
+    assert key.value in standin.keys
+    assert key.realtime_base == standin.base_url
+    assert key.session["audio"]["output"]["voice"] == "cedar"
+    assert key.expires_at - time.time() == pytest.approx(60, abs=5)
+    with server.store.session() as db:
+        device = db.get_one(Device, identity.device_id)
+        assert device.last_seen is not None
+        stored = device.public_key
+    assert "PRIVATE" not in stored
+    assert len(stored) == 43  # base64url of a raw 32-byte Ed25519 public key, nothing else
+
+
+async def test_profile_changes_apply_at_the_next_mint(
+    server: ProvisioningServer, tmp_path: Path
+) -> None:
+    source = ProvisioningKeySource(await enrolled(server, tmp_path))
+    assert (await source.get_key()).session["audio"]["output"]["voice"] == "alloy"
+    server.store.ensure_group("default", profile_for(voice="sage"))
+    assert (await source.get_key()).session["audio"]["output"]["voice"] == "sage"
+
+
+async def test_enrollment_tokens_are_single_use_and_expire(
+    server: ProvisioningServer, tmp_path: Path
+) -> None:
+    token = server.store.create_token("default")
+    await enroll(server.base_url, token, tmp_path / "a", "a")
+    with pytest.raises(EnrollmentError, match="409"):
+        await enroll(server.base_url, token, tmp_path / "b", "b")
+    with pytest.raises(EnrollmentError, match="401"):
+        await enroll(server.base_url, "enr_made_up", tmp_path / "c", "c")
+    expired = server.store.create_token("default", ttl_s=-1)
+    with pytest.raises(EnrollmentError, match="410"):
+        await enroll(server.base_url, expired, tmp_path / "d", "d")
+    claim = server.store.create_token("default", max_uses=2)
+    await enroll(server.base_url, claim, tmp_path / "e", "e")
+    await enroll(server.base_url, claim, tmp_path / "f", "f")
+    with pytest.raises(EnrollmentError, match="409"):
+        await enroll(server.base_url, claim, tmp_path / "g", "g")
+    assert not (tmp_path / "g" / "device.key").exists(), "nothing is stored when refused"
+
+
+def forged(identity: Identity, **changes: Any) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": identity.device_id,
+        "sub": identity.device_id,
+        "aud": AUDIENCE,
+        "iat": now,
+        "exp": now + 30,
+        "jti": secrets.token_urlsafe(8),
+    }
+    key = changes.pop("key", identity.private_key)
+    claims.update(changes)
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": identity.device_id})
+
+
+async def test_bad_jwts_are_refused(server: ProvisioningServer, tmp_path: Path) -> None:
+    identity = await enrolled(server, tmp_path)
+    url = f"{server.base_url}/v1/realtime/keys"
+    token = identity.token()
+    assert (await post(url, token)).status_code == 200
+    replay = await post(url, token)
+    assert (replay.status_code, replay.json()["error"]["code"]) == (401, "replayed_token")
+    now = int(time.time())
+    for bad in [
+        forged(identity, exp=now - 5, iat=now - 35),  # expired
+        forged(identity, aud="someone-else"),  # foreign audience
+        forged(identity, key=Ed25519PrivateKey.generate()),  # another key
+        forged(identity, exp=now + 3600),  # lifetime over 60 s
+        forged(identity, sub="dev_other"),
+        jwt.encode(
+            {"sub": identity.device_id},
+            "s" * 32,
+            algorithm="HS256",
+            headers={"kid": identity.device_id},
+        ),
+        "not-a-jwt",
+    ]:
+        assert (await post(url, bad)).status_code == 401
+    assert (await post(url, None)).status_code == 401
+
+
+async def test_revocation_is_immediate(
+    server: ProvisioningServer, standin: StandIn, tmp_path: Path
+) -> None:
+    identity = await enrolled(server, tmp_path)
+    source = ProvisioningKeySource(identity)
+    await source.get_key()
+    minted = len(standin.keys)
+    assert server.store.set_device_state(identity.device_id, "disable")
+    with pytest.raises(DeviceRevoked, match="403"):
+        await source.get_key()
+    assert server.store.set_device_state(identity.device_id, "enable")
+    await source.get_key()
+    assert server.store.set_device_state(identity.device_id, "revoke")
+    with pytest.raises(DeviceRevoked, match="401"):
+        await source.get_key()
+    assert len(standin.keys) == minted + 1, "a revoked or disabled device mints nothing"
+    with server.store.session() as db:
+        actions = [a.action for a in db.scalars(select(Audit).order_by(Audit.id))]
+    assert "device.revoke" in actions
+    assert actions.count("key.mint") == 2
+
+
+@pytest.mark.parametrize("status", [429, 500])
+async def test_upstream_failures_become_503(
+    server: ProvisioningServer, standin: StandIn, tmp_path: Path, status: int
+) -> None:
+    identity = await enrolled(server, tmp_path)
+    standin.faults.client_secrets_status = status
+    response = await post(f"{server.base_url}/v1/realtime/keys", identity.token())
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert "Rate limit" not in response.text
+    assert "server had an error" not in response.text
+    with pytest.raises(ProvisioningUnavailable) as caught:
+        await ProvisioningKeySource(identity).get_key()
+    assert caught.value.retry_after is not None
+
+
+async def test_dead_upstream_becomes_503(db_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        database_url=db_url, upstream_url="http://127.0.0.1:9", openai_api_key=STANDARD_KEY, port=0
+    )
+    async with ProvisioningServer(settings) as server:
+        identity = await enrolled(server, tmp_path)
+        response = await post(f"{server.base_url}/v1/realtime/keys", identity.token())
+        assert response.status_code == 503
+
+
+async def test_dead_server_is_unavailable_not_revoked(tmp_path: Path) -> None:
+    identity = Identity("dev_x", "http://127.0.0.1:9", Ed25519PrivateKey.generate())
+    with pytest.raises(ProvisioningUnavailable):
+        await ProvisioningKeySource(identity).get_key()
+
+
+async def test_heartbeat_is_stored(server: ProvisioningServer, tmp_path: Path) -> None:
+    identity = await enrolled(server, tmp_path)
+    health = {
+        "version": "0.1.0",
+        "uptime_s": 12,
+        "last_turn_latency_ms": 640,
+        "reconnects": 1,
+        "false_wakes": 0,
+    }
+    await ProvisioningKeySource(identity).heartbeat(health)
+    with server.store.session() as db:
+        assert db.get_one(Device, identity.device_id).health == health
+
+
+async def test_the_standard_key_never_leaks(
+    server: ProvisioningServer, standin: StandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    identity = await enrolled(server, tmp_path)
+    bodies = []
+    for status in (None, 500):
+        standin.faults.client_secrets_status = status
+        bodies.append((await post(f"{server.base_url}/v1/realtime/keys", identity.token())).text)
+    bodies.append((await post(f"{server.base_url}/v1/realtime/keys", "junk")).text)
+    async with httpx.AsyncClient() as http:
+        bodies.append((await http.get(f"{server.base_url}/openapi.json")).text)
+    assert all(STANDARD_KEY not in body for body in bodies)
+    assert STANDARD_KEY not in caplog.text
+    assert STANDARD_KEY not in repr(server.settings)
+    minted = bodies[0]
+    assert "ek_" in minted
+    key_value = minted.split('"value":"')[1].split('"')[0]
+    assert key_value not in caplog.text, "ephemeral keys are secrets too"
