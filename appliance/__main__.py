@@ -9,22 +9,30 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.errors import EX_CONFIG, ApplianceError, ConfigError
+
+if TYPE_CHECKING:
+    from appliance.app import App
+    from appliance.service import Notifier
 
 log = logging.getLogger("appliance")
 
 
 async def _run(config_path: Path | None) -> int:
     from appliance import config as cfg
+    from appliance import logging_setup
     from appliance.app import App, make_audio, make_gpio
     from appliance.identity import Identity
     from appliance.realtime.keys import CachedKeySource
     from appliance.realtime.provisioning_keys import ProvisioningKeySource
     from appliance.realtime.tools import builtin_registry
+    from appliance.service import Notifier, watchdog_loop
 
     config = cfg.load(config_path)
-    logging.getLogger().setLevel(config.logging.level)
+    logging_setup.setup(config.logging.level)
+    notifier = Notifier()
     try:
         identity = Identity.load(config.device.state_dir)
     except FileNotFoundError:
@@ -35,20 +43,41 @@ async def _run(config_path: Path | None) -> int:
     source, sink = make_audio(config)
     keys = CachedKeySource(ProvisioningKeySource(identity, timeout_s=config.provisioning.timeout_s))
     app = App(config, source=source, sink=sink, keys=keys, tools=builtin_registry())
+    app._on_state = lambda _state: notifier.status(app.status_text())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner = asyncio.create_task(app.run(stop))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
     leds, button = make_gpio(config, app)
     app.leds = leds
+    watchdog = asyncio.create_task(watchdog_loop(notifier, lambda: app.last_audio))
+    ready = asyncio.create_task(_announce_ready(app, notifier, identity.server))
     try:
+        await stop.wait()
+        notifier.stopping()
         await runner
     finally:
+        for task in (watchdog, ready):
+            task.cancel()
         if button is not None:
             button.close()
     return 0
+
+
+async def _announce_ready(app: App, notifier: Notifier, server: str) -> None:
+    """READY=1 once audio flows and the provisioning server was reached (or is known down)."""
+    import httpx
+
+    await app.audio_flowing.wait()
+    try:
+        async with httpx.AsyncClient(timeout=5) as http:
+            await http.get(f"{server.rstrip('/')}/healthz")
+        notifier.ready(app.status_text())
+    except httpx.HTTPError:
+        app.last_error = "provisioning server unreachable"
+        notifier.ready(f"offline: provisioning server unreachable ({server})")
 
 
 async def _enroll(server: str, token: str, state_dir: Path, name: str) -> int:

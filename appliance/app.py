@@ -88,6 +88,10 @@ class App:
         self._timers: list[asyncio.TimerHandle] = []
         self._session_task: asyncio.Task[None] | None = None
         self._turn_ended_at: float | None = None
+        self.audio_flowing = asyncio.Event()
+        """Set once the first mic frame arrived."""
+        self.last_error = ""
+        """Why the last session failed or was lost (for status text and support)."""
 
     # ------------------------------------------------------------------ events in
 
@@ -153,6 +157,19 @@ class App:
                 extra={"latency_ms": round(latency)},
             )
         self._show(new)
+
+    def status_text(self) -> str:
+        """One line for systemd's STATUS=: what the device is doing now."""
+        state = self.snapshot.state
+        match state:
+            case m.State.IDLE:
+                wake = self.config.activation.wake_word
+                return f"idle, wake word {wake}" if wake else "idle, press the button to talk"
+            case m.State.LISTENING | m.State.THINKING | m.State.SPEAKING:
+                return f"in conversation ({state.value})"
+            case m.State.OFFLINE | m.State.ERROR:
+                return f"{state.value}: {self.last_error or 'unknown'}"
+        return str(state.value)
 
     def _show(self, state: m.State) -> None:
         if self.leds is not None:
@@ -257,6 +274,7 @@ class App:
 
     async def _fail(self, session: RealtimeSession, event: m.SessionFailed) -> None:
         log.warning("could not open a session: %s", event.reason)
+        self.last_error = event.reason
         if self.session is session:
             self.session = None
         await session.close()
@@ -266,6 +284,7 @@ class App:
         if session is not self.session:
             return  # a stale session's last words
         if isinstance(event, m.SessionLost):
+            self.last_error = event.reason
             self.session = None
             self._spawn(session.close(), "close-lost-session")
         self.post(event)
@@ -301,6 +320,7 @@ class App:
                 self.post(m.SessionLost(f"microphone failed: {exc}"))
                 return
             self.last_audio = time.monotonic()
+            self.audio_flowing.set()
             if self.session is not None:
                 self.mic.push(frame)
 

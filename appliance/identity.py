@@ -37,7 +37,10 @@ class Identity:
     def load(cls, state_dir: Path) -> Identity:
         """Raises ``FileNotFoundError`` when the device has not enrolled yet."""
         info = json.loads((state_dir / ID_FILE).read_text())
-        pem = (state_dir / KEY_FILE).read_bytes()
+        # under systemd the key may come through LoadCredential= ($CREDENTIALS_DIRECTORY)
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        key_path = Path(creds) / KEY_FILE if creds and (Path(creds) / KEY_FILE).exists() else None
+        pem = (key_path or state_dir / KEY_FILE).read_bytes()
         key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{state_dir / KEY_FILE} is not an Ed25519 key")
