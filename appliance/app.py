@@ -363,27 +363,18 @@ def make_audio(config: Config) -> tuple[AudioSource, AudioSink]:
 def make_gpio(config: Config, app: App) -> tuple[LedDriver | None, Any]:
     """LEDs and the button of the configured board, through gpiozero's pin factory
     (``GPIOZERO_PIN_FACTORY``: lgpio on a Pi, ``mock`` for fakes). Returns (leds, button)."""
-    from gpiozero import LED, PWMLED, RGBLED, Button
+    from gpiozero import Button
     from gpiozero.exc import GPIOZeroError
 
-    from appliance.boards import PROFILES
+    from appliance.boards import PROFILES, make_leds
     from appliance.button import ButtonEvents
     from appliance.errors import GpioError
-    from appliance.leds import GpioLeds
 
     board = PROFILES[config.device.board]
     leds: LedDriver | None = None
     button: Any = None
     try:
-        if board.rgb_pins is not None:
-            leds = GpioLeds(RGBLED(*board.rgb_pins))
-        elif board.led_pin is not None:
-            try:
-                leds = GpioLeds(PWMLED(board.led_pin))
-            except GPIOZeroError:
-                leds = GpioLeds(LED(board.led_pin))
-        elif board.apa102_count:
-            log.warning("board %s: APA102 LEDs are not driven yet", board.name)
+        leds = make_leds(board)
         if config.activation.button and board.button_pin is not None:
             gz = Button(board.button_pin, hold_time=config.activation.hold_s)
             button = ButtonEvents(gz, asyncio.get_running_loop(), app.post)

@@ -1,12 +1,16 @@
 """Board profiles: which pins the button and LEDs use, selected by ``device.board``.
 
-See ``hw/`` for wiring. APA102 LED rings (ReSpeaker) are listed here; until their SPI
-driver lands those boards show state on no LED (logged once at start).
+See ``hw/`` for wiring. APA102 LED rings (ReSpeaker) are driven over SPI0 by
+``appliance.apa102``; single and RGB LEDs through gpiozero.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.leds import LedDriver
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +30,7 @@ class BoardProfile:
 
 PROFILES: dict[str, BoardProfile] = {
     "generic": BoardProfile("generic", button_pin=17, led_pin=25),
+    "generic-rgb": BoardProfile("generic-rgb", button_pin=17, rgb_pins=(5, 6, 13)),
     "mock": BoardProfile("mock", button_pin=17, led_pin=25),
     "respeaker-2mic": BoardProfile("respeaker-2mic", button_pin=17, apa102_count=3),
     "respeaker-4mic": BoardProfile(
@@ -33,3 +38,24 @@ PROFILES: dict[str, BoardProfile] = {
     ),
     "aiy-voice": BoardProfile("aiy-voice", button_pin=23, led_pin=25),
 }
+
+
+def make_leds(board: BoardProfile) -> LedDriver | None:
+    """The board's status LEDs through gpiozero's pin factory (lgpio on a Pi, mock in tests)."""
+    from gpiozero import LED, PWMLED, RGBLED
+    from gpiozero.exc import GPIOZeroError
+
+    from appliance.leds import GpioLeds
+
+    if board.rgb_pins is not None:
+        return GpioLeds(RGBLED(*board.rgb_pins))
+    if board.led_pin is not None:
+        try:
+            return GpioLeds(PWMLED(board.led_pin))
+        except GPIOZeroError:  # no PWM on this pin factory: plain on/off
+            return GpioLeds(LED(board.led_pin))
+    if board.apa102_count:
+        from appliance.apa102 import Apa102Leds
+
+        return Apa102Leds(board.apa102_count, board.led_power_pin)
+    return None

@@ -31,7 +31,9 @@ class DeviceConfig:
     """Where the device key (``device.key``) and identity (``device.json``) live."""
     board: str = field(
         default="generic",
-        metadata=_choice("generic", "respeaker-2mic", "respeaker-4mic", "aiy-voice", "mock"),
+        metadata=_choice(
+            "generic", "generic-rgb", "respeaker-2mic", "respeaker-4mic", "aiy-voice", "mock"
+        ),
     )
     """Hardware profile (see ``hw/``): pins for the button and LEDs."""
 
