@@ -83,3 +83,9 @@ def test_cli_exits_78_when_the_device_never_enrolled(tmp_path: Path) -> None:
     )
     assert result.returncode == EX_CONFIG
     assert "device.state_dir" in result.stderr
+
+
+@pytest.mark.parametrize("board_file", sorted((Path(__file__).parents[2] / "hw").glob("*.toml")))
+def test_every_shipped_board_config_loads(board_file: Path) -> None:
+    config = load(board_file, {})
+    assert config.device.board == board_file.stem
