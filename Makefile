@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Pi-only extras (PyAudio, systemd-python) build from source and need apt packages:
 # portaudio19-dev libsystemd-dev pkg-config (see .ci/run and scripts/install.sh).
-EXTRAS ?= dev,wake,postgres,pi
+EXTRAS ?= server,dev,wake,postgres,pi
 
 .PHONY: help venv venv-dev demo test lint fmt typecheck pytest bench soak clean install uninstall
 
@@ -19,7 +19,7 @@ help:
 $(VENV)/.stamp-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[server]"
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
