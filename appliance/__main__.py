@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     enroll.add_argument("--state-dir", type=Path, default=Path("/var/lib/appliance"))
     enroll.add_argument("--name", default="appliance")
     sub.add_parser("devices", help="list audio devices")
+    check = sub.add_parser("check", help="pass/fail checks of audio, LEDs, button, server, session")
+    check.add_argument("--config", type=Path, default=None)
+    check.add_argument("--button-wait", type=float, default=10.0, help="seconds (0: skip)")
     sub.add_parser("demo", help="the whole system on fake hardware (same as make demo)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -126,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_enroll(args.server, args.token, args.state_dir, args.name))
         if args.command == "devices":
             return _devices()
+        if args.command == "check":
+            from appliance.check import main as check_main
+
+            return check_main(args.config, args.button_wait)
         from appliance.demo import main as demo
 
         return demo([])

@@ -1,0 +1,169 @@
+"""``appliance check``: a pass/fail table for installers and support.
+
+Each step is a coroutine returning a ``Result``; a failed step does not stop the others
+(except that no session is tried without a key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from appliance.audio.frames import rms_dbfs
+from appliance.config import Config
+from appliance.errors import ApplianceError
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Context:
+    config: Config
+    wait_button_s: float = 10.0
+    key: Any = None
+
+
+async def check_audio(ctx: Context) -> Result:
+    from appliance.app import make_audio
+
+    source, sink = make_audio(ctx.config)
+    try:
+        await source.start()
+        frames = []
+        for _ in range(int(2000 / source.format.frame_ms)):
+            frames.append(await source.read())
+        await sink.start()
+        await sink.write(bytes(sink.format.frame_bytes))
+    finally:
+        await source.close()
+        await sink.close()
+    data = b"".join(frames)
+    level = rms_dbfs(data)
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float64)
+    clipped = float(np.mean(np.abs(samples) >= 32767)) * 100 if samples.size else 0.0
+    detail = f"recorded 2 s: level {level:.1f} dBFS, clipping {clipped:.2f}%"
+    return Result("audio", clipped < 1.0, detail)
+
+
+async def check_leds(ctx: Context) -> Result:
+    from appliance.boards import PROFILES, make_leds
+    from appliance.leds import PATTERNS
+
+    board = PROFILES[ctx.config.device.board]
+    leds = make_leds(board)
+    if leds is None:
+        return Result("leds", True, f"board {board.name} has no LEDs")
+    try:
+        for pattern in PATTERNS.values():
+            leds.show(pattern)
+            await asyncio.sleep(0.3)
+    finally:
+        leds.close()
+    return Result("leds", True, f"showed all {len(PATTERNS)} state patterns on {board.name}")
+
+
+async def check_button(ctx: Context) -> Result:
+    from gpiozero import Button
+
+    from appliance.boards import PROFILES
+
+    board = PROFILES[ctx.config.device.board]
+    if board.button_pin is None or not ctx.config.activation.button:
+        return Result("button", True, "no button on this board/config")
+    if ctx.wait_button_s <= 0:
+        return Result("button", True, "skipped (--no-button)")
+    pressed = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    button = Button(board.button_pin)
+    button.when_pressed = lambda: loop.call_soon_threadsafe(pressed.set)
+    print(f"press the button (GPIO{board.button_pin}) within {ctx.wait_button_s:g} s …", flush=True)
+    try:
+        await asyncio.wait_for(pressed.wait(), ctx.wait_button_s)
+        return Result("button", True, f"GPIO{board.button_pin} pressed")
+    except TimeoutError:
+        return Result("button", False, f"no press on GPIO{board.button_pin}")
+    finally:
+        button.close()
+
+
+async def check_provisioning(ctx: Context) -> Result:
+    from appliance.identity import Identity
+    from appliance.realtime.provisioning_keys import ProvisioningKeySource
+
+    try:
+        identity = Identity.load(ctx.config.device.state_dir)
+    except FileNotFoundError:
+        return Result("provisioning", False, "not enrolled: run 'appliance enroll'")
+    started = time.perf_counter()
+    ctx.key = await ProvisioningKeySource(identity).get_key()
+    ms = (time.perf_counter() - started) * 1000
+    return Result("provisioning", True, f"{identity.server}: key minted in {ms:.0f} ms")
+
+
+async def check_session(ctx: Context) -> Result:
+    from appliance.audio.base import AudioFormat
+    from appliance.audio.wav import WavSink
+    from appliance.realtime.keys import StaticKeySource
+    from appliance.realtime.media import MicTrack
+    from appliance.realtime.webrtc import RealtimeSession
+
+    if ctx.key is None:
+        return Result("session", False, "skipped: no key")
+    session = RealtimeSession(
+        keys=StaticKeySource(ctx.key),
+        session={"type": "realtime"},
+        mic=MicTrack(AudioFormat()),
+        sink=WavSink(None, AudioFormat(48_000)),
+        on_event=lambda _e: None,
+    )
+    try:
+        await asyncio.wait_for(session.connect(), ctx.config.session.connect_s)
+        ms = session.timings["ready_s"] * 1000
+        return Result("session", True, f"call {session.call_id} ready in {ms:.0f} ms, closed")
+    finally:
+        await session.close()
+
+
+STEPS: list[tuple[str, Callable[[Context], Awaitable[Result]]]] = [
+    ("audio", check_audio),
+    ("leds", check_leds),
+    ("button", check_button),
+    ("provisioning", check_provisioning),
+    ("session", check_session),
+]
+
+
+async def run_checks(ctx: Context) -> list[Result]:
+    results = [Result("config", True, "valid")]
+    for name, step in STEPS:
+        try:
+            results.append(await step(ctx))
+        except (ApplianceError, OSError, TimeoutError, ValueError) as exc:
+            results.append(Result(name, False, f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+def table(results: list[Result]) -> str:
+    lines = [f"{'check':<14} {'result':<6} detail", f"{'-' * 14} {'-' * 6} {'-' * 40}"]
+    lines += [f"{r.name:<14} {'PASS' if r.ok else 'FAIL':<6} {r.detail}" for r in results]
+    return "\n".join(lines)
+
+
+def main(config_path: Path | None, wait_button_s: float) -> int:
+    from appliance import config as cfg
+
+    config = cfg.load(config_path)  # ConfigError → exit 78 in the CLI
+    results = asyncio.run(run_checks(Context(config, wait_button_s)))
+    print(table(results))
+    return 0 if all(r.ok for r in results) else 1
