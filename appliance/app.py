@@ -377,7 +377,8 @@ def make_gpio(config: Config, app: App) -> tuple[LedDriver | None, Any]:
         leds = make_leds(board)
         if config.activation.button and board.button_pin is not None:
             gz = Button(board.button_pin, hold_time=config.activation.hold_s)
-            button = ButtonEvents(gz, asyncio.get_running_loop(), app.post)
+            mute_s = config.activation.mute_s or None
+            button = ButtonEvents(gz, asyncio.get_running_loop(), app.post, mute_s)
     except GPIOZeroError as exc:
         raise GpioError(f"GPIO setup failed on board {board.name}: {exc}") from exc
     return leds, button

@@ -97,6 +97,8 @@ class ActivationConfig:
     """Use the board's push button (hold = push-to-talk, tap = hands-free)."""
     hold_s: float = 0.4
     """How long a press must last to count as hold-to-talk, in seconds."""
+    mute_s: float = 3.0
+    """Holding the button this long toggles the privacy mute (0 disables it)."""
     wake_word: str = ""
     """Wake-word model (e.g. ``okay_nabu``); empty disables the wake word."""
 

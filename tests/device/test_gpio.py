@@ -24,6 +24,24 @@ def factory() -> Iterator[MockFactory]:
     Device.pin_factory = saved
 
 
+async def test_long_press_toggles_mute(factory: MockFactory) -> None:
+    events: list[m.Event] = []
+    loop = asyncio.get_running_loop()
+    button = ButtonEvents(Button(17, hold_time=0.1), loop, events.append, mute_s=0.3)
+    pin = factory.pin(17)
+    pin.drive_low()
+    await asyncio.sleep(0.45)
+    pin.drive_high()
+    await asyncio.sleep(0.05)
+    assert events == [m.ButtonPressed(), m.ButtonHeld(), m.MuteToggled(), m.ButtonReleased()]
+    snap = m.Snapshot()
+    for event in events:
+        snap, _ = m.step(snap, event)
+    assert snap.state is m.State.MUTED
+    assert not snap.session_open
+    button.close()
+
+
 async def test_button_press_hold_release_become_events(factory: MockFactory) -> None:
     events: list[m.Event] = []
     button = ButtonEvents(Button(17, hold_time=0.1), asyncio.get_running_loop(), events.append)
