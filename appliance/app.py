@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -185,6 +186,8 @@ class App:
             case m.StartTimer(name=name, seconds=seconds, epoch=epoch):
                 assert self._loop is not None
                 event = m.TimerFired(name, epoch)
+                if name is m.TimerName.RETRY:  # full jitter keeps a fleet from retrying in step
+                    seconds = random.uniform(seconds / 2, seconds)  # noqa: S311  # not crypto
                 self._timers.append(self._loop.call_later(seconds, self.post, event))
             case m.OpenSession():
                 self._session_task = self._spawn(self._open_session(), "open-session")

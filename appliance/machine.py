@@ -306,6 +306,10 @@ class Snapshot:
     pending_tools: int = 0
     manual_turns: bool = False
     """Server VAD was switched off for push-to-talk; switch it back on when the turn ends."""
+    failures: int = 0
+    """Sessions that failed in a row (drives the OFFLINE back-off)."""
+    retry_s: float = 0.0
+    """How long OFFLINE waits before going back to IDLE (from back-off or ``Retry-After``)."""
     awaiting_reply: bool = False
     """A ``response.create`` was asked for and its ``response.created`` has not come yet."""
     epoch: int = 0
@@ -336,6 +340,8 @@ def _timers(snap: Snapshot) -> tuple[Effect, ...]:
             return (StartTimer(TimerName.REPLY, t.reply_s, e),)
         case State.ERROR:
             return (StartTimer(TimerName.ERROR_HOLD, t.error_hold_s, e),)
+        case State.OFFLINE:
+            return (StartTimer(TimerName.RETRY, snap.retry_s, e),)
         case State.IDLE if snap.session_open:
             return (StartTimer(TimerName.SESSION_IDLE, t.session_idle_s, e),)
     return ()
@@ -458,9 +464,20 @@ def step(snap: Snapshot, event: Event) -> Result:
 
         # ---------------------------------------------------------- session
         case State.CONNECTING, SessionUp():
-            return _go(snap, State.LISTENING, OpenUplink(), session_open=True)
+            return _go(snap, State.LISTENING, OpenUplink(), session_open=True, failures=0)
         case State.CONNECTING, SessionFailed(offline=True):
-            return _go(snap, State.OFFLINE, PlayCue("offline"), mode=Mode.NONE, session_open=False)
+            failures = snap.failures + 1
+            backoff = min(60.0, 2.0 ** (failures - 1))  # 1, 2, 4 … 60 s
+            retry = max(backoff, event.retry_after or 0.0)
+            return _go(
+                snap,
+                State.OFFLINE,
+                PlayCue("offline"),
+                mode=Mode.NONE,
+                session_open=False,
+                failures=failures,
+                retry_s=retry,
+            )
         case State.CONNECTING, SessionFailed():
             return _go(snap, State.ERROR, PlayCue("error"), mode=Mode.NONE, session_open=False)
         case State.IDLE, SessionLost():

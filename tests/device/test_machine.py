@@ -92,7 +92,7 @@ TABLE = [
         m.SessionFailed("down", offline=True),
         State.OFFLINE,
         Mode.NONE,
-        ["PlayCue"],
+        ["PlayCue", "StartTimer"],
     ),
     (
         snap(State.CONNECTING, Mode.PRESSED),
@@ -262,6 +262,26 @@ def test_unknown_pair_returns_the_same_snapshot() -> None:
     before = snap(State.SPEAKING)
     assert m.step(before, m.WakeDetected("x"))[0].state is State.LISTENING
     assert m.step(before, m.SessionUp()) == (before, ())
+
+
+def test_offline_backs_off_exponentially_and_honours_retry_after() -> None:
+    s = m.Snapshot()
+    waits = []
+    for _ in range(8):
+        s, _ = m.step(s, m.ButtonPressed())
+        s, effects = m.step(s, m.SessionFailed("server down", offline=True))
+        assert s.state is State.OFFLINE
+        (timer,) = [e for e in effects if isinstance(e, m.StartTimer)]
+        waits.append(timer.seconds)
+        s, _ = m.step(s, m.TimerFired(TimerName.RETRY, timer.epoch))
+        assert s.state is State.IDLE
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60]
+    s, _ = m.step(s, m.ButtonPressed())
+    s, effects = m.step(s, m.SessionFailed("429", offline=True, retry_after=90))
+    assert [e.seconds for e in effects if isinstance(e, m.StartTimer)] == [90]
+    s, _ = m.step(s, m.ButtonPressed())
+    s, _ = m.step(s, m.SessionUp())
+    assert s.failures == 0, "a good session resets the back-off"
 
 
 def test_a_whole_push_to_talk_turn() -> None:
