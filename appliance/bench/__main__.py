@@ -15,9 +15,6 @@ import traceback
 
 SECTIONS: dict[str, str] = {
     "session": "Device session: connect, device-added latency, CPU, RSS",
-    "mint": "Provisioning server: mints per second and latency",
-    "audio": "Audio front end: echo cancellation, barge-in, VAD, wake word",
-    "soak": "Resilience: audio under packet loss, back-to-back sessions",
 }
 
 

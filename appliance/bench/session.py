@@ -104,7 +104,7 @@ async def _run() -> list[tuple[str, str]]:
             await session.connect()
             connects.append(session.timings["created_s"])
             await session.close()
-        rows.append(("cold connect: offer → session.created (5 runs)", _ms(connects)))
+        rows.append(("cold connect: key in hand → session.created (5 runs)", _ms(connects)))
 
         # a 30 s conversation: mic frames paced in real time, a reply every 5 s
         mic = MicTrack(fmt)

@@ -310,3 +310,34 @@ async def test_malformed_and_unknown_client_events_get_errors(peer: GaPeer) -> N
     assert (error["code"], error["event_id"]) == ("invalid_value", "e9")
     peer.send({"type": "response.create", "response": {"instructions": "Say: still fine"}})
     await peer.wait_for("response.done", within=10)
+
+
+async def test_semantic_vad_is_accepted_and_ends_turns(standin: StandIn) -> None:
+    peer = await connect(
+        standin,
+        {
+            "type": "realtime",
+            "audio": {"input": {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}}},
+        },
+    )
+    assert peer.events[0]["session"]["audio"]["input"]["turn_detection"]["type"] == "semantic_vad"
+    peer.mic.play(speech("what is the weather like on the moon", pad_s=1.0))
+    await peer.wait_for("input_audio_buffer.speech_stopped", within=10)
+    await peer.wait_for("response.done", within=20)
+    await peer.close()
+
+
+async def test_assets_voice_works_without_espeak() -> None:
+    async with StandIn(StandInConfig(api_key=API_KEY, tts="assets")) as standin:
+        assert standin.voice.engine == "assets"
+        peer = await connect(standin)
+        peer.send(
+            {
+                "type": "response.create",
+                "response": {"instructions": "Say: on the moon it is very cold"},
+            }
+        )
+        await peer.wait_for("output_audio_buffer.stopped", within=20)
+        call = next(iter(standin.calls.values()))
+        assert sum(chunk.size for chunk in call.track.sent) > 48_000, "a shipped clip was played"
+        await peer.close()
