@@ -24,7 +24,14 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
 from provisioning.serving import Served
-from provisioning.store import Device, EnrollmentToken, Group, Store, hash_token
+from provisioning.store import (
+    Device,
+    EnrollmentToken,
+    Group,
+    LimitExceeded,
+    Store,
+    hash_token,
+)
 from provisioning.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -166,6 +173,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     @app.post("/v1/realtime/keys")
     async def mint(request: Request) -> Response:
         device = authenticate(request)
+        try:
+            store.reserve_mint(device.id, device.group, time.time())
+        except LimitExceeded as exc:
+            with store.session.begin() as db:
+                store.audit(db, "key.mint", device.id, outcome="limited", limit=str(exc))
+            return error(429, "rate_limited", f"limit reached: {exc}", retry_after=exc.retry_after)
         with store.session() as db:
             group = db.get(Group, device.group)
             profile = dict(group.profile) if group else {"type": "realtime"}

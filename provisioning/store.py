@@ -19,7 +19,9 @@ from sqlalchemy import (
     Integer,
     String,
     create_engine,
+    delete,
     event,
+    func,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -31,11 +33,34 @@ class Base(DeclarativeBase):
     pass
 
 
+DEFAULT_LIMITS = {"device_per_minute": 20, "device_per_day": 2000, "group_per_minute": 1000}
+
+
 class Group(Base):
     __tablename__ = "groups"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     profile: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     """The ``session`` sent upstream when minting (model, voice, instructions, tools, …)."""
+    limits: Mapped[dict[str, int]] = mapped_column(JSON, default=lambda: dict(DEFAULT_LIMITS))
+    """Mint limits: ``device_per_minute``, ``device_per_day`` (rolling 24 h),
+    ``group_per_minute``."""
+
+
+class MintLog(Base):
+    """One row per minted key: the shared counter behind rate limits and quotas, so every
+    worker process sees the same numbers."""
+
+    __tablename__ = "mint_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(40), index=True)
+    group: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class LimitExceeded(Exception):
+    def __init__(self, what: str, retry_after: float) -> None:
+        super().__init__(what)
+        self.retry_after = retry_after
 
 
 class EnrollmentToken(Base):
@@ -109,17 +134,55 @@ class Store:
     def audit(self, db: Session, action: str, device_id: str | None = None, **detail: Any) -> None:
         db.add(Audit(at=time.time(), action=action, device_id=device_id, detail=detail))
 
-    def ensure_group(self, name: str, profile: dict[str, Any] | None = None) -> Group:
+    def ensure_group(
+        self, name: str, profile: dict[str, Any] | None = None, limits: dict[str, int] | None = None
+    ) -> Group:
         with self.session.begin() as db:
             group = db.get(Group, name)
             if group is None:
-                group = Group(name=name, profile=profile or {"type": "realtime"})
+                group = Group(
+                    name=name,
+                    profile=profile or {"type": "realtime"},
+                    limits={**DEFAULT_LIMITS, **(limits or {})},
+                )
                 db.add(group)
                 self.audit(db, "group.create", group=name)
-            elif profile is not None:
-                group.profile = profile
+            elif profile is not None or limits is not None:
+                if profile is not None:
+                    group.profile = profile
+                if limits is not None:
+                    group.limits = {**DEFAULT_LIMITS, **group.limits, **limits}
                 self.audit(db, "group.update", group=name)
             return group
+
+    def reserve_mint(self, device_id: str, group: str, now: float) -> None:
+        """Count a mint against the device's and the group's limits, atomically across
+        processes (row locks on PostgreSQL; SQLite's single writer). Raises ``LimitExceeded``."""
+        with self.session.begin() as db:
+            db.execute(select(Device.id).where(Device.id == device_id).with_for_update())
+            row = db.execute(
+                select(Group).where(Group.name == group).with_for_update()
+            ).scalar_one()
+            limits = {**DEFAULT_LIMITS, **(row.limits or {})}
+            db.add(MintLog(device_id=device_id, group=group, at=now))
+            db.flush()  # takes SQLite's write lock now: concurrent reservations queue here
+            checks = [
+                ("device_per_minute", MintLog.device_id == device_id, 60.0),
+                ("device_per_day", MintLog.device_id == device_id, 86400.0),
+                ("group_per_minute", MintLog.group == group, 60.0),
+            ]
+            for name, who, window in checks:
+                since = now - window
+                used = db.scalar(
+                    select(func.count()).select_from(MintLog).where(who, MintLog.at > since)
+                )
+                if used is not None and used > limits[name]:
+                    oldest = db.scalar(select(func.min(MintLog.at)).where(who, MintLog.at > since))
+                    retry = max(1.0, (oldest or now) + window - now)
+                    raise LimitExceeded(name, retry)
+            db.execute(
+                delete(MintLog).where(MintLog.device_id == device_id, MintLog.at < now - 86400)
+            )
 
     def create_token(
         self, group: str, max_uses: int = 1, ttl_s: float = 86400, label: str = ""

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
 
-from appliance.errors import DeviceRevoked, EnrollmentError, ProvisioningUnavailable
+from appliance.errors import DeviceRevoked, EnrollmentError, ProvisioningUnavailable, RateLimited
 from appliance.identity import AUDIENCE, Identity, enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.server import ProvisioningServer, Settings, profile_for
@@ -245,3 +245,34 @@ async def test_the_standard_key_never_leaks(
     assert "ek_" in minted
     key_value = minted.split('"value":"')[1].split('"')[0]
     assert key_value not in caplog.text, "ephemeral keys are secrets too"
+
+
+async def test_rate_limit_and_quota_give_429_with_retry_after(
+    server: ProvisioningServer, standin: StandIn, tmp_path: Path
+) -> None:
+    server.store.ensure_group("default", limits={"device_per_minute": 3, "device_per_day": 5})
+    identity = await enrolled(server, tmp_path)
+    url = f"{server.base_url}/v1/realtime/keys"
+    statuses = [(await post(url, identity.token())).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    limited = await post(url, identity.token())
+    assert limited.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 60
+    other = await enrolled(server, tmp_path, "other")
+    assert (await post(url, other.token())).status_code == 200, "limits are per device"
+    server.store.ensure_group("default", limits={"device_per_minute": 100})
+    # refused requests do not count: 3 keys so far, 2 more fit in the daily quota of 5
+    assert (await post(url, identity.token())).status_code == 200
+    assert (await post(url, identity.token())).status_code == 200
+    assert (await post(url, identity.token())).status_code == 429, "daily quota of 5"
+    with pytest.raises(RateLimited) as caught:
+        await ProvisioningKeySource(identity).get_key()
+    assert caught.value.retry_after is not None
+    assert caught.value.retry_after > 60
+
+
+async def test_group_limit_spans_devices(server: ProvisioningServer, tmp_path: Path) -> None:
+    server.store.ensure_group("default", limits={"group_per_minute": 2})
+    a, b = await enrolled(server, tmp_path, "a"), await enrolled(server, tmp_path, "b")
+    url = f"{server.base_url}/v1/realtime/keys"
+    assert [(await post(url, d.token())).status_code for d in (a, b, a)] == [200, 200, 429]
