@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -21,8 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
-os.environ.setdefault("GPIOZERO_MOCK_PIN_CLASS", "mockpwmpin")
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance import machine as m  # pin factory must be chosen first
 from appliance.app import App, Stats, make_gpio
@@ -112,6 +111,8 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
                 p = PATTERNS[state]
                 say(f"state {state.name:<10} LED {p.kind.value} rgb{p.color}")
 
+            # fake hardware: gpiozero's own mock pins (PWM-capable, for the LED)
+            Device.pin_factory = MockFactory(pin_class=MockPWMPin)
             app = App(
                 config,
                 source=source,

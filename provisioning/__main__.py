@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     device.add_argument("name", nargs="?", default="")
     device.add_argument("--group", default="default")
     device.add_argument("--server-url", default="http://127.0.0.1:8080")
+    adm = sub.add_parser("admin", help="admin credentials for the admin API and dashboard")
+    adm.add_argument("action", choices=["create"])
+    adm.add_argument("--label", default="")
     group = sub.add_parser("group", help="groups and their session profile")
     group.add_argument("action", choices=["set", "list"])
     group.add_argument("name", nargs="?", default="default")
@@ -60,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     store = Store(settings.database_url)
     store.ensure_group("default")
-    if args.command == "token":
+    if args.command == "admin":
+        print(store.create_admin(args.label))
+    elif args.command == "token":
         print(store.create_token(args.group, args.uses, args.ttl))
     elif args.command == "group" and args.action == "set":
         store.ensure_group(args.name, json.loads(args.profile) if args.profile else None)

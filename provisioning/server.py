@@ -23,6 +23,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
+from provisioning import admin
+from provisioning.admin import Metrics
 from provisioning.serving import Served
 from provisioning.store import (
     Device,
@@ -91,7 +93,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app = FastAPI(title="Appliance provisioning server", version="0.1.0")
     app.state.store = store
     app.state.upstream = upstream
+    metrics = Metrics()
+    app.state.metrics = metrics
     store.ensure_group("default")
+    admin.install(app, store, metrics)
 
     def authenticate(request: Request) -> Device:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -168,6 +173,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             db.add(device)
             store.audit(db, "device.enroll", device.id, name=name, group=row.group)
         log.info("device %s enrolled in group %s", device.id, device.group)
+        metrics.enrollments.labels("ok").inc()
         return JSONResponse({"device_id": device.id, "group": device.group}, status_code=201)
 
     @app.post("/v1/realtime/keys")
@@ -178,6 +184,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         except LimitExceeded as exc:
             with store.session.begin() as db:
                 store.audit(db, "key.mint", device.id, outcome="limited", limit=str(exc))
+            metrics.mints.labels("limited").inc()
             return error(429, "rate_limited", f"limit reached: {exc}", retry_after=exc.retry_after)
         with store.session() as db:
             group = db.get(Group, device.group)
@@ -185,6 +192,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         try:
             minted = await upstream.mint(device.id, profile)
         except UpstreamError as exc:
+            metrics.mints.labels("upstream_error").inc()
             with store.session.begin() as db:
                 store.audit(db, "key.mint", device.id, outcome="upstream_error", status=exc.status)
             return error(
@@ -202,6 +210,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 upstream_request_id=minted.get("_request_id", ""),
             )
             db.get_one(Device, device.id).last_seen = time.time()
+        metrics.mints.labels("ok").inc()
         return JSONResponse(
             {
                 "value": minted["value"],

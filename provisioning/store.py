@@ -94,6 +94,21 @@ class UsedJti(Base):
     expires_at: Mapped[float] = mapped_column(Float)
 
 
+class AdminKey(Base):
+    """Admin credentials: ``adm_<id>.<secret>``; only an scrypt hash of the secret is kept."""
+
+    __tablename__ = "admin_keys"
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    salt: Mapped[str] = mapped_column(String(32))
+    secret_hash: Mapped[str] = mapped_column(String(128))
+    label: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+def _scrypt(secret: str, salt: str) -> str:
+    return hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), n=2**14, r=8, p=1).hex()
+
+
 class Audit(Base):
     __tablename__ = "audit"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -229,4 +244,45 @@ class Store:
             else:
                 device.enabled = action == "enable"
             self.audit(db, f"device.{action}", device_id)
+        return True
+
+    def create_admin(self, label: str = "") -> str:
+        """A new admin credential, returned once."""
+        key_id, secret, salt = (
+            secrets.token_hex(6),
+            secrets.token_urlsafe(24),
+            secrets.token_hex(16),
+        )
+        with self.session.begin() as db:
+            db.add(
+                AdminKey(
+                    id=key_id,
+                    salt=salt,
+                    secret_hash=_scrypt(secret, salt),
+                    label=label,
+                    created_at=time.time(),
+                )
+            )
+            self.audit(db, "admin.create", label=label)
+        return f"adm_{key_id}.{secret}"
+
+    def check_admin(self, credential: str) -> str | None:
+        """The admin key id if ``credential`` is valid, else ``None`` (constant-time compare)."""
+        if not credential.startswith("adm_") or "." not in credential:
+            return None
+        key_id, secret = credential[4:].split(".", 1)
+        with self.session() as db:
+            row = db.get(AdminKey, key_id)
+        if row is None:
+            return None
+        ok = secrets.compare_digest(_scrypt(secret, row.salt), row.secret_hash)
+        return row.id if ok else None
+
+    def delete_device(self, device_id: str) -> bool:
+        with self.session.begin() as db:
+            device = db.get(Device, device_id)
+            if device is None:
+                return False
+            db.delete(device)
+            self.audit(db, "device.delete", device_id)
         return True

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from gpiozero import Device
-from gpiozero.pins.mock import MockFactory, MockPWMPin, MockSPIDevice
+from gpiozero.pins.mock import MockFactory, MockPin, MockPWMPin, MockSPIDevice
 
 from appliance.apa102 import encode, frame
 from appliance.boards import PROFILES, make_leds
@@ -21,7 +21,7 @@ from appliance.machine import State
 def pins(request: pytest.FixtureRequest) -> Iterator[MockFactory]:
     saved = Device.pin_factory
     pwm = request.param
-    Device.pin_factory = MockFactory(pin_class=MockPWMPin) if pwm else MockFactory()
+    Device.pin_factory = MockFactory(pin_class=MockPWMPin if pwm else MockPin)
     yield Device.pin_factory
     Device.pin_factory.reset()
     Device.pin_factory = saved

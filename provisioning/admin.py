@@ -1,0 +1,173 @@
+"""Admin API (``/v1/admin/…``), the dashboard page and Prometheus metrics.
+
+Admin requests carry ``Authorization: Bearer adm_<id>.<secret>`` (stored as an scrypt hash);
+device JWTs are refused here. Every admin change is written to the audit log.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from sqlalchemy import select
+
+from provisioning.store import Audit, Device, Group, Store
+
+JSON = dict[str, Any]
+
+
+class Metrics:
+    """Per-process counters (run one worker per metrics scrape target, or sum across)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.mints = Counter(
+            "provisioning_mints", "Mint requests by outcome", ["outcome"], registry=self.registry
+        )
+        self.enrollments = Counter(
+            "provisioning_enrollments",
+            "Enrollments by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def device_json(d: Device) -> JSON:
+    status = "revoked" if d.revoked else ("enabled" if d.enabled else "disabled")
+    return {
+        "id": d.id,
+        "name": d.name,
+        "group": d.group,
+        "status": status,
+        "created_at": d.created_at,
+        "last_seen": d.last_seen,
+        "health": d.health,
+    }
+
+
+def install(app: FastAPI, store: Store, metrics: Metrics) -> None:
+    router = APIRouter(prefix="/v1/admin")
+
+    def admin(request: Request) -> str | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return store.check_admin(token.strip()) if scheme.lower() == "bearer" else None
+
+    def denied() -> JSONResponse:
+        return _error(401, "admin_required", "an admin credential is required")
+
+    @router.get("/devices")
+    async def devices(request: Request) -> Response:
+        if admin(request) is None:
+            return denied()
+        with store.session() as db:
+            rows = db.scalars(select(Device).order_by(Device.created_at)).all()
+            return JSONResponse({"devices": [device_json(d) for d in rows]})
+
+    @router.post("/devices/{device_id}/{action}")
+    async def device_action(device_id: str, action: str, request: Request) -> Response:
+        who = admin(request)
+        if who is None:
+            return denied()
+        if action not in ("disable", "enable", "revoke"):
+            return _error(404, "unknown_action", f"no action {action!r}")
+        if not store.set_device_state(device_id, action):
+            return _error(404, "unknown_device", f"no device {device_id!r}")
+        return JSONResponse({"id": device_id, "action": action})
+
+    @router.delete("/devices/{device_id}")
+    async def delete_device(device_id: str, request: Request) -> Response:
+        if admin(request) is None:
+            return denied()
+        if not store.delete_device(device_id):
+            return _error(404, "unknown_device", f"no device {device_id!r}")
+        return Response(status_code=204)
+
+    @router.post("/tokens", status_code=201)
+    async def tokens(request: Request) -> Response:
+        if admin(request) is None:
+            return denied()
+        try:
+            body = await request.json()
+            group = str(body.get("group", "default"))
+            uses, ttl = int(body.get("uses", 1)), float(body.get("ttl_s", 86400))
+            if not (1 <= uses <= 100_000 and 60 <= ttl <= 90 * 86400):
+                raise ValueError
+        except (ValueError, TypeError, AttributeError):
+            return _error(400, "bad_request", "uses 1–100000, ttl_s 60 s – 90 days, group")
+        try:
+            token = store.create_token(group, uses, ttl, label=str(body.get("label", ""))[:128])
+        except KeyError:
+            return _error(404, "unknown_group", f"no group {group!r}")
+        return JSONResponse({"token": token, "group": group, "uses": uses}, status_code=201)
+
+    @router.get("/groups")
+    async def groups(request: Request) -> Response:
+        if admin(request) is None:
+            return denied()
+        with store.session() as db:
+            rows = db.scalars(select(Group)).all()
+            return JSONResponse(
+                {
+                    "groups": [
+                        {"name": g.name, "profile": g.profile, "limits": g.limits} for g in rows
+                    ]
+                }
+            )
+
+    @router.put("/groups/{name}")
+    async def put_group(name: str, request: Request) -> Response:
+        if admin(request) is None:
+            return denied()
+        try:
+            body = await request.json()
+            profile, limits = body.get("profile"), body.get("limits")
+            if profile is not None and (not isinstance(profile, dict) or "type" not in profile):
+                raise ValueError
+            if limits is not None and not all(
+                isinstance(v, int) and v > 0 for v in limits.values()
+            ):
+                raise ValueError
+        except (ValueError, TypeError, AttributeError):
+            return _error(400, "bad_request", "profile must be a session object with a type")
+        store.ensure_group(name[:64], profile, limits)
+        return JSONResponse({"name": name})
+
+    @router.get("/audit")
+    async def audit(request: Request, limit: int = 100) -> Response:
+        if admin(request) is None:
+            return denied()
+        with store.session() as db:
+            rows = db.scalars(
+                select(Audit).order_by(Audit.id.desc()).limit(max(1, min(limit, 1000)))
+            )
+            return JSONResponse(
+                {
+                    "audit": [
+                        {
+                            "at": a.at,
+                            "action": a.action,
+                            "device_id": a.device_id,
+                            "detail": a.detail,
+                        }
+                        for a in rows
+                    ]
+                }
+            )
+
+    app.include_router(router)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/dashboard", response_class=HTMLResponse)
+    async def dashboard() -> HTMLResponse:
+        page = resources.files("provisioning") / "dashboard.html"
+        return HTMLResponse(page.read_text(), headers={"Cache-Control": "no-store"})

@@ -1,0 +1,141 @@
+"""Admin API, dashboard (headless Chromium) and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from appliance.errors import DeviceRevoked
+from appliance.identity import enroll
+from appliance.realtime.provisioning_keys import ProvisioningKeySource
+from provisioning.server import ProvisioningServer, Settings
+from provisioning.standin import StandIn, StandInConfig
+from tests.browser import CHROMIUM, chromium_args
+
+KEY = "sk-standin-admin-test"
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[ProvisioningServer]:
+    async with StandIn(StandInConfig(api_key=KEY)) as standin:
+        settings = Settings(
+            database_url=f"sqlite:///{tmp_path / 'p.db'}",
+            upstream_url=standin.base_url,
+            openai_api_key=KEY,
+            port=0,
+        )
+        async with ProvisioningServer(settings) as srv:
+            yield srv
+
+
+async def test_admin_api_manages_the_fleet(server: ProvisioningServer, tmp_path: Path) -> None:
+    admin = server.store.create_admin("ops")
+    auth = {"Authorization": f"Bearer {admin}"}
+    base = f"{server.base_url}/v1/admin"
+    async with httpx.AsyncClient() as http:
+        put = await http.put(
+            f"{base}/groups/lab",
+            headers=auth,
+            json={
+                "profile": {"type": "realtime", "audio": {"output": {"voice": "ash"}}},
+                "limits": {"device_per_minute": 5},
+            },
+        )
+        assert put.status_code == 200
+        made = await http.post(f"{base}/tokens", headers=auth, json={"group": "lab", "uses": 2})
+        assert made.status_code == 201
+        token = made.json()["token"]
+        identity = await enroll(server.base_url, token, tmp_path / "d", "lab-1")
+        key = await ProvisioningKeySource(identity).get_key()
+        assert key.session["audio"]["output"]["voice"] == "ash"
+        listed = (await http.get(f"{base}/devices", headers=auth)).json()["devices"]
+        assert [(d["name"], d["group"], d["status"]) for d in listed] == [
+            ("lab-1", "lab", "enabled")
+        ]
+        assert listed[0]["last_seen"] is not None
+        revoked = await http.post(f"{base}/devices/{identity.device_id}/revoke", headers=auth)
+        assert revoked.status_code == 200
+        audit = (await http.get(f"{base}/audit", headers=auth)).json()["audit"]
+        actions = [a["action"] for a in audit]
+        assert {"device.enroll", "key.mint", "device.revoke", "token.create"} <= set(actions)
+        assert token not in str(audit), "no secret in the audit log"
+        assert admin not in str(audit)
+        assert (
+            await http.delete(f"{base}/devices/{identity.device_id}", headers=auth)
+        ).status_code == 204
+        assert (await http.get(f"{base}/devices", headers=auth)).json()["devices"] == []
+
+
+async def test_admin_endpoints_refuse_devices_and_strangers(
+    server: ProvisioningServer, tmp_path: Path
+) -> None:
+    identity = await enroll(server.base_url, server.store.create_token("default"), tmp_path, "x")
+    base = f"{server.base_url}/v1/admin"
+    async with httpx.AsyncClient() as http:
+        for creds in [
+            identity.token(),
+            "adm_deadbeef.nope",
+            server.store.create_admin()[:-2] + "xx",
+            "",
+        ]:
+            headers = {"Authorization": f"Bearer {creds}"} if creds else {}
+            for method, path in [
+                ("GET", "/devices"),
+                ("POST", "/tokens"),
+                ("GET", "/audit"),
+                ("POST", f"/devices/{identity.device_id}/revoke"),
+            ]:
+                response = await http.request(method, base + path, headers=headers, json={})
+                assert response.status_code == 401, (method, path)
+
+
+async def test_metrics_count_mints(server: ProvisioningServer, tmp_path: Path) -> None:
+    identity = await enroll(server.base_url, server.store.create_token("default"), tmp_path, "m")
+    await ProvisioningKeySource(identity).get_key()
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"{server.base_url}/metrics")).text
+        assert 'provisioning_mints_total{outcome="ok"} 1.0' in text
+        assert (await http.get(f"{server.base_url}/healthz")).json() == {"status": "ok"}
+        schema = (await http.get(f"{server.base_url}/openapi.json")).json()
+        assert "/v1/realtime/keys" in schema["paths"]
+
+
+@pytest.mark.chromium
+async def test_dashboard_lists_devices_and_revokes(
+    server: ProvisioningServer, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright
+
+    admin = server.store.create_admin()
+    a = await enroll(
+        server.base_url, server.store.create_token("default"), tmp_path / "a", "kitchen"
+    )
+    await enroll(server.base_url, server.store.create_token("default"), tmp_path / "b", "hall")
+    await ProvisioningKeySource(a).heartbeat({"version": "0.1.0", "last_turn_latency_ms": 640})
+    silence = tmp_path / "silence.wav"
+    silence.write_bytes(
+        b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80>\x00\x00"
+        b"\x00}\x00\x00\x02\x00\x10\x00data\x00\x00\x00\x00"
+    )
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(silence))
+        page = await browser.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())
+        await page.goto(f"{server.base_url}/dashboard")
+        await page.fill("#token", admin)
+        await page.click("button[type=submit]")
+        await page.wait_for_selector("#devices tbody tr")
+        rows = await page.locator("#devices tbody tr").all_inner_texts()
+        assert len(rows) == 2
+        kitchen = next(r for r in rows if "kitchen" in r)
+        assert "enabled" in kitchen
+        assert "v0.1.0, latency 640 ms" in kitchen
+        await page.click(f"tr[data-id='{a.device_id}'] button")
+        await page.wait_for_selector(f"tr[data-id='{a.device_id}'] td.revoked")
+        await page.screenshot(path=str(tmp_path / "dashboard.png"))
+        await browser.close()
+    with pytest.raises(DeviceRevoked, match="401"):
+        await ProvisioningKeySource(a).get_key()
