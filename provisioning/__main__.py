@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("action", choices=["set", "list"])
     group.add_argument("name", nargs="?", default="default")
     group.add_argument("--profile", default=None, help="JSON session profile")
+    group.add_argument("--limits", default=None, help='JSON limits, e.g. {"device_per_minute": 20}')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "token":
         print(store.create_token(args.group, args.uses, args.ttl))
     elif args.command == "group" and args.action == "set":
-        store.ensure_group(args.name, json.loads(args.profile) if args.profile else None)
+        store.ensure_group(
+            args.name,
+            json.loads(args.profile) if args.profile else None,
+            json.loads(args.limits) if args.limits else None,
+        )
     elif args.command == "group":
         with store.session() as db:
             for g in db.scalars(select(Group)):

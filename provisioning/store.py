@@ -131,6 +131,7 @@ def make_engine(url: str) -> Engine:
             cursor = conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 

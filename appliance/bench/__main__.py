@@ -15,6 +15,7 @@ import traceback
 
 SECTIONS: dict[str, str] = {
     "session": "Device session: connect, device-added latency, CPU, RSS",
+    "mint": "Provisioning server: mints per second and latency",
 }
 
 

@@ -1,0 +1,166 @@
+"""Mint benchmark: the provisioning server (one uvicorn worker, SQLite) minting keys with
+the stand-in as upstream, both in their own processes; the load generator runs here.
+
+Figures: maximum mints/s with 32 requests in flight, and p50/p99 latency at a fixed 200/s.
+Note: server, stand-in and load generator share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+
+from appliance.identity import Identity, enroll
+
+KEY = "sk-standin-bench"
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _wait(url: str) -> None:
+    async with httpx.AsyncClient() as http:
+        for _ in range(300):
+            with contextlib.suppress(httpx.HTTPError):
+                await http.get(url)
+                return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextlib.asynccontextmanager
+async def _servers(work: Path) -> AsyncIterator[tuple[str, str]]:
+    standin_port, server_port = _port(), _port()
+    db = f"sqlite:///{work / 'bench.db'}"
+    env = {
+        **os.environ,
+        "PROVISIONING_OPENAI_API_KEY": KEY,
+        "PROVISIONING_DATABASE_URL": db,
+        "PROVISIONING_UPSTREAM_URL": f"http://127.0.0.1:{standin_port}",
+    }
+    log = (work / "servers.log").open("ab")
+    quiet = {"stdout": log, "stderr": log}
+    standin = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "provisioning.standin",
+        "--port",
+        str(standin_port),
+        "--api-key",
+        KEY,
+        **quiet,  # type: ignore[arg-type]
+    )
+    # groups/limits before the server starts, through the CLI (same database)
+    setup = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "provisioning",
+        "--database-url",
+        db,
+        "group",
+        "set",
+        "default",
+        "--limits",
+        '{"device_per_minute": 1000000, "device_per_day": 1000000, "group_per_minute": 1000000}',
+        env=env,
+        **quiet,  # type: ignore[arg-type]
+    )
+    await setup.wait()
+    server = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "provisioning",
+        "serve",
+        "--port",
+        str(server_port),
+        env=env,
+        **quiet,  # type: ignore[arg-type]
+    )
+    try:
+        await _wait(f"http://127.0.0.1:{standin_port}/")
+        await _wait(f"http://127.0.0.1:{server_port}/healthz")
+        yield f"http://127.0.0.1:{server_port}", db
+    finally:
+        for proc in (server, standin):
+            proc.terminate()
+            await proc.wait()
+
+
+async def _one(http: httpx.AsyncClient, url: str, token: str, latencies: list[float]) -> int:
+    started = time.perf_counter()
+    try:
+        response = await http.post(url, json={}, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError:
+        return 0
+    latencies.append(time.perf_counter() - started)
+    return response.status_code
+
+
+async def _run() -> list[tuple[str, str]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        async with _servers(work) as (base, db):
+            from provisioning.store import Store
+
+            store = Store(db)
+            identities: list[Identity] = []
+            for i in range(20):
+                token = store.create_token("default")
+                identities.append(await enroll(base, token, work / f"d{i}", f"bench-{i}"))
+            store.close()
+
+            url = f"{base}/v1/realtime/keys"
+            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            async with httpx.AsyncClient(limits=limits, timeout=30) as http:
+                # maximum throughput: 2,000 mints, 32 in flight (JWTs signed beforehand)
+                tokens = [identities[i % 20].token() for i in range(2000)]
+                latencies: list[float] = []
+                sem = asyncio.Semaphore(32)
+
+                async def bounded(tok: str) -> int:
+                    async with sem:
+                        return await _one(http, url, tok, latencies)
+
+                started = time.perf_counter()
+                codes = await asyncio.gather(*(bounded(t) for t in tokens))
+                elapsed = time.perf_counter() - started
+                ok = codes.count(200)
+                # fixed rate: 200 requests/s for 5 s
+                fixed: list[float] = []
+                tokens = [identities[i % 20].token() for i in range(1000)]
+                tasks = []
+                t0 = time.perf_counter()
+                for i, tok in enumerate(tokens):
+                    await asyncio.sleep(max(0.0, t0 + i / 200 - time.perf_counter()))
+                    tasks.append(asyncio.create_task(_one(http, url, tok, fixed)))
+                fixed_codes = await asyncio.gather(*tasks)
+            if ok < len(codes) or fixed_codes.count(200) < len(fixed_codes):
+                tail = (work / "servers.log").read_text(errors="replace")[-3000:]
+                print(f"some requests failed; servers' log tail:\n{tail}", file=sys.stderr)
+    q = statistics.quantiles(fixed, n=100)
+    return [
+        ("mints/s, one worker, 32 in flight", f"{ok / elapsed:.0f} ({ok}/{len(codes)} ok)"),
+        (
+            "latency at a fixed 200/s",
+            f"p50 {statistics.median(fixed) * 1000:.1f} ms, "
+            f"p99 {q[98] * 1000:.1f} ms ({fixed_codes.count(200)} ok)",
+        ),
+    ]
+
+
+def run() -> list[tuple[str, str]]:
+    result: list[tuple[str, str]] = asyncio.run(_run())
+    return result
