@@ -168,8 +168,11 @@ class App:
                 return f"idle, wake word {wake}" if wake else "idle, press the button to talk"
             case m.State.LISTENING | m.State.THINKING | m.State.SPEAKING:
                 return f"in conversation ({state.value})"
-            case m.State.OFFLINE | m.State.ERROR:
-                return f"{state.value}: {self.last_error or 'unknown'}"
+            case m.State.OFFLINE:
+                retry = self.snapshot.retry_s
+                return f"offline: {self.last_error or 'unreachable'}, retry in {retry:.0f} s"
+            case m.State.ERROR:
+                return f"error: {self.last_error or 'unknown'}"
         return str(state.value)
 
     def _show(self, state: m.State) -> None:

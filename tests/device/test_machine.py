@@ -312,3 +312,25 @@ def test_a_whole_push_to_talk_turn() -> None:
     ]
     assert s.session_open
     assert not s.manual_turns
+
+
+def test_status_text_says_what_the_device_is_doing() -> None:
+    from appliance.app import App
+    from appliance.audio.base import AudioFormat
+    from appliance.audio.wav import WavSink, WavSource
+    from appliance.config import Config
+    from appliance.realtime.keys import EphemeralKey, StaticKeySource
+    from appliance.realtime.tools import builtin_registry
+
+    app = App(
+        Config(),
+        source=WavSource(None, AudioFormat()),
+        sink=WavSink(None, AudioFormat()),
+        keys=StaticKeySource(EphemeralKey("ek_x", 0, "http://x")),
+        tools=builtin_registry(),
+    )
+    assert app.status_text() == "idle, press the button to talk"
+    app.snapshot, _ = m.step(app.snapshot, m.ButtonPressed())
+    app.last_error = "provisioning server unreachable"
+    app.snapshot, _ = m.step(app.snapshot, m.SessionFailed("x", offline=True, retry_after=8))
+    assert app.status_text() == "offline: provisioning server unreachable, retry in 8 s"
