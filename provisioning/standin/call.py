@@ -194,6 +194,7 @@ class Call:
         self._turn = 0
         self._audio_turn = 0
         self._last_text = ""
+        self._last_was_audio = False
         self._pending_calls: dict[str, str] = {}  # call_id -> then_say template
         self._tool_outputs: list[tuple[str, str]] = []  # (call_id, output) awaiting a response
         # input audio buffer / VAD
@@ -439,6 +440,7 @@ class Call:
                 if texts:
                     self._turn += 1
                     self._last_text = " ".join(texts)
+                    self._last_was_audio = False
         elif kind == "function_call_output":
             call_id = str(item.get("call_id"))
             if call_id not in self._pending_calls:
@@ -669,6 +671,7 @@ class Call:
         self._turn += 1
         transcript = self.script.transcript(self._audio_turn)
         self._last_text = transcript
+        self._last_was_audio = True
         self._buffer_ms = 0
         self._speech_item = None
         self._send(
@@ -758,7 +761,9 @@ class Call:
             then_say = self._pending_calls.pop(call_id, "Done: {output}.")
             return Script.after_tool(then_say, output), None, "{}", ""
         tools = {str(t.get("name")) for t in self.session.get("tools", []) if isinstance(t, dict)}
-        decision = self.script.decide(self._turn, self._last_text, tools)
+        decision = self.script.decide(
+            self._turn, self._last_text, tools, audio=self._last_was_audio
+        )
         return decision.say, decision.call, decision.arguments, decision.then_say
 
     async def _run_response(self, response: Response, params: JSON) -> None:

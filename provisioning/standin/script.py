@@ -16,18 +16,27 @@ DEFAULT_SCRIPT = Path(__file__).with_name("script.toml")
 class Rule:
     on_turn: int | None = None
     when_contains: str | None = None
+    when_transcript_contains: str | None = None
+    """Like ``when_contains`` but only for audio turns (the scripted transcript)."""
+    transcript: str | None = None
+    """What the stand-in "hears" on audio turn ``on_turn`` (overrides ``transcripts``)."""
     default: bool = False
     say: str | None = None
     call: str | None = None
     arguments: dict[str, Any] = field(default_factory=dict)
     then_say: str = "Done: {output}."
 
-    def matches(self, turn: int, text: str) -> bool:
+    def matches(self, turn: int, text: str, *, audio: bool = False) -> bool:
         if self.default:
             return True
-        if self.on_turn is None and self.when_contains is None:
+        conditions = (self.on_turn, self.when_contains, self.when_transcript_contains)
+        if all(c is None for c in conditions):
             return False
         if self.on_turn is not None and self.on_turn != turn:
+            return False
+        if self.when_transcript_contains is not None and not (
+            audio and self.when_transcript_contains.lower() in text.lower()
+        ):
             return False
         return self.when_contains is None or self.when_contains.lower() in text.lower()
 
@@ -48,7 +57,14 @@ class _Safe(string.Formatter):
         return value if isinstance(value, str | int | float) else json.dumps(value)
 
     def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
-        return self.get_value(field_name.split(".")[0].split("[")[0], args, kwargs), field_name
+        # ``{output.time}`` is the field ``time`` of the JSON output (same as ``{time}``).
+        name = field_name.split("[")[0]
+        if name.startswith("output.") and "output_fields" in kwargs:
+            fields = kwargs["output_fields"]
+            value = fields.get(name.removeprefix("output."), "")
+            shown = value if isinstance(value, str | int | float) else json.dumps(value)
+            return shown, field_name
+        return self.get_value(name.split(".")[0], args, kwargs), field_name
 
 
 def render(template: str, **values: Any) -> str:
@@ -65,22 +81,23 @@ class Script:
         data = tomllib.loads((path or DEFAULT_SCRIPT).read_text())
         rules = []
         for raw in data.get("rule", []):
-            allowed = set(Rule.__dataclass_fields__)
-            unknown = set(raw) - allowed
-            if unknown:
-                raise ValueError(f"script rule has unknown keys: {sorted(unknown)}")
-            rules.append(Rule(**raw))
+            rules.append(Rule(**_normalise(dict(raw))))
         return cls(tuple(str(t) for t in data.get("transcripts", [])), tuple(rules))
 
     def transcript(self, audio_turn: int) -> str:
         """What the stand-in "hears" on the ``audio_turn``-th audio turn (1-based)."""
+        for rule in self.rules:
+            if rule.transcript is not None and rule.on_turn == audio_turn:
+                return rule.transcript
         if 1 <= audio_turn <= len(self.transcripts):
             return self.transcripts[audio_turn - 1]
         return ""
 
-    def decide(self, turn: int, text: str, tools: set[str]) -> Decision:
+    def decide(self, turn: int, text: str, tools: set[str], *, audio: bool = False) -> Decision:
         for rule in self.rules:
-            if not rule.matches(turn, text):
+            if rule.say is None and rule.call is None and not rule.default:
+                continue  # a transcript-only rule decides nothing
+            if not rule.matches(turn, text, audio=audio):
                 continue
             if rule.call is not None:
                 if rule.call not in tools:
@@ -98,4 +115,31 @@ class Script:
         except ValueError:
             fields = {}
         values = fields if isinstance(fields, dict) else {}
-        return render(then_say, output=output, **{k: v for k, v in values.items() if k != "output"})
+        extra = {k: v for k, v in values.items() if k not in ("output", "output_fields")}
+        return render(then_say, output=output, output_fields=values, **extra)
+
+
+_ALIASES = {"when_text_contains": "when_contains", "after_tool_say": "then_say"}
+
+
+def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
+    """Accept both spellings of a rule: ``when_text_contains``/``after_tool_say`` and
+    ``call = {name = "...", arguments = {...}}`` as well as the short forms."""
+    for alias, key in _ALIASES.items():
+        if alias in raw:
+            if key in raw:
+                raise ValueError(f"script rule gives both {alias!r} and {key!r}")
+            raw[key] = raw.pop(alias)
+    call = raw.get("call")
+    if isinstance(call, dict):
+        if "arguments" in raw:
+            raise ValueError("script rule gives arguments both in `call` and beside it")
+        unknown_call = set(call) - {"name", "arguments"}
+        if unknown_call or not isinstance(call.get("name"), str):
+            raise ValueError('script rule `call` must be {name = "...", arguments = {...}}')
+        raw["call"] = call["name"]
+        raw["arguments"] = call.get("arguments", {})
+    unknown = set(raw) - set(Rule.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"script rule has unknown keys: {sorted(unknown)}")
+    return raw
