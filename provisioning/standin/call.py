@@ -293,10 +293,16 @@ class Call:
             return
         self.sent.append(event)
         log.info(
-            "call %s out: %s",
+            "call %s out: %s %s",
             self.id,
             event["type"],
-            extra={"call_id": self.id, "event_type": event["type"], "direction": "out"},
+            event.get("event_id"),
+            extra={
+                "call_id": self.id,
+                "event_type": event["type"],
+                "event_id": event.get("event_id"),
+                "direction": "out",
+            },
         )
         if self._channel is not None and self._channel.readyState == "open":
             self._channel.send(json.dumps(event))
@@ -313,10 +319,11 @@ class Call:
         kind = str(data.get("type"))
         event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
         log.info(
-            "call %s in: %s",
+            "call %s in: %s %s",
             self.id,
             kind,
-            extra={"call_id": self.id, "event_type": kind, "direction": "in"},
+            event_id,
+            extra={"call_id": self.id, "event_type": kind, "event_id": event_id, "direction": "in"},
         )
         handler = self._handlers().get(kind)
         if handler is None:
