@@ -95,9 +95,38 @@ def _save(state_dir: Path, key: Ed25519PrivateKey, device_id: str, server: str, 
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     key_path = state_dir / KEY_FILE
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = state_dir / (KEY_FILE + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
-    os.chmod(key_path, 0o600)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, key_path)  # atomic: the old key or the new one, never half a key
     info = {"device_id": device_id, "server": server, "name": name}
     (state_dir / ID_FILE).write_text(json.dumps(info))
+
+
+async def rotate(identity: Identity, state_dir: Path) -> Identity:
+    """Make a new key pair, register it with a JWT signed by the current key, then store it.
+    The server accepts both keys for an overlap window, so a crash between the two steps
+    loses nothing."""
+    key = Ed25519PrivateKey.generate()
+    headers = {"Authorization": f"Bearer {identity.token()}"}
+    url = f"{identity.server.rstrip('/')}/v1/devices/rotate"
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                url, json={"public_key": public_key_b64(key)}, headers=headers
+            )
+    except httpx.HTTPError as exc:
+        raise ProvisioningUnavailable(
+            f"provisioning server unreachable: {type(exc).__name__}"
+        ) from exc
+    if response.status_code != 200:
+        raise EnrollmentError(f"key rotation refused ({response.status_code})")
+    info = json.loads((state_dir / ID_FILE).read_text())
+    await asyncio.to_thread(
+        _save, state_dir, key, identity.device_id, identity.server, info["name"]
+    )
+    return Identity(identity.device_id, identity.server, key)

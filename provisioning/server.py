@@ -51,6 +51,8 @@ class Settings:
     realtime_base: str = ""
     """Realtime base URL handed to devices (default: ``upstream_url``)."""
     key_ttl_s: int = 60
+    rotation_overlap_s: float = 86400.0
+    """After a key rotation the old device key keeps working this long."""
     host: str = "127.0.0.1"
     port: int = 8080
 
@@ -112,17 +114,29 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             device = db.get(Device, str(header.get("kid", "")))
         if device is None or device.revoked:
             raise AuthError(401, "unknown_device", "unknown or revoked device")
-        public = Ed25519PublicKey.from_public_bytes(_b64d(device.public_key))
-        try:
-            claims = jwt.decode(
-                token,
-                public,
-                algorithms=["EdDSA"],
-                audience=AUDIENCE,
-                options={"require": ["exp", "iat", "jti", "sub"]},
-            )
-        except jwt.PyJWTError as exc:
-            raise AuthError(401, "bad_token", f"JWT rejected: {type(exc).__name__}") from None
+        keys = [device.public_key]
+        if device.previous_key and (device.previous_until or 0) > time.time():
+            keys.append(device.previous_key)  # rotation overlap: the old key still works
+        claims: dict[str, Any] | None = None
+        failure = "InvalidSignatureError"
+        for key in keys:
+            public = Ed25519PublicKey.from_public_bytes(_b64d(key))
+            try:
+                claims = jwt.decode(
+                    token,
+                    public,
+                    algorithms=["EdDSA"],
+                    audience=AUDIENCE,
+                    options={"require": ["exp", "iat", "jti", "sub"]},
+                )
+                break
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError as exc:
+                failure = type(exc).__name__
+                break
+        if claims is None:
+            raise AuthError(401, "bad_token", f"JWT rejected: {failure}")
         if claims["sub"] != device.id or claims["exp"] - claims["iat"] > MAX_JWT_LIFETIME_S:
             raise AuthError(401, "bad_token", "JWT subject or lifetime not allowed")
         if not store.use_jti(str(claims["jti"]), float(claims["exp"])):
@@ -219,6 +233,25 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 "realtime_base": settings.realtime_base or settings.upstream_url,
             }
         )
+
+    @app.post("/v1/devices/rotate")
+    async def rotate(request: Request) -> Response:
+        """Register a new public key, proven by a JWT signed with the current one."""
+        device = authenticate(request)
+        try:
+            body = await request.json()
+            new_key = str(body["public_key"])
+            if len(_b64d(new_key)) != 32:
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return error(400, "bad_request", "need public_key (base64url raw Ed25519)")
+        overlap_until = time.time() + settings.rotation_overlap_s
+        with store.session.begin() as db:
+            row = db.get_one(Device, device.id)
+            row.previous_key, row.previous_until = row.public_key, overlap_until
+            row.public_key = new_key
+            store.audit(db, "device.rotate", device.id)
+        return JSONResponse({"device_id": device.id, "overlap_until": overlap_until})
 
     @app.post("/v1/devices/heartbeat", status_code=204)
     async def heartbeat(request: Request) -> Response:

@@ -81,6 +81,9 @@ class Device(Base):
     group: Mapped[str] = mapped_column(ForeignKey("groups.name"))
     public_key: Mapped[str] = mapped_column(String(64))
     """base64url raw Ed25519 public key."""
+    previous_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    """The key before the last rotation, accepted until ``previous_until``."""
+    previous_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[float] = mapped_column(Float)

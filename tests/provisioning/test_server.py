@@ -276,3 +276,21 @@ async def test_group_limit_spans_devices(server: ProvisioningServer, tmp_path: P
     a, b = await enrolled(server, tmp_path, "a"), await enrolled(server, tmp_path, "b")
     url = f"{server.base_url}/v1/realtime/keys"
     assert [(await post(url, d.token())).status_code for d in (a, b, a)] == [200, 200, 429]
+
+
+async def test_key_rotation_with_overlap(server: ProvisioningServer, tmp_path: Path) -> None:
+    from appliance.identity import rotate
+
+    old = await enrolled(server, tmp_path)
+    new = await rotate(old, tmp_path / "kitchen")
+    assert new.device_id == old.device_id
+    assert (
+        Identity.load(tmp_path / "kitchen").private_key.public_key() == new.private_key.public_key()
+    )
+    url = f"{server.base_url}/v1/realtime/keys"
+    assert (await post(url, new.token())).status_code == 200
+    assert (await post(url, old.token())).status_code == 200, "old key works during the overlap"
+    with server.store.session.begin() as db:
+        db.get_one(Device, old.device_id).previous_until = time.time() - 1
+    assert (await post(url, old.token())).status_code == 401, "and not after it"
+    assert (await post(url, new.token())).status_code == 200
