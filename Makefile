@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Pi-only extras (PyAudio, systemd-python) build from source and need apt packages:
 # portaudio19-dev libsystemd-dev pkg-config (see .ci/run and scripts/install.sh).
-EXTRAS ?= server,dev,wake,postgres,pi
+EXTRAS ?= server,dev,wake,aec,postgres,pi
 
 .PHONY: help venv venv-dev demo test lint fmt typecheck pytest bench soak clean install uninstall
 

@@ -16,6 +16,9 @@ import traceback
 SECTIONS: dict[str, str] = {
     "session": "Device session: connect, device-added latency, CPU, RSS",
     "mint": "Provisioning server: mints per second and latency",
+    "audio": "Audio front end: echo cancellation, double talk, barge-in, CPU per frame",
+    "wake": "Wake word: hit rate, false accepts, latency",
+    "soak": "Soak: back-to-back sessions (RSS, fds) and frames played under loss",
 }
 
 
