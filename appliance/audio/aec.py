@@ -1,0 +1,370 @@
+"""Echo suppression in-process: the speaker's own signal is the reference.
+
+Pieces, in the order audio flows::
+
+    sink.write(frame) ──► ReferenceBuffer.played(pcm)         (the playback tap, capture rate)
+    source.read() ──► EchoSuppressor.process(frame) ──► VAD / wake word / uplink
+                          │ per 10 ms: ref = ReferenceBuffer.take(n)
+                          └► EchoCanceller.process(mic, ref)
+
+Engines (``make_canceller``, config ``audio.aec``):
+
+- ``speex`` (default): libspeexdsp's MDF echo canceller followed by its preprocessor with
+  the residual-echo suppressor wired to the echo state (``appliance.audio.speexdsp``).
+- ``webrtc``: WebRTC AEC3 through ``pywebrtc-audio`` (the ``aec`` extra).
+- ``half-duplex``: silence while the speaker plays (plus a hangover for the echo tail).
+  The fallback whenever an engine cannot load.
+- ``off``: the mic passes untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Protocol
+
+import numpy as np
+
+from appliance.audio.base import SAMPLE_WIDTH
+from appliance.audio.speexdsp import (
+    DEFAULT_LIBRARY,
+    SpeexDspUnavailable,
+    SpeexEcho,
+    SpeexPreprocessor,
+)
+
+log = logging.getLogger(__name__)
+
+KINDS = ("speex", "webrtc", "half-duplex", "off")
+ENGINE_FRAME_MS = 10
+
+
+class EchoCanceller(Protocol):
+    """One echo-suppression engine. Frames are s16le mono, ``frame_samples`` long (10 ms)."""
+
+    name: str
+    frame_samples: int
+
+    def process(self, mic: bytes, ref: bytes) -> bytes:
+        """Return ``mic`` with the echo of ``ref`` (what the speaker played, aligned by a
+        ``ReferenceBuffer``) removed."""
+        ...
+
+    def reset(self) -> None:
+        """Forget what was learned about the echo path."""
+
+    def close(self) -> None:
+        """Release native state; idempotent."""
+
+
+def _frame_samples(rate: int) -> int:
+    if rate % 100:
+        raise ValueError(f"sample rate {rate} has no whole 10 ms frame")
+    return rate * ENGINE_FRAME_MS // 1000
+
+
+class SpeexCanceller:
+    """libspeexdsp AEC + preprocessor with residual-echo suppression (see ``speexdsp``).
+
+    ``tail_ms`` is the echo the adaptive filter models: bulk delay left after the
+    ``ReferenceBuffer``'s alignment plus reverberation. The suppression levels are the most
+    the residual echo is attenuated with the far end alone (``echo_suppress_db``) and in
+    double talk (``echo_suppress_active_db``); ``noise_suppress_db`` caps the denoiser.
+    """
+
+    name = "speex"
+
+    def __init__(
+        self,
+        rate: int = 16_000,
+        tail_ms: int = 200,
+        *,
+        echo_suppress_db: int = -40,
+        echo_suppress_active_db: int = -15,
+        denoise: bool = True,
+        noise_suppress_db: int = -15,
+        library: str = DEFAULT_LIBRARY,
+    ) -> None:
+        self.rate = rate
+        self.frame_samples = _frame_samples(rate)
+        self._echo = SpeexEcho(self.frame_samples, rate * tail_ms // 1000, rate, library=library)
+        self._pre = SpeexPreprocessor(
+            self.frame_samples,
+            rate,
+            echo=self._echo,
+            denoise=denoise,
+            noise_suppress_db=noise_suppress_db,
+            echo_suppress_db=echo_suppress_db,
+            echo_suppress_active_db=echo_suppress_active_db,
+            library=library,
+        )
+
+    def process(self, mic: bytes, ref: bytes) -> bytes:
+        return self._pre.run(self._echo.cancel(mic, ref)).tobytes()
+
+    def reset(self) -> None:
+        self._echo.reset()
+
+    def close(self) -> None:
+        self._pre.close()  # first: it points at the echo state
+        self._echo.close()
+
+
+class WebRtcCanceller:
+    """WebRTC AEC3 (``pywebrtc-audio``). Raises ``ImportError`` if it is not installed."""
+
+    name = "webrtc"
+
+    def __init__(self, rate: int = 16_000, stream_delay_ms: int = 0) -> None:
+        import pywebrtc_audio
+
+        self.rate = rate
+        self.frame_samples = _frame_samples(rate)
+        self._aec: pywebrtc_audio.EchoCanceller | None = pywebrtc_audio.EchoCanceller(
+            sample_rate=rate, num_channels=1, stream_delay_ms=stream_delay_ms
+        )
+
+    def process(self, mic: bytes, ref: bytes) -> bytes:
+        if self._aec is None:
+            raise ValueError("WebRtcCanceller is closed")
+        near = np.frombuffer(mic, dtype=np.int16)
+        far = np.frombuffer(ref, dtype=np.int16)
+        if near.size != self.frame_samples or far.size != self.frame_samples:
+            raise ValueError(f"expected {self.frame_samples} samples per frame")
+        out: np.ndarray = self._aec.process(near, far)
+        return out.astype("<i2", copy=False).tobytes()
+
+    def reset(self) -> None:
+        if self._aec is not None:
+            self._aec.reset()
+
+    def close(self) -> None:
+        self._aec = None
+
+
+class HalfDuplex:
+    """No cancellation: the mic is muted while the reference has energy, and for
+    ``hangover_ms`` after (the echo's bulk delay and reverberant tail); otherwise it
+    passes untouched. The user cannot barge in by voice while the device speaks."""
+
+    name = "half-duplex"
+
+    def __init__(
+        self, rate: int = 16_000, hangover_ms: int = 150, threshold_dbfs: float = -50.0
+    ) -> None:
+        self.rate = rate
+        self.frame_samples = _frame_samples(rate)
+        self.hangover_samples = rate * hangover_ms // 1000
+        # Mean square of a full-scale-normalised frame at the threshold, in int16 units².
+        self._threshold = (10.0 ** (threshold_dbfs / 20.0) * 32768.0) ** 2
+        self._remaining = 0
+        self._silence = bytes(self.frame_samples * SAMPLE_WIDTH)
+
+    @property
+    def gating(self) -> bool:
+        """Whether the last frame was muted."""
+        return self._remaining > 0
+
+    def process(self, mic: bytes, ref: bytes) -> bytes:
+        samples = np.frombuffer(ref, dtype=np.int16).astype(np.float32)
+        if samples.size and float(np.mean(samples * samples)) > self._threshold:
+            self._remaining = self.hangover_samples + len(mic) // SAMPLE_WIDTH
+        if self._remaining > 0:
+            self._remaining = max(0, self._remaining - len(mic) // SAMPLE_WIDTH)
+            return self._silence if len(mic) == len(self._silence) else bytes(len(mic))
+        return mic
+
+    def reset(self) -> None:
+        self._remaining = 0
+
+    def close(self) -> None:
+        pass
+
+
+class Passthrough:
+    """``off``: the mic as it is."""
+
+    name = "off"
+
+    def __init__(self, rate: int = 16_000) -> None:
+        self.rate = rate
+        self.frame_samples = _frame_samples(rate)
+
+    def process(self, mic: bytes, ref: bytes) -> bytes:
+        return mic
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_canceller(
+    kind: str = "speex",
+    rate: int = 16_000,
+    tail_ms: int = 200,
+    *,
+    library: str = DEFAULT_LIBRARY,
+) -> EchoCanceller:
+    """The engine ``kind`` names (``speex``, ``webrtc``, ``half-duplex``, ``off``).
+
+    When ``speex``'s library (``library``: a name for ``find_library``, a soname or a path)
+    or ``webrtc``'s package cannot load, logs a warning and returns ``HalfDuplex``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown echo canceller {kind!r} (one of {', '.join(KINDS)})")
+    try:
+        if kind == "speex":
+            return SpeexCanceller(rate, tail_ms, library=library)
+        if kind == "webrtc":
+            return WebRtcCanceller(rate)
+    except (SpeexDspUnavailable, ImportError, OSError) as exc:
+        log.warning("echo canceller %r unavailable (%s); falling back to half-duplex", kind, exc)
+        return HalfDuplex(rate)
+    if kind == "half-duplex":
+        return HalfDuplex(rate)
+    return Passthrough(rate)
+
+
+class ReferenceBuffer:
+    """The playback tap: what the speaker played, handed to the canceller aligned with the
+    mic frame it is cleaning.
+
+    Timing model. Capture and playback run off the same (or locked) sample clocks, so
+    the reference is a FIFO: ``played`` appends what the sink was given, ``take`` removes
+    as many samples as the mic frame being processed holds. While something plays, the
+    FIFO holds how far playback runs ahead of capture (the sink's queue and the device
+    buffer); the k-th sample taken after playback starts is the k-th sample written, so
+    the reference *leads* its echo in the mic by the output latency + the acoustic path +
+    the input latency. An echo canceller needs exactly that (a reference no later than
+    its echo) and models the lead within its tail. ``delay_ms`` inserts a constant extra
+    lag (a delay line after the FIFO) to spend less of the tail on bulk delay: set it a
+    little *below* the measured lead, never above it.
+
+    - Nothing playing: the FIFO is empty and ``take`` returns zeros (the delay line still
+      drains what was played before, so the echo tail is covered).
+    - Capture stops reading but playback goes on: the FIFO is bounded to ``capacity_ms``
+      and drops its oldest samples (``dropped`` counts them); the capacity bounds how far
+      out of step the reference can get, and the FIFO empties at the next pause.
+    - Interruption (``flush``): the sink drops its queue, but audio already in the device
+      (``committed_ms``, e.g. the PortAudio buffer) still plays, and the echo of what
+      already played is still arriving. ``flush`` keeps the oldest ``committed_ms`` of the
+      FIFO and the whole delay line, and drops the rest, so the reference ends exactly
+      when the speaker falls silent. If the tap is in the device callback (only what
+      reached the device is ``played``), pass ``committed_ms`` ≥ the device buffer.
+
+    ``played`` and ``take`` may be called from different threads.
+    """
+
+    def __init__(
+        self,
+        rate: int,
+        delay_ms: int = 0,
+        *,
+        capacity_ms: int = 1000,
+        committed_ms: int = 40,
+    ) -> None:
+        if delay_ms < 0:
+            raise ValueError("delay_ms must be ≥ 0")
+        self.rate = rate
+        self.delay_samples = rate * delay_ms // 1000
+        self.capacity_samples = rate * capacity_ms // 1000
+        self.committed_samples = rate * committed_ms // 1000
+        self.dropped = 0
+        """Samples dropped because capture was not reading (overflow)."""
+        self._fifo = bytearray()
+        self._line = bytearray(self.delay_samples * SAMPLE_WIDTH)
+        self._lock = threading.Lock()
+
+    @property
+    def pending_samples(self) -> int:
+        """Samples played but not yet taken (not counting the delay line)."""
+        with self._lock:
+            return len(self._fifo) // SAMPLE_WIDTH
+
+    def played(self, pcm: bytes) -> None:
+        """Record what the sink was given (s16le mono at ``rate``)."""
+        if len(pcm) % SAMPLE_WIDTH:
+            raise ValueError("reference PCM must be whole s16 samples")
+        with self._lock:
+            self._fifo += pcm
+            excess = len(self._fifo) - self.capacity_samples * SAMPLE_WIDTH
+            if excess > 0:
+                del self._fifo[:excess]
+                self.dropped += excess // SAMPLE_WIDTH
+
+    def take(self, n_samples: int) -> bytes:
+        """The reference for the next ``n_samples`` of mic audio (zeros when idle)."""
+        size = n_samples * SAMPLE_WIDTH
+        with self._lock:
+            chunk = self._fifo[:size]
+            del self._fifo[:size]
+        if len(chunk) < size:
+            chunk += bytes(size - len(chunk))
+        if not self.delay_samples:
+            return bytes(chunk)
+        self._line += chunk
+        out = bytes(self._line[:size])
+        del self._line[:size]
+        return out
+
+    def flush(self) -> None:
+        """Playback was interrupted: drop what the speaker will now never play."""
+        with self._lock:
+            del self._fifo[self.committed_samples * SAMPLE_WIDTH :]
+
+
+class EchoSuppressor:
+    """Capture-path glue: cleans each capture frame (e.g. 20 ms) with ``canceller`` in
+    10 ms engine frames, taking the reference from ``reference``.
+
+    Counts frames and the time spent (``time.perf_counter_ns``, including the reference
+    bookkeeping) for the bench and the logs.
+    """
+
+    def __init__(self, canceller: EchoCanceller, reference: ReferenceBuffer) -> None:
+        self.canceller = canceller
+        self.reference = reference
+        self._engine_bytes = canceller.frame_samples * SAMPLE_WIDTH
+        self.frames = 0
+        """Capture frames processed."""
+        self.engine_frames = 0
+        """10 ms engine frames processed."""
+        self.cpu_ns = 0
+        """Time spent in ``process`` (wall clock of a single thread), nanoseconds."""
+
+    @property
+    def name(self) -> str:
+        return self.canceller.name
+
+    @property
+    def us_per_engine_frame(self) -> float:
+        """Mean cost of one 10 ms engine frame in microseconds."""
+        return self.cpu_ns / 1000.0 / self.engine_frames if self.engine_frames else 0.0
+
+    def process(self, frame: bytes) -> bytes:
+        """Return the echo-suppressed ``frame`` (a whole number of 10 ms engine frames)."""
+        started = time.perf_counter_ns()
+        size = self._engine_bytes
+        if len(frame) % size:
+            raise ValueError(f"capture frame of {len(frame)} bytes is not a multiple of {size}")
+        count = len(frame) // size
+        take = self.reference.take
+        process = self.canceller.process
+        n = self.canceller.frame_samples
+        if count == 1:
+            out = process(frame, take(n))
+        else:
+            out = b"".join(process(frame[i * size : (i + 1) * size], take(n)) for i in range(count))
+        self.frames += 1
+        self.engine_frames += count
+        self.cpu_ns += time.perf_counter_ns() - started
+        return out
+
+    def reset(self) -> None:
+        self.canceller.reset()
+
+    def close(self) -> None:
+        self.canceller.close()
