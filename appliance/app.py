@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,9 @@ class App:
         """Set once the first mic frame arrived."""
         self.last_error = ""
         """Why the last session failed or was lost (for status text and support)."""
+        self.history: deque[tuple[str, str]] = deque(maxlen=max(1, s.carry_items))
+        """Recent (role, transcript) items, carried over into a new session."""
+        self.last_turn_at = 0.0
 
     # ------------------------------------------------------------------ events in
 
@@ -158,6 +162,16 @@ class App:
                 extra={"latency_ms": round(latency)},
             )
         self._show(new)
+        session = self.session
+        if new is m.State.IDLE and session is not None:
+            age = time.monotonic() - session.opened_at
+            if age >= self.config.session.max_age_s:
+                log.info("rolling the session over after %.0f s (before the service's cap)", age)
+                self._spawn(self._rollover(), "rollover")
+
+    async def _rollover(self) -> None:
+        await self._close_session()
+        self.post(m.SessionLost("rolled over before the session cap"))
 
     def status_text(self) -> str:
         """One line for systemd's STATUS=: what the device is doing now."""
@@ -202,6 +216,9 @@ class App:
                 self.mic.uplink_open = False
             case m.PlayCue(name=name):
                 self._spawn(self._play_cue(name), "cue")
+            case m.Announce(kind=kind):
+                if session is not None and self.config.session.announce_reconnect:
+                    session.announce(kind, ANNOUNCEMENTS.get(kind, kind))
             case m.RunTool(call_id=call_id, name=name, arguments=arguments):
                 self.stats.tool_calls += 1
                 self._spawn(self._run_tool(call_id, name, arguments), f"tool-{name}")
@@ -242,6 +259,8 @@ class App:
             "type": "realtime",
             "audio": {"input": {"turn_detection": turn}, "output": {"voice": rt.voice}},
         }
+        if rt.transcription_model:
+            session["audio"]["input"]["transcription"] = {"model": rt.transcription_model}
         if rt.instructions:
             session["instructions"] = rt.instructions
         if rt.tools:
@@ -250,6 +269,9 @@ class App:
 
     async def _open_session(self) -> None:
         await self._close_session()
+        uplink_open = self.mic.uplink_open
+        self.mic = MicTrack(self.source.format)  # a fresh track: nothing stale goes out
+        self.mic.uplink_open = uplink_open
         session = RealtimeSession(
             keys=self.keys,
             session=self.session_config(),
@@ -257,8 +279,12 @@ class App:
             sink=self.sink,
             on_event=lambda event: self._from_session(session, event),
             on_transcript=self._transcript,
+            liveness_s=self.config.session.liveness_s,
         )
         self.session = session
+        carry = self.snapshot.resume or (
+            time.monotonic() - self.last_turn_at < self.config.session.carry_over_s
+        )
         try:
             await asyncio.wait_for(session.connect(), self.config.session.connect_s)
         except (TimeoutError, ConnectTimeout):
@@ -276,6 +302,9 @@ class App:
             await self._fail(session, m.SessionFailed(str(exc), offline=True))
         else:
             if self.session is session:
+                if carry and self.history:
+                    log.info("carrying %d conversation items over", len(self.history))
+                    session.seed(list(self.history))
                 self.post(m.SessionUp())
 
     async def _fail(self, session: RealtimeSession, event: m.SessionFailed) -> None:
@@ -292,11 +321,17 @@ class App:
         if isinstance(event, m.SessionLost):
             self.last_error = event.reason
             self.session = None
+            self.sink.flush()  # whatever was queued belongs to a conversation that broke off
+            if session.partial_reply:  # carry over what the user heard of the broken reply
+                self.history.append(("assistant", session.partial_reply + " …"))
             self._spawn(session.close(), "close-lost-session")
         self.post(event)
 
     def _transcript(self, role: str, text: str) -> None:
         self.stats.transcripts.append((role, text))
+        if role in ("user", "assistant"):
+            self.history.append((role, text))
+            self.last_turn_at = time.monotonic()
         level = self.config.logging.transcripts
         if level != "OFF":
             log.log(logging.getLevelName(level), "%s: %s", role, text, extra={"role": role})
@@ -344,6 +379,14 @@ class App:
         if self.leds is not None:
             self.leds.close()
 
+
+ANNOUNCEMENTS = {
+    "reconnected": (
+        "In one short sentence, in the language of the conversation so far, tell the user "
+        "the connection dropped for a moment and is back, so they can go on."
+    ),
+}
+"""Instructions for out-of-band announcements, by kind."""
 
 # ---------------------------------------------------------------------- building the parts
 

@@ -69,6 +69,9 @@ class RealtimeConfig:
     """Audio kept before detected speech, in ms."""
     tools: bool = True
     """Offer the built-in tools (time, …) to the model."""
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    """Transcribe the user's speech with this model (journal, heartbeat, carry-over after a
+    reconnect); empty disables input transcription."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +91,14 @@ class AudioConfig:
     wav_output: Path | None = None
     """With ``backend = "wav"``: where the speaker output is written."""
     aec: str = field(default="speex", metadata=_choice("speex", "webrtc", "half-duplex", "off"))
-    """Echo suppression engine."""
+    """Echo suppression engine: ``speex`` (libspeexdsp AEC + residual-echo suppressor),
+    ``webrtc`` (WebRTC AEC3 via pywebrtc-audio), ``half-duplex`` (mute the mic while the
+    speaker plays), ``off``. Falls back to ``half-duplex`` when the engine cannot load."""
+    aec_tail_ms: int = 200
+    """Echo tail the canceller models, in ms (room reverberation it can remove)."""
+    aec_delay_ms: int = 0
+    """Known extra delay between a playback write and its echo in the mic, in ms (0: use
+    the device's reported latencies)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +111,16 @@ class ActivationConfig:
     """Holding the button this long toggles the privacy mute (0 disables it)."""
     wake_word: str = ""
     """Wake-word model (e.g. ``okay_nabu``); empty disables the wake word."""
+    wake_threshold: float = 0.0
+    """Detection threshold 0–1 for the wake word (0: the model's own cut-off)."""
+    wake_refractory_s: float = 2.0
+    """After a detection, ignore the wake word for this long."""
+    wake_model_path: Path | None = None
+    """A custom microWakeWord model (``.json`` next to its ``.tflite``), instead of a built-in."""
+    vad_aggressiveness: int = field(default=2, metadata=_choice("0", "1", "2", "3"))
+    """webrtcvad mode for the local speech gate (0 least, 3 most aggressive)."""
+    barge_in: bool = True
+    """Let the user's voice (heard after echo cancellation) interrupt the reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +135,19 @@ class SessionConfig:
     """Deadline for the model to start or go on answering."""
     idle_close_s: float = 30.0
     """Close a warm session after this long without a turn (cost control)."""
+    liveness_s: float = 5.0
+    """A session with no audio and no events from the service for this long is dead:
+    reconnect (0 disables the check)."""
+    max_age_s: float = 3300.0
+    """Roll a session over (between turns) once it is this old; the service ends sessions
+    at 60 minutes."""
+    carry_over_s: float = 300.0
+    """A new session re-seeds the conversation if the last turn was within this many
+    seconds (always after an unplanned reconnect)."""
+    carry_items: int = 8
+    """How many recent transcript items are carried over."""
+    announce_reconnect: bool = True
+    """After reconnecting mid-conversation, say so (an out-of-band response)."""
 
 
 @dataclass(frozen=True, slots=True)

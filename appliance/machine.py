@@ -261,6 +261,13 @@ class PlayCue:
 
 
 @dataclass(frozen=True, slots=True)
+class Announce:
+    """An out-of-band spoken notice (``conversation: "none"``), e.g. ``reconnected``."""
+
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class StartTimer:
     name: TimerName
     seconds: float
@@ -279,6 +286,7 @@ Effect = (
     | RunTool
     | SendToolOutput
     | PlayCue
+    | Announce
     | StartTimer
 )
 
@@ -312,12 +320,17 @@ class Snapshot:
     """How long OFFLINE waits before going back to IDLE (from back-off or ``Retry-After``)."""
     awaiting_reply: bool = False
     """A ``response.create`` was asked for and its ``response.created`` has not come yet."""
+    resume: bool = False
+    """A conversation was cut off: reconnect on our own (OFFLINE → CONNECTING) and carry
+    it over, instead of waiting for the user."""
     epoch: int = 0
     timings: Timings = Timings()
 
 
 Result = tuple[Snapshot, tuple[Effect, ...]]
 ACTIVE = (State.LISTENING, State.THINKING, State.SPEAKING)
+MAX_RESUME_ATTEMPTS = 8
+"""Reconnect on our own this many times (≈ 2 min of back-off), then wait for the user."""
 
 
 def _go(snap: Snapshot, state: State, *effects: Effect, **changes: object) -> Result:
@@ -368,8 +381,31 @@ def _end_turn(snap: Snapshot) -> Result:
 def _new_turn(snap: Snapshot, mode: Mode) -> Result:
     """Start a user turn: straight to LISTENING on a warm session, else connect first."""
     if snap.session_open:
-        return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), mode=mode)
-    return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), mode=mode)
+        return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), mode=mode, resume=False)
+    return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), mode=mode, resume=False)
+
+
+def _offline(
+    snap: Snapshot, *effects: Effect, retry_after: float | None = None, **changes: object
+) -> Result:
+    """Unreachable: show OFFLINE and back off exponentially (1, 2, 4 … 60 s, or longer if
+    the server said ``Retry-After``)."""
+    failures = snap.failures + 1
+    backoff = min(60.0, 2.0 ** (failures - 1))
+    return _go(
+        snap,
+        State.OFFLINE,
+        *effects,
+        PlayCue("offline"),
+        mode=Mode.NONE,
+        manual_turns=False,
+        session_open=False,
+        pending_tools=0,
+        awaiting_reply=False,
+        failures=failures,
+        retry_s=max(backoff, retry_after or 0.0),
+        **changes,
+    )
 
 
 def step(snap: Snapshot, event: Event) -> Result:
@@ -379,6 +415,8 @@ def step(snap: Snapshot, event: Event) -> Result:
         # ---------------------------------------------------------- timers
         case _, TimerFired(epoch=epoch) if epoch != snap.epoch:
             return snap, ()  # stale: started in an earlier state
+        case State.CONNECTING, TimerFired(name=TimerName.CONNECT) if snap.resume:
+            return _offline(snap, CloseSession())
         case State.CONNECTING, TimerFired(name=TimerName.CONNECT):
             return _go(
                 snap,
@@ -406,6 +444,10 @@ def step(snap: Snapshot, event: Event) -> Result:
             )
         case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD):
             return _go(snap, State.IDLE)
+        case State.OFFLINE, TimerFired(name=TimerName.RETRY) if snap.resume:
+            if snap.failures > MAX_RESUME_ATTEMPTS:
+                return _go(snap, State.IDLE, resume=False)  # give up; the user can try again
+            return _go(snap, State.CONNECTING, OpenSession(), mode=Mode.NONE)
         case State.OFFLINE, TimerFired(name=TimerName.RETRY):
             return _go(snap, State.IDLE)
         case State.IDLE, TimerFired(name=TimerName.SESSION_IDLE):
@@ -463,36 +505,37 @@ def step(snap: Snapshot, event: Event) -> Result:
             )
 
         # ---------------------------------------------------------- session
+        case State.CONNECTING, SessionUp() if snap.resume:
+            # back after a cut: the conversation was carried over; say so, then wait
+            return _go(
+                snap,
+                State.IDLE,
+                Announce("reconnected"),
+                session_open=True,
+                failures=0,
+                resume=False,
+            )
         case State.CONNECTING, SessionUp():
             return _go(snap, State.LISTENING, OpenUplink(), session_open=True, failures=0)
         case State.CONNECTING, SessionFailed(offline=True):
-            failures = snap.failures + 1
-            backoff = min(60.0, 2.0 ** (failures - 1))  # 1, 2, 4 … 60 s
-            retry = max(backoff, event.retry_after or 0.0)
-            return _go(
-                snap,
-                State.OFFLINE,
-                PlayCue("offline"),
-                mode=Mode.NONE,
-                session_open=False,
-                failures=failures,
-                retry_s=retry,
-            )
+            return _offline(snap, retry_after=event.retry_after)
         case State.CONNECTING, SessionFailed():
-            return _go(snap, State.ERROR, PlayCue("error"), mode=Mode.NONE, session_open=False)
-        case State.IDLE, SessionLost():
-            return _stay(snap, session_open=False)
-        case State.CONNECTING | State.LISTENING | State.THINKING | State.SPEAKING, SessionLost():
             return _go(
                 snap,
                 State.ERROR,
-                CloseUplink(),
-                CloseSession(),
                 PlayCue("error"),
                 mode=Mode.NONE,
                 session_open=False,
-                pending_tools=0,
+                resume=False,
             )
+        case State.IDLE, SessionLost():
+            return _stay(snap, session_open=False)
+        case State.CONNECTING, SessionLost():
+            return _offline(snap, CloseSession())
+        case State.LISTENING | State.THINKING | State.SPEAKING, SessionLost():
+            # cut off mid-conversation (network, peer closed, session cap): reconnect on our
+            # own and carry the conversation over
+            return _offline(snap, CloseUplink(), CloseSession(), resume=True)
 
         # ---------------------------------------------------------- the conversation
         case State.LISTENING, SpeechStarted() if mode is Mode.HANDS_FREE:
@@ -505,6 +548,8 @@ def step(snap: Snapshot, event: Event) -> Result:
             return _stay(snap, awaiting_reply=False)
         case State.THINKING, ReplyAudioStarted():
             return _go(snap, State.SPEAKING)
+        case State.IDLE, ReplyAudioStarted() if snap.session_open:
+            return _go(snap, State.SPEAKING)  # an announcement (timer, reconnect)
         case State.SPEAKING, SpeechStarted():
             # barge-in detected by the service (or locally): stop talking, listen
             return _go(snap, State.LISTENING, CancelReply(), OpenUplink(), mode=Mode.HANDS_FREE)

@@ -102,6 +102,15 @@ def user_text(text: str) -> JSON:
     )
 
 
+def assistant_text(text: str) -> JSON:
+    """A past assistant turn (re-seeding a conversation after a reconnect)."""
+    content = [{"type": "output_text", "text": text}]
+    return _event(
+        "conversation.item.create",
+        item={"type": "message", "role": "assistant", "content": content},
+    )
+
+
 def user_image(data_url: str, detail: str = "auto") -> JSON:
     content = [{"type": "input_image", "image_url": data_url, "detail": detail}]
     return _event(

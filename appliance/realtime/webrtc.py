@@ -46,6 +46,7 @@ class RealtimeSession:
         on_transcript: Callable[[str, str], None] | None = None,
         http: httpx.AsyncClient | None = None,
         update_timeout_s: float = 5.0,
+        liveness_s: float = 5.0,
     ) -> None:
         self._keys = keys
         self._session = session
@@ -55,6 +56,15 @@ class RealtimeSession:
         self._on_transcript = on_transcript
         self._http = http
         self._update_timeout_s = update_timeout_s
+        self.liveness_s = liveness_s
+        """Declare the session dead after this long without RTP or events (0: never)."""
+        self._watch_task: asyncio.Task[None] | None = None
+        self.opened_at = time.monotonic()
+        self.probes = 0
+        self.partial_reply = ""
+        """The assistant's transcript so far, for the reply being spoken (what the user has
+        heard if the call breaks now)."""
+        self._announcements: set[str] = set()
         self.pc = RTCPeerConnection()
         self._channel: Any = None
         self.call_id: str | None = None
@@ -63,6 +73,7 @@ class RealtimeSession:
         self._created = asyncio.Event()
         self._updated = asyncio.Event()
         self._update_id: str | None = None
+        self._manual_turns = False
         self._closing = False
         self._lost = False
         self._response_active = False
@@ -93,7 +104,14 @@ class RealtimeSession:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await self._wait(self._created, "session.created")
         self.timings["created_s"] = time.perf_counter() - started
-        update = msg.session_update(self._session)
+        config = self._session
+        if self._manual_turns:
+            audio = config.get("audio", {})
+            config = {
+                **config,
+                "audio": {**audio, "input": {**audio.get("input", {}), "turn_detection": None}},
+            }
+        update = msg.session_update(config)
         self._update_id = str(update["event_id"])
         self.send(update)
         try:
@@ -101,6 +119,9 @@ class RealtimeSession:
         except TimeoutError:
             log.warning("no session.updated within %.1f s; going on", self._update_timeout_s)
         self.timings["ready_s"] = time.perf_counter() - started
+        self.opened_at = time.monotonic()
+        if self.liveness_s > 0:
+            self._watch_task = asyncio.create_task(self._watch(), name="liveness")
         log.info(
             "session ready in %.0f ms (call %s)",
             self.timings["ready_s"] * 1000,
@@ -139,8 +160,56 @@ class RealtimeSession:
 
     async def close(self) -> None:
         self._closing = True
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
         await self.playout.stop()
         await self.pc.close()
+
+    # ------------------------------------------------------------------ liveness
+
+    async def _packets_received(self) -> int:
+        total = 0
+        for receiver in self.pc.getReceivers():
+            report = await receiver.getStats()
+            total += sum(
+                getattr(stats, "packetsReceived", 0) or 0
+                for stats in report.values()
+                if getattr(stats, "type", "") == "inbound-rtp"
+            )
+        return total
+
+    async def _watch(self) -> None:
+        """Notice a dead session within ``liveness_s``. aiortc alone notices a partition only
+        after ~30 s (consent freshness) and never says ``failed``. Traffic is either RTP from
+        the service (it normally streams continuously) or data-channel events; after half the
+        deadline in silence a harmless probe (an empty ``session.update``, answered with
+        ``session.updated``) asks for a sign of life."""
+        tick = min(0.5, self.liveness_s / 4)
+        packets = await self._packets_received()
+        heard = time.monotonic()
+        events = self.server_events
+        probed = False
+        while not (self._closing or self._lost):
+            await asyncio.sleep(tick)
+            now_packets = await self._packets_received()
+            if now_packets != packets or self.server_events != events:
+                packets, events, heard, probed = (
+                    now_packets,
+                    self.server_events,
+                    time.monotonic(),
+                    False,
+                )
+                continue
+            silent = time.monotonic() - heard
+            if silent >= self.liveness_s:
+                self._lose(f"no audio or events from the service for {silent:.1f} s")
+                return
+            if silent >= self.liveness_s / 2 and not probed:
+                probed = True
+                self.probes += 1
+                self.send(msg.session_update({"type": "realtime"}))
 
     # ------------------------------------------------------------------ sending
 
@@ -167,10 +236,25 @@ class RealtimeSession:
     def set_turn_detection(self, server_vad: bool) -> None:
         audio = self._session.get("audio", {}).get("input", {})
         configured = audio.get("turn_detection", {"type": "server_vad"})
-        self.send(msg.turn_detection_update(configured if server_vad else None))
+        wanted = configured if server_vad else None
+        if self._update_id is None:
+            # not configured yet (e.g. the button is held while connecting): the first
+            # session.update carries it instead
+            self._manual_turns = not server_vad
+            return
+        self.send(msg.turn_detection_update(wanted))
 
     def send_tool_output(self, call_id: str, output: str) -> None:
         self.send(msg.function_call_output(call_id, output))
+
+    def announce(self, kind: str, instructions: str) -> None:
+        """An out-of-band spoken notice: not added to the conversation, tagged ``kind``."""
+        self.request_response(instructions=instructions, out_of_band=True, metadata={"kind": kind})
+
+    def seed(self, history: list[tuple[str, str]]) -> None:
+        """Carry a conversation over into this new session: recent turns as items."""
+        for role, text in history:
+            self.send(msg.user_text(text) if role == "user" else msg.assistant_text(text))
 
     def interrupt(self) -> None:
         """Barge-in: cancel the response, clear the server's audio buffer, flush playback,
@@ -229,6 +313,10 @@ class RealtimeSession:
             self._updated.set()
         elif kind == "response.created":
             self._response_active = True
+            self.partial_reply = ""
+            response = data["response"]
+            if (response.get("metadata") or {}).get("kind"):
+                self._announcements.add(str(response["id"]))
         elif kind == "response.done":
             self._response_active = False
             if self._response_wanted:
@@ -240,8 +328,14 @@ class RealtimeSession:
                 self._reply_item = str(item["id"])
         elif kind == "output_audio_buffer.started":
             self.playout.reply_started()
-        elif kind == "response.output_audio_transcript.done" and self._on_transcript:
-            self._on_transcript("assistant", str(data["transcript"]))
+        elif kind == "response.output_audio_transcript.delta":
+            self.partial_reply += str(data["delta"])
+        elif kind == "response.output_audio_transcript.done":
+            self.partial_reply = ""
+            announcement = data.get("response_id") in self._announcements
+            if self._on_transcript:  # announcements are not part of the conversation
+                role = "announcement" if announcement else "assistant"
+                self._on_transcript(role, str(data["transcript"]))
         elif kind == "conversation.item.input_audio_transcription.completed":
             if self._on_transcript:
                 self._on_transcript("user", str(data["transcript"]))
@@ -304,7 +398,6 @@ _KNOWN = {
     "response.output_item.done",
     "response.content_part.added",
     "response.content_part.done",
-    "response.output_audio_transcript.delta",
     "response.output_text.delta",
     "response.output_text.done",
     "response.function_call_arguments.delta",

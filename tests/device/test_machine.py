@@ -104,9 +104,23 @@ TABLE = [
     (
         snap(State.SPEAKING, session_open=True),
         m.SessionLost("closed"),
-        State.ERROR,
+        State.OFFLINE,
         Mode.NONE,
         ["CloseUplink", "CloseSession", "PlayCue", "StartTimer"],
+    ),
+    (
+        snap(State.CONNECTING, Mode.PRESSED),
+        m.SessionLost("peer connection closed"),
+        State.OFFLINE,
+        Mode.NONE,
+        ["CloseSession", "PlayCue", "StartTimer"],
+    ),
+    (
+        snap(State.IDLE, session_open=True),
+        m.ReplyAudioStarted("r9"),
+        State.SPEAKING,
+        Mode.NONE,
+        ["StartTimer"],
     ),
     (snap(State.IDLE, session_open=True), m.SessionLost("closed"), State.IDLE, Mode.NONE, []),
     # conversation
@@ -334,3 +348,57 @@ def test_status_text_says_what_the_device_is_doing() -> None:
     app.last_error = "provisioning server unreachable"
     app.snapshot, _ = m.step(app.snapshot, m.SessionFailed("x", offline=True, retry_after=8))
     assert app.status_text() == "offline: provisioning server unreachable, retry in 8 s"
+
+
+def test_a_conversation_cut_off_reconnects_on_its_own_and_announces_it() -> None:
+    s = snap(State.SPEAKING, session_open=True, pending_tools=1)
+    s, effects = m.step(s, m.SessionLost("peer connection closed"))
+    assert s.state is State.OFFLINE
+    assert s.resume
+    assert s.pending_tools == 0
+    assert m.PlayCue("offline") in effects
+    # the first retry reconnects by itself (no button), with the back-off's timer
+    (timer,) = [e for e in effects if isinstance(e, m.StartTimer)]
+    assert timer.seconds == 1
+    s, effects = m.step(s, m.TimerFired(TimerName.RETRY, timer.epoch))
+    assert s.state is State.CONNECTING
+    assert m.OpenSession() in effects
+    assert m.PlayCue("wake") not in effects, "nobody pressed anything"
+    # still down: back off, still resuming
+    s, effects = m.step(s, m.SessionFailed("unreachable", offline=True))
+    assert s.state is State.OFFLINE
+    assert s.resume
+    assert s.retry_s == 2
+    s, _ = m.step(s, m.TimerFired(TimerName.RETRY, s.epoch))
+    s, effects = m.step(s, m.SessionUp())
+    assert s.state is State.IDLE
+    assert s.session_open
+    assert not s.resume
+    assert s.failures == 0
+    assert m.Announce("reconnected") in effects
+    # the announcement plays as SPEAKING, then back to IDLE
+    s, _ = m.step(s, m.ReplyAudioStarted("r1"))
+    assert s.state is State.SPEAKING
+    s, _ = m.step(s, m.ReplyAudioStopped("r1"))
+    assert s.state is State.IDLE
+
+
+def test_resuming_gives_up_after_the_attempt_limit_and_a_press_wins() -> None:
+    s = snap(State.LISTENING, Mode.HANDS_FREE, session_open=True)
+    s, _ = m.step(s, m.SessionLost("closed"))
+    for _ in range(m.MAX_RESUME_ATTEMPTS):
+        s, _ = m.step(s, m.TimerFired(TimerName.RETRY, s.epoch))
+        assert s.state is State.CONNECTING
+        s, _ = m.step(s, m.TimerFired(TimerName.CONNECT, s.epoch))  # connect deadline
+        assert s.state is State.OFFLINE
+    s, _ = m.step(s, m.TimerFired(TimerName.RETRY, s.epoch))
+    assert s.state is State.IDLE
+    assert not s.resume
+    # a press during a resume starts a normal turn (no announcement when it comes up)
+    s = snap(State.OFFLINE, resume=True, failures=2)
+    s, _ = m.step(s, m.ButtonPressed())
+    assert s.state is State.CONNECTING
+    assert not s.resume
+    s, effects = m.step(s, m.SessionUp())
+    assert s.state is State.LISTENING
+    assert not any(isinstance(e, m.Announce) for e in effects)

@@ -1,0 +1,97 @@
+"""Run the whole device (``App``) against a stand-in, with the mic fed from WAV files.
+
+Used by the fault scenarios: they drive the button by posting the machine events gpiozero
+would produce, and read what happened from the stand-in's calls and the app's stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from appliance import machine as m
+from appliance.app import App
+from appliance.audio.base import AudioFormat
+from appliance.audio.wav import WavSink, WavSource
+from appliance.config import AudioConfig, Config, DeviceConfig, SessionConfig
+from appliance.demo import asset
+from appliance.realtime.keys import EphemeralKey
+from appliance.realtime.tools import builtin_registry
+from provisioning.standin import StandIn
+from tests.standin.conftest import mint
+
+
+class StandInKeys:
+    """A key source that mints a fresh key from the stand-in for every session (what the
+    provisioning server does, minus the server)."""
+
+    def __init__(self, standin: StandIn) -> None:
+        self.standin = standin
+        self.minted = 0
+
+    async def get_key(self) -> EphemeralKey:
+        self.minted += 1
+        value = await mint(self.standin.base_url)
+        return EphemeralKey(value, time.time() + 600, self.standin.base_url)
+
+
+@dataclass
+class Device:
+    app: App
+    source: WavSource
+    sink: WavSink
+    keys: StandInKeys
+
+    def states(self) -> list[m.State]:
+        return [state for _, state in self.app.stats.states]
+
+    async def wait(self, wanted: m.State, within: float = 20.0) -> float:
+        """Wait for ``wanted``; returns when it was entered (monotonic)."""
+        deadline = time.monotonic() + within
+        while self.app.snapshot.state is not wanted:
+            if time.monotonic() > deadline:
+                seen = [state.name for state in self.states()]
+                raise AssertionError(f"no {wanted.name} within {within:g} s; states {seen}")
+            await asyncio.sleep(0.02)
+        return self.app.stats.states[-1][0]
+
+    async def push_to_talk(self, question: str = "question-moon.wav") -> None:
+        """Hold the button, say ``question``, release."""
+        self.app.post(m.ButtonPressed())
+        self.app.post(m.ButtonHeld())
+        await self.wait(m.State.LISTENING)
+        self.source.queue(asset(question))
+        while self.source.playing:  # noqa: ASYNC110  # the fake mic has no "done" event
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        self.app.post(m.ButtonReleased())
+
+
+def client_events(standin: StandIn) -> list[dict[str, Any]]:
+    calls = standin.finished_calls + list(standin.calls.values())
+    return [event for call in calls for event in call.received]
+
+
+@asynccontextmanager
+async def device(standin: StandIn, tmp: Path, **session: Any) -> AsyncIterator[Device]:
+    config = Config(
+        device=DeviceConfig(name="test", state_dir=tmp, board="mock"),
+        audio=AudioConfig(backend="wav"),
+        session=replace(SessionConfig(), **session),
+    )
+    source = WavSource(None, AudioFormat(config.audio.capture_rate))
+    sink = WavSink(None, AudioFormat(config.audio.playback_rate))
+    keys = StandInKeys(standin)
+    app = App(config, source=source, sink=sink, keys=keys, tools=builtin_registry())
+    stop = asyncio.Event()
+    runner = asyncio.create_task(app.run(stop))
+    try:
+        yield Device(app, source, sink, keys)
+    finally:
+        stop.set()
+        await runner
