@@ -1,4 +1,4 @@
-"""``provisioning``: serve | standin | token | device | group."""
+"""``provisioning``: serve | standin | token | device | group | admin | db | fleet."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -45,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("name", nargs="?", default="default")
     group.add_argument("--profile", default=None, help="JSON session profile")
     group.add_argument("--limits", default=None, help='JSON limits, e.g. {"device_per_minute": 20}')
+    schema = sub.add_parser("db", help="database schema (Alembic migrations)")
+    schema.add_argument("action", choices=["upgrade", "current"])
+    schema.add_argument("--revision", default="head", help="upgrade to this revision")
+    _fleet_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
@@ -60,10 +66,15 @@ def main(argv: list[str] | None = None) -> int:
             return 78
         uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False)
         return 0
+    if args.command == "db":
+        return _db(settings.database_url, args.action, args.revision)
     from provisioning.store import Device, Group, Store
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # `provisioning db` shows its steps
     store = Store(settings.database_url)
     store.ensure_group("default")
+    if args.command == "fleet":
+        return _fleet(store, args)
     if args.command == "admin":
         print(store.create_admin(args.label))
     elif args.command == "token":
@@ -93,6 +104,88 @@ def main(argv: list[str] | None = None) -> int:
             print(f"provisioning: no device {args.name!r}", file=sys.stderr)
             return 1
     return 0
+
+
+def _db(url: str, action: str, revision: str) -> int:
+    from provisioning import migrations
+    from provisioning.store import make_engine
+
+    engine = make_engine(url)
+    try:
+        if action == "upgrade":
+            print(f"database at revision {migrations.upgrade(engine, revision)}")
+        else:
+            with engine.connect() as conn:
+                at = migrations.current(conn)
+            print(f"database at revision {at or 'none'} (newest: {migrations.head()})")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _fleet_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fleet = sub.add_parser(
+        "fleet",
+        help="enrollment tokens and first-boot bundles for an inventory (docs/fleet.md)",
+        description="For each device of the inventory (CSV or TOML: name, group, host, board) "
+        "create an enrollment token and write a first-boot bundle; optionally push it over SSH. "
+        "Re-runs skip devices already enrolled or bundled with a valid token.",
+    )
+    fleet.add_argument("inventory", type=Path)
+    fleet.add_argument("--server-url", required=True, help="the URL devices enroll with")
+    fleet.add_argument("--out", type=Path, default=Path("fleet-out"), help="bundles + manifest")
+    fleet.add_argument("--ttl", type=float, default=7 * 86400, help="token lifetime, seconds")
+    fleet.add_argument(
+        "--min-valid", type=float, default=3600, help="replace tokens with less time left"
+    )
+    fleet.add_argument("--template", type=Path, default=None, help="appliance.toml to start from")
+    fleet.add_argument("--only", action="append", default=[], help="just this device (repeat)")
+    fleet.add_argument("--boot", type=Path, default=None, help="mounted boot partition")
+    fleet.add_argument("--boot-mount", default="/boot/firmware", help="its path on the Pi")
+    fleet.add_argument("--no-cmdline", action="store_true", help="leave cmdline.txt alone")
+    fleet.add_argument("--push", action="store_true", help="copy over SSH and enroll there")
+    fleet.add_argument("--jobs", type=int, default=8, help="parallel SSH pushes")
+    fleet.add_argument("--ssh-user", default="", help="default login for hosts without user@")
+    fleet.add_argument("--ssh-identity", default="", help="private key file (ssh -i)")
+    fleet.add_argument("--ssh-option", action="append", default=[], help="ssh -o (repeat)")
+    fleet.add_argument("--ssh-timeout", type=float, default=180.0)
+    fleet.add_argument("--sudo", action=argparse.BooleanOptionalAction, default=None)
+    fleet.add_argument("--remote-dir", default="/var/lib/appliance-firstboot")
+    fleet.add_argument(
+        "--remote-env", action="append", default=[], help="KEY=VALUE for the remote script"
+    )
+
+
+def _fleet(store: Any, args: argparse.Namespace) -> int:
+    from provisioning import fleet
+
+    ssh = fleet.SshOptions(
+        user=args.ssh_user,
+        identity=args.ssh_identity,
+        options=tuple(args.ssh_option),
+        remote_dir=args.remote_dir,
+        remote_env=tuple(args.remote_env),
+        sudo=args.sudo,
+        timeout_s=args.ssh_timeout,
+    )
+    options = fleet.Options(
+        server_url=args.server_url,
+        out=args.out,
+        ttl_s=args.ttl,
+        min_valid_s=args.min_valid,
+        template=args.template,
+        boot=args.boot,
+        boot_mount=args.boot_mount,
+        hook_cmdline=not args.no_cmdline,
+        push=args.push,
+        jobs=args.jobs,
+        ssh=ssh,
+    )
+    try:
+        return fleet.main(store, args.inventory, options, args.only)
+    except KeyboardInterrupt:
+        print("provisioning fleet: interrupted; run again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    MetaData,
     String,
     create_engine,
     delete,
@@ -28,9 +29,18 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Named constraints, so later migrations can alter them (SQLite batch mode needs names)."""
+
 
 class Base(DeclarativeBase):
-    pass
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 DEFAULT_LIMITS = {"device_per_minute": 20, "device_per_day": 2000, "group_per_minute": 1000}
@@ -143,8 +153,10 @@ def make_engine(url: str) -> Engine:
 
 class Store:
     def __init__(self, url: str) -> None:
+        from provisioning.migrations import upgrade
+
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        upgrade(self.engine)  # Alembic: creates or upgrades the schema (see migrations/)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -222,6 +234,15 @@ class Store:
             )
             self.audit(db, "token.create", group=group, max_uses=max_uses, label=label)
         return token
+
+    def token_state(self, token_hash: str) -> tuple[int, int, float] | None:
+        """``(uses, max_uses, expires_at)`` of the enrollment token with this ``hash_token``
+        (callers keep the hash, not the token), ``None`` if unknown."""
+        with self.session() as db:
+            row = db.scalars(
+                select(EnrollmentToken).where(EnrollmentToken.token_hash == token_hash)
+            ).first()
+            return None if row is None else (row.uses, row.max_uses, row.expires_at)
 
     def use_jti(self, jti: str, expires_at: float) -> bool:
         """Record a JWT id; ``False`` if it was seen before (a replay)."""

@@ -1,0 +1,197 @@
+"""Alembic migrations: an empty database upgrades to a schema identical to the models, on
+SQLite and PostgreSQL; the store, the CLI and concurrent starts all go through them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Column, Integer, Table, inspect, text
+from sqlalchemy.engine import make_url
+
+from provisioning import migrations
+from provisioning.__main__ import main as cli
+from provisioning.store import Base, Device, Store, make_engine
+from tests.conftest import require
+
+TABLES = {
+    "admin_keys",
+    "audit",
+    "devices",
+    "enrollment_tokens",
+    "groups",
+    "mint_log",
+    "used_jti",
+}
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A brand-new empty database: a SQLite file, or a fresh PostgreSQL database (created
+    next to APPLIANCE_TEST_PG_URL's and dropped afterwards, so parallel runs cannot meet)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'prov.db'}"
+        return
+    url = os.environ.get("APPLIANCE_TEST_PG_URL")
+    require(url is not None, "PostgreSQL (APPLIANCE_TEST_PG_URL)")
+    assert url is not None
+    name = "appliance_mig_" + secrets.token_hex(4)
+    admin = make_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def test_upgrade_of_an_empty_database_matches_the_models(empty_url: str) -> None:
+    engine = make_engine(empty_url)
+    try:
+        assert migrations.upgrade(engine) == migrations.head() == "0001"
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            assert migrations.current(conn) == "0001"
+            inspector = inspect(conn)
+            assert set(inspector.get_table_names()) >= TABLES
+            columns = {c["name"]: c for c in inspector.get_columns("devices")}
+            assert columns["previous_key"]["nullable"]
+            assert columns["previous_until"]["nullable"]
+            assert not columns["public_key"]["nullable"]
+            assert {fk["referred_table"] for fk in inspector.get_foreign_keys("devices")} == {
+                "groups"
+            }
+        # a second upgrade is a no-op
+        assert migrations.upgrade(engine) == "0001"
+    finally:
+        engine.dispose()
+
+
+def test_downgrade_to_base_and_up_again(empty_url: str) -> None:
+    engine = make_engine(empty_url)
+    try:
+        migrations.upgrade(engine)
+        with engine.begin() as conn:
+            cfg = migrations.config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "base")
+        with engine.connect() as conn:
+            assert not TABLES & set(inspect(conn).get_table_names())
+            assert migrations.current(conn) is None
+        migrations.upgrade(engine)
+        with engine.connect() as conn:
+            assert migrations.differences(conn) == []
+    finally:
+        engine.dispose()
+
+
+def test_the_store_creates_its_schema_through_alembic(empty_url: str) -> None:
+    store = Store(empty_url)
+    try:
+        with store.engine.connect() as conn:
+            assert migrations.current(conn) == migrations.head()
+        store.ensure_group("default")
+        token = store.create_token("default")
+        assert token.startswith("enr_")
+    finally:
+        store.close()
+
+
+def test_a_dropped_schema_with_a_stale_stamp_is_made_again(empty_url: str) -> None:
+    """``metadata.drop_all`` leaves ``alembic_version`` behind (the server tests do this)."""
+    Store(empty_url).close()
+    engine = make_engine(empty_url)
+    Base.metadata.drop_all(engine)
+    with engine.connect() as conn:
+        assert migrations.current(conn) == "0001"
+        assert not inspect(conn).has_table("devices")
+    engine.dispose()
+    store = Store(empty_url)
+    try:
+        store.ensure_group("default")
+        with store.session() as db:
+            assert db.query(Device).count() == 0
+    finally:
+        store.close()
+
+
+def test_a_database_from_create_all_is_adopted(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)  # how the server made its schema before migrations
+    assert migrations.upgrade(engine) == "0001"
+    with engine.connect() as conn:
+        assert migrations.current(conn) == "0001"
+    engine.dispose()
+
+
+def test_an_unversioned_database_that_differs_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'odd.db'}"
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE devices DROP COLUMN previous_until"))
+    with pytest.raises(migrations.SchemaMismatch, match="differs from the models"):
+        migrations.upgrade(engine)
+    with engine.connect() as conn:
+        assert migrations.current(conn) is None, "nothing stamped"
+    engine.dispose()
+
+
+def test_model_drift_is_detected(tmp_path: Path) -> None:
+    """``differences`` is what this suite relies on: it must see a column the revisions lack."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'drift.db'}")
+    migrations.upgrade(engine)
+    extra = Table("drift_probe", Base.metadata, Column("id", Integer, primary_key=True))
+    try:
+        with engine.connect() as conn:
+            diff = migrations.differences(conn)
+    finally:
+        Base.metadata.remove(extra)
+        engine.dispose()
+    assert [d[0] for d in diff] == ["add_table"]
+
+
+def test_concurrent_starts_upgrade_once(empty_url: str) -> None:
+    """Several worker processes starting on an empty database: all succeed, one schema."""
+    code = (
+        "import sys; from provisioning.store import Store; "
+        "s = Store(sys.argv[1]); s.ensure_group('default'); s.close()"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, empty_url], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+    engine = make_engine(empty_url)
+    try:
+        with engine.connect() as conn:
+            assert migrations.current(conn) == "0001"
+            assert migrations.differences(conn) == []
+    finally:
+        engine.dispose()
+
+
+def test_cli_db_upgrade_and_current(
+    empty_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROVISIONING_DATABASE_URL", raising=False)
+    assert cli(["--database-url", empty_url, "db", "current"]) == 0
+    assert "at revision none (newest: 0001)" in capsys.readouterr().out
+    assert cli(["--database-url", empty_url, "db", "upgrade"]) == 0
+    assert "database at revision 0001" in capsys.readouterr().out
+    assert cli(["--database-url", empty_url, "db", "current"]) == 0
+    assert "at revision 0001 (newest: 0001)" in capsys.readouterr().out
