@@ -362,7 +362,7 @@ class App:
                 return
             self.last_audio = time.monotonic()
             self.audio_flowing.set()
-            if self.session is not None:
+            if self.session is not None and self.session.accepting_audio:
                 self.mic.push(frame)
 
     async def shutdown(self) -> None:

@@ -158,6 +158,11 @@ class RealtimeSession:
         self.call_id = location.rstrip("/").rsplit("/", 1)[-1] or None
         return response.text
 
+    @property
+    def accepting_audio(self) -> bool:
+        """Connected and alive: mic frames pushed now will be sent."""
+        return self.pc.connectionState == "connected" and not (self._lost or self._closing)
+
     async def close(self) -> None:
         self._closing = True
         if self._watch_task is not None:
