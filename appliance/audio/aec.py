@@ -4,7 +4,7 @@ Pieces, in the order audio flows::
 
     sink.write(frame) ──► ReferenceBuffer.played(pcm)         (the playback tap, capture rate)
     source.read() ──► EchoSuppressor.process(frame) ──► VAD / wake word / uplink
-                          │ per 10 ms: ref = ReferenceBuffer.take(n)
+                          │ per engine frame: ref = ReferenceBuffer.take(n)
                           └► EchoCanceller.process(mic, ref)
 
 Engines (``make_canceller``, config ``audio.aec``):
@@ -27,6 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from appliance.audio.base import SAMPLE_WIDTH
+from appliance.audio.frames import rms_dbfs
 from appliance.audio.speexdsp import (
     DEFAULT_LIBRARY,
     SpeexDspUnavailable,
@@ -38,10 +39,33 @@ log = logging.getLogger(__name__)
 
 KINDS = ("speex", "webrtc", "half-duplex", "off")
 ENGINE_FRAME_MS = 10
+NEAR_END_FLOOR_DBFS = -55.0
+NEAR_END_MAX_ATTENUATION_DB = 20.0
+
+
+def near_end_present(
+    mic_dbfs: float,
+    out_dbfs: float,
+    *,
+    floor_dbfs: float = NEAR_END_FLOOR_DBFS,
+    max_attenuation_db: float = NEAR_END_MAX_ATTENUATION_DB,
+) -> bool:
+    """Whether a cleaned frame can hold the user rather than residual echo: it is above
+    ``floor_dbfs`` and the canceller took at most ``max_attenuation_db`` off the mic.
+
+    While only the far end plays, a converged canceller removes 30+ dB, and what is
+    left (−50…−75 dBFS here) still looks like speech to webrtcvad. When the user talks,
+    their voice survives, so the output stays within a few dB of the mic. Gate a VAD's
+    decisions with this during playback and it stops interrupting on its own echo
+    (``make bench``, audio section, "barge-in, gated").
+    """
+    return out_dbfs >= floor_dbfs and out_dbfs >= mic_dbfs - max_attenuation_db
 
 
 class EchoCanceller(Protocol):
-    """One echo-suppression engine. Frames are s16le mono, ``frame_samples`` long (10 ms)."""
+    """One echo-suppression engine. Frames are s16le mono, ``frame_samples`` long: 10 ms,
+    or 20 ms for ``speex`` (measured better there); a capture frame (20 ms) is always a
+    whole number of engine frames."""
 
     name: str
     frame_samples: int
@@ -58,10 +82,10 @@ class EchoCanceller(Protocol):
         """Release native state; idempotent."""
 
 
-def _frame_samples(rate: int) -> int:
-    if rate % 100:
-        raise ValueError(f"sample rate {rate} has no whole 10 ms frame")
-    return rate * ENGINE_FRAME_MS // 1000
+def _frame_samples(rate: int, frame_ms: int = ENGINE_FRAME_MS) -> int:
+    if (rate * frame_ms) % 1000:
+        raise ValueError(f"sample rate {rate} has no whole {frame_ms} ms frame")
+    return rate * frame_ms // 1000
 
 
 class SpeexCanceller:
@@ -71,6 +95,11 @@ class SpeexCanceller:
     ``ReferenceBuffer``'s alignment plus reverberation. The suppression levels are the most
     the residual echo is attenuated with the far end alone (``echo_suppress_db``) and in
     double talk (``echo_suppress_active_db``); ``noise_suppress_db`` caps the denoiser.
+
+    ``frame_ms`` defaults to 20: measured on the synthetic rooms (``make bench``), 20 ms
+    frames converge faster and reach ~4 dB more ERLE than 10 ms frames with the same tail
+    (fewer, longer filter blocks), at about half the CPU per second of audio; the price
+    is 20 ms of latency (the preprocessor delays its output by one frame).
     """
 
     name = "speex"
@@ -80,14 +109,15 @@ class SpeexCanceller:
         rate: int = 16_000,
         tail_ms: int = 200,
         *,
-        echo_suppress_db: int = -40,
+        frame_ms: int = 20,
+        echo_suppress_db: int = -60,
         echo_suppress_active_db: int = -15,
         denoise: bool = True,
         noise_suppress_db: int = -15,
         library: str = DEFAULT_LIBRARY,
     ) -> None:
         self.rate = rate
-        self.frame_samples = _frame_samples(rate)
+        self.frame_samples = _frame_samples(rate, frame_ms)
         self._echo = SpeexEcho(self.frame_samples, rate * tail_ms // 1000, rate, library=library)
         self._pre = SpeexPreprocessor(
             self.frame_samples,
@@ -318,7 +348,7 @@ class ReferenceBuffer:
 
 class EchoSuppressor:
     """Capture-path glue: cleans each capture frame (e.g. 20 ms) with ``canceller`` in
-    10 ms engine frames, taking the reference from ``reference``.
+    its engine frames (10 or 20 ms), taking the reference from ``reference``.
 
     Counts frames and the time spent (``time.perf_counter_ns``, including the reference
     bookkeeping) for the bench and the logs.
@@ -331,21 +361,28 @@ class EchoSuppressor:
         self.frames = 0
         """Capture frames processed."""
         self.engine_frames = 0
-        """10 ms engine frames processed."""
+        """Engine frames processed."""
+        self.samples = 0
+        """Capture samples processed."""
         self.cpu_ns = 0
         """Time spent in ``process`` (wall clock of a single thread), nanoseconds."""
+        self.mic_dbfs = -120.0
+        """Level of the last capture frame before cleaning."""
+        self.out_dbfs = -120.0
+        """Level of the last cleaned frame."""
 
     @property
     def name(self) -> str:
         return self.canceller.name
 
     @property
-    def us_per_engine_frame(self) -> float:
-        """Mean cost of one 10 ms engine frame in microseconds."""
-        return self.cpu_ns / 1000.0 / self.engine_frames if self.engine_frames else 0.0
+    def us_per_10ms(self) -> float:
+        """Mean cost of 10 ms of audio in microseconds (÷ 100 = % of one core)."""
+        blocks = self.samples / (self.reference.rate / 100)
+        return self.cpu_ns / 1000.0 / blocks if blocks else 0.0
 
     def process(self, frame: bytes) -> bytes:
-        """Return the echo-suppressed ``frame`` (a whole number of 10 ms engine frames)."""
+        """Return the echo-suppressed ``frame`` (a whole number of engine frames)."""
         started = time.perf_counter_ns()
         size = self._engine_bytes
         if len(frame) % size:
@@ -358,10 +395,18 @@ class EchoSuppressor:
             out = process(frame, take(n))
         else:
             out = b"".join(process(frame[i * size : (i + 1) * size], take(n)) for i in range(count))
+        self.mic_dbfs = rms_dbfs(frame)
+        self.out_dbfs = rms_dbfs(out)
         self.frames += 1
         self.engine_frames += count
+        self.samples += count * n
         self.cpu_ns += time.perf_counter_ns() - started
         return out
+
+    @property
+    def near_end(self) -> bool:
+        """``near_end_present`` for the last frame: gate barge-in VAD decisions with it."""
+        return near_end_present(self.mic_dbfs, self.out_dbfs)
 
     def reset(self) -> None:
         self.canceller.reset()
