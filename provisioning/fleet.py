@@ -81,7 +81,8 @@ class SshOptions:
     """Extra ``-o`` options, e.g. ``StrictHostKeyChecking=accept-new``."""
     remote_dir: str = "/var/lib/appliance-firstboot"
     remote_env: tuple[str, ...] = ()
-    """``KEY=VALUE`` set for the remote script (``APPLIANCE_BIN``, ``SYSTEMCTL``, …)."""
+    """``KEY=VALUE`` set for the remote script (``APPLIANCE_BIN``, ``SYSTEMCTL``, …).
+    ``{name}`` here and in ``remote_dir`` becomes the device name."""
     sudo: bool | None = None
     """Run the remote script with ``sudo -n``; ``None``: unless logging in as root."""
     timeout_s: float = 180.0
@@ -463,7 +464,10 @@ async def push(bundle: Path, device: Device, ssh: SshOptions) -> None:
     files = [str(bundle / name) for name in BUNDLE_FILES]
     await _run([*scp_argv, *files, f"{target}:{stage}/"], ssh.timeout_s, "scp")
     sudo = ssh.sudo if ssh.sudo is not None else user not in ("", "root")
-    env = ["env", f"FIRSTBOOT_DIR={ssh.remote_dir}", *ssh.remote_env]
+    env = [
+        v.replace("{name}", device.name)
+        for v in ("env", f"FIRSTBOOT_DIR={ssh.remote_dir}", *ssh.remote_env)
+    ]
     script = shlex.join([*(["sudo", "-n"] if sudo else []), *env, "sh", f"{stage}/{SCRIPT}"])
     remote = f"{script} install --now; rc=$?; rm -rf {stage}; exit $rc"
     await _run([*ssh_argv, remote], ssh.timeout_s, "remote firstboot.sh")
@@ -474,9 +478,10 @@ async def push(bundle: Path, device: Device, ssh: SshOptions) -> None:
 
 class Fleet:
     def __init__(
-        self, issuer: TokenIssuer, options: Options, progress: TextIO = sys.stdout
+        self, issuer: TokenIssuer, options: Options, progress: TextIO | None = None
     ) -> None:
-        self.issuer, self.options, self.progress = issuer, options, progress
+        self.issuer, self.options = issuer, options
+        self.progress = progress or sys.stdout
         options.out.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.manifest = Manifest.load(options.out / MANIFEST)
         self.template: dict[str, Any] = (
@@ -628,10 +633,11 @@ def main(
     inventory: Path,
     options: Options,
     only: list[str] | None = None,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Run a fleet provisioning; exit status 0, 1 (some devices failed) or 64 (usage)."""
+    out, err = out or sys.stdout, err or sys.stderr
     try:
         devices = read_inventory(inventory)
     except (InventoryError, OSError, tomllib.TOMLDecodeError) as exc:
