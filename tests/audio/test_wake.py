@@ -48,6 +48,7 @@ def _keyword(text: str) -> tuple[Pcm, float]:
 
 def test_builtin_models_are_listed() -> None:
     assert available_models() == ["alexa", "hey_jarvis", "hey_mycroft", "okay_nabu"]
+    assert WakeWord.available_models() == available_models()
 
 
 def test_okay_nabu_fires_once_soon_after_the_keyword() -> None:
