@@ -23,7 +23,7 @@ log = logging.getLogger("appliance")
 async def _run(config_path: Path | None) -> int:
     from appliance import config as cfg
     from appliance import logging_setup
-    from appliance.app import App, make_audio, make_gpio
+    from appliance.app import App, make_audio, make_frontend, make_gpio
     from appliance.identity import Identity
     from appliance.realtime.keys import CachedKeySource
     from appliance.realtime.provisioning_keys import ProvisioningKeySource
@@ -42,7 +42,15 @@ async def _run(config_path: Path | None) -> int:
         ) from None
     source, sink = make_audio(config)
     keys = CachedKeySource(ProvisioningKeySource(identity, timeout_s=config.provisioning.timeout_s))
-    app = App(config, source=source, sink=sink, keys=keys, tools=builtin_registry())
+    frontend = make_frontend(config, source.format)
+    app = App(
+        config,
+        source=source,
+        sink=sink,
+        keys=keys,
+        tools=builtin_registry(),
+        frontend=frontend,
+    )
     app._on_state = lambda _state: notifier.status(app.status_text())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, default=None)
     enroll = sub.add_parser("enroll", help="enroll this device with a provisioning server")
     enroll.add_argument("--server", required=True)
-    enroll.add_argument("--token", required=True)
+    who = enroll.add_mutually_exclusive_group(required=True)
+    who.add_argument("--token", help="the enrollment token (visible in ps; prefer --token-file)")
+    who.add_argument(
+        "--token-file", type=Path, help="read the token from this file (keeps it out of ps)"
+    )
     enroll.add_argument("--state-dir", type=Path, default=Path("/var/lib/appliance"))
     enroll.add_argument("--name", default="appliance")
     sub.add_parser("devices", help="list audio devices")
@@ -126,7 +138,15 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(_run(args.config))
             return 0
         if args.command == "enroll":
-            return asyncio.run(_enroll(args.server, args.token, args.state_dir, args.name))
+            token = args.token
+            if token is None:
+                try:
+                    token = args.token_file.read_text().strip()
+                except OSError as exc:
+                    raise ConfigError(
+                        "--token-file", f"cannot read {args.token_file}: {exc}"
+                    ) from None
+            return asyncio.run(_enroll(args.server, token, args.state_dir, args.name))
         if args.command == "devices":
             return _devices()
         if args.command == "check":

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance import machine as m
-from appliance.audio.base import AudioSink, AudioSource
+from appliance.audio.base import AudioFormat, AudioSink, AudioSource
 from appliance.audio.earcons import cue_frames
+from appliance.audio.frontend import DSP_FORMAT, FrontEnd, Heard
 from appliance.config import Config
 from appliance.errors import (
     AudioDeviceError,
@@ -61,10 +62,13 @@ class App:
         tools: ToolRegistry,
         leds: LedDriver | None = None,
         on_state: Callable[[m.State], None] | None = None,
+        frontend: FrontEnd | None = None,
     ) -> None:
         self.config = config
         self.source = source
-        self.sink = sink
+        self.frontend = frontend
+        """Echo suppression, speech gate and wake word (``None``: raw mic, no wake word)."""
+        self.sink: AudioSink = frontend.tap(sink) if frontend is not None else sink
         self.keys = keys
         self.tools = tools
         self.leds = leds
@@ -79,7 +83,11 @@ class App:
                 session_idle_s=s.idle_close_s,
             )
         )
-        self.mic = MicTrack(source.format)
+        self.mic_format = DSP_FORMAT if frontend is not None else source.format
+        self.mic = MicTrack(self.mic_format)
+        self._silence = bytes(self.mic_format.frame_bytes)
+        self.barge_ins = 0
+        """Replies the user interrupted by voice, heard locally after echo suppression."""
         self.session: RealtimeSession | None = None
         self.stats = Stats()
         self.last_audio = time.monotonic()
@@ -212,6 +220,8 @@ class App:
                 self._spawn(self._close_session(), "close-session")
             case m.OpenUplink():
                 self.mic.uplink_open = True
+            case m.CloseUplink() if self._keep_listening():
+                pass  # full duplex: the service's VAD hears a barge-in during the reply
             case m.CloseUplink():
                 self.mic.uplink_open = False
             case m.PlayCue(name=name):
@@ -234,6 +244,23 @@ class App:
                 session.interrupt()
             case m.SendToolOutput(call_id=call_id, output=output):
                 session.send_tool_output(call_id, output)
+
+    def _echo_risk(self) -> bool:
+        """The speaker plays or just did (a reply, an earcon, the tail after a barge-in):
+        the uplink then carries only what the local gate calls the user's voice, so the
+        service's VAD never hears the device's residual echo."""
+        return self.frontend is not None and self.frontend.speaker_audible
+
+    def _keep_listening(self) -> bool:
+        """Leave the mic open while the model answers a hands-free turn? Only when a real
+        echo canceller runs (the model must not hear itself) and server VAD is on."""
+        return (
+            self.frontend is not None
+            and self.frontend.full_duplex
+            and self.config.activation.barge_in
+            and self.snapshot.state in (m.State.THINKING, m.State.SPEAKING)
+            and not self.snapshot.manual_turns
+        )
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.create_task(coro, name=name)
@@ -270,7 +297,7 @@ class App:
     async def _open_session(self) -> None:
         await self._close_session()
         uplink_open = self.mic.uplink_open
-        self.mic = MicTrack(self.source.format)  # a fresh track: nothing stale goes out
+        self.mic = MicTrack(self.mic_format)  # a fresh track: nothing stale goes out
         self.mic.uplink_open = uplink_open
         session = RealtimeSession(
             keys=self.keys,
@@ -362,8 +389,35 @@ class App:
                 return
             self.last_audio = time.monotonic()
             self.audio_flowing.set()
-            if self.session is not None and self.session.accepting_audio:
-                self.mic.push(frame)
+            heard = self.frontend.process(frame) if self.frontend is not None else [Heard(frame)]
+            for h in heard:
+                if h.wake is not None:
+                    log.info("wake word %s", h.wake, extra={"event_type": "wake"})
+                    self.post(m.WakeDetected(h.wake))
+                if h.speech_started:
+                    self._heard_speech()
+                if self.session is not None and self.session.accepting_audio:
+                    self.mic.push(h.frame if h.user or not self._echo_risk() else self._silence)
+
+    def _heard_speech(self) -> None:
+        """The local gate heard the user start speaking (on the echo-suppressed signal)."""
+        state = self.snapshot.state
+        if state is m.State.SPEAKING and self.config.activation.barge_in:
+            self.barge_ins += 1
+            fe = self.frontend
+            levels = (
+                f" (mic {fe.echo.mic_dbfs:.0f} dBFS, {fe.echo.out_dbfs:.0f} after echo suppression)"
+                if fe is not None
+                else ""
+            )
+            log.info(
+                "barge-in: the user spoke over the reply%s",
+                levels,
+                extra={"event_type": "barge_in"},
+            )
+            self.post(m.SpeechStarted())
+        elif state is m.State.LISTENING:
+            self.post(m.SpeechStarted())  # the user is talking: the turn cap replaces no-speech
 
     async def shutdown(self) -> None:
         for handle in self._timers:
@@ -376,6 +430,8 @@ class App:
                 await task
         await self.source.close()
         await self.sink.close()
+        if self.frontend is not None:
+            self.frontend.close()
         if self.leds is not None:
             self.leds.close()
 
@@ -393,8 +449,6 @@ ANNOUNCEMENTS = {
 
 def make_audio(config: Config) -> tuple[AudioSource, AudioSink]:
     """The mic and speaker the config asks for (``AudioDeviceError`` if they are missing)."""
-    from appliance.audio.base import AudioFormat
-
     cap = AudioFormat(rate=config.audio.capture_rate)
     play = AudioFormat(rate=config.audio.playback_rate)
     if config.audio.backend == "wav":
@@ -407,6 +461,11 @@ def make_audio(config: Config) -> tuple[AudioSource, AudioSink]:
         AlsaSource(config.audio.input_device, cap),
         AlsaSink(config.audio.output_device, play),
     )
+
+
+def make_frontend(config: Config, capture: AudioFormat) -> FrontEnd:
+    """Echo suppression (``audio.aec``), the speech gate and the wake word, as configured."""
+    return FrontEnd(config, capture)
 
 
 def make_gpio(config: Config, app: App) -> tuple[LedDriver | None, Any]:

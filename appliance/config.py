@@ -117,6 +117,9 @@ class ActivationConfig:
     """After a detection, ignore the wake word for this long."""
     wake_model_path: Path | None = None
     """A custom microWakeWord model (``.json`` next to its ``.tflite``), instead of a built-in."""
+    vad_engine: str = field(default="webrtc", metadata=_choice("webrtc", "silero"))
+    """Local speech gate: ``webrtc`` (webrtcvad, cheap) or ``silero`` (noisy rooms; needs
+    the ``wake`` extra)."""
     vad_aggressiveness: int = field(default=2, metadata=_choice("0", "1", "2", "3"))
     """webrtcvad mode for the local speech gate (0 least, 3 most aggressive)."""
     barge_in: bool = True

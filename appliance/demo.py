@@ -24,7 +24,7 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance import machine as m  # pin factory must be chosen first
-from appliance.app import App, Stats, make_gpio
+from appliance.app import App, Stats, make_frontend, make_gpio
 from appliance.audio.base import AudioFormat
 from appliance.audio.frames import Pcm
 from appliance.audio.wav import WavSink, WavSource
@@ -120,6 +120,7 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
                 keys=keys,
                 tools=builtin_registry(),
                 on_state=on_state,
+                frontend=make_frontend(config, source.format),
             )
             stop = asyncio.Event()
             runner = asyncio.create_task(app.run(stop))

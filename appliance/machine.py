@@ -320,6 +320,9 @@ class Snapshot:
     """How long OFFLINE waits before going back to IDLE (from back-off or ``Retry-After``)."""
     awaiting_reply: bool = False
     """A ``response.create`` was asked for and its ``response.created`` has not come yet."""
+    heard_user: bool = False
+    """The user has spoken in this turn (a long hold while talking is push-to-talk, not
+    the mute gesture)."""
     resume: bool = False
     """A conversation was cut off: reconnect on our own (OFFLINE → CONNECTING) and carry
     it over, instead of waiting for the user."""
@@ -380,9 +383,10 @@ def _end_turn(snap: Snapshot) -> Result:
 
 def _new_turn(snap: Snapshot, mode: Mode) -> Result:
     """Start a user turn: straight to LISTENING on a warm session, else connect first."""
+    fresh = {"mode": mode, "resume": False, "heard_user": False}
     if snap.session_open:
-        return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), mode=mode, resume=False)
-    return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), mode=mode, resume=False)
+        return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), **fresh)
+    return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), **fresh)
 
 
 def _offline(
@@ -456,6 +460,8 @@ def step(snap: Snapshot, event: Event) -> Result:
         # ---------------------------------------------------------- mute
         case State.MUTED, MuteToggled():
             return _go(snap, State.IDLE)
+        case State.LISTENING, MuteToggled() if mode is Mode.PUSH_TO_TALK and snap.heard_user:
+            return snap, ()  # a long question, not the mute gesture
         case _, MuteToggled():
             effects: tuple[Effect, ...] = (CloseUplink(),)
             if state in ACTIVE:
@@ -539,7 +545,10 @@ def step(snap: Snapshot, event: Event) -> Result:
 
         # ---------------------------------------------------------- the conversation
         case State.LISTENING, SpeechStarted() if mode is Mode.HANDS_FREE:
-            return _go(snap, State.LISTENING)  # user is talking: no-speech timer → turn cap
+            # user is talking: no-speech timer → turn cap
+            return _go(snap, State.LISTENING, heard_user=True)
+        case State.LISTENING, SpeechStarted():
+            return _stay(snap, heard_user=True)
         case State.LISTENING, SpeechStopped() if mode is Mode.HANDS_FREE:
             return _go(snap, State.THINKING, CloseUplink(), mode=Mode.NONE)
         case State.LISTENING, ResponseStarted() if mode is not Mode.PUSH_TO_TALK:

@@ -89,3 +89,14 @@ def test_cli_exits_78_when_the_device_never_enrolled(tmp_path: Path) -> None:
 def test_every_shipped_board_config_loads(board_file: Path) -> None:
     config = load(board_file, {})
     assert config.device.board == board_file.stem
+
+
+def test_enroll_with_an_unreadable_token_file_exits_78_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from appliance.__main__ import main
+
+    missing = tmp_path / "enroll-token"
+    code = main(["enroll", "--server", "http://127.0.0.1:9", "--token-file", str(missing)])
+    assert code == 78
+    assert "--token-file" in capsys.readouterr().err

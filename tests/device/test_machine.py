@@ -402,3 +402,17 @@ def test_resuming_gives_up_after_the_attempt_limit_and_a_press_wins() -> None:
     s, effects = m.step(s, m.SessionUp())
     assert s.state is State.LISTENING
     assert not any(isinstance(e, m.Announce) for e in effects)
+
+
+def test_a_long_push_to_talk_question_is_not_the_mute_gesture() -> None:
+    s = snap(State.LISTENING, Mode.PUSH_TO_TALK, session_open=True)
+    muted, _ = m.step(s, m.MuteToggled())
+    assert muted.state is State.MUTED, "a silent long hold mutes"
+    s, effects = m.step(s, m.SpeechStarted())  # the local gate heard the user
+    assert s.heard_user
+    assert effects == ()
+    assert m.step(s, m.MuteToggled()) == (s, ())
+    s, _ = m.step(s, m.ButtonReleased())
+    assert s.state is State.THINKING
+    s, _ = m.step(snap(State.IDLE, session_open=True, heard_user=True), m.ButtonPressed())
+    assert not s.heard_user, "each turn starts afresh"

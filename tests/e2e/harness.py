@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance import machine as m
-from appliance.app import App
-from appliance.audio.base import AudioFormat
+from appliance.app import App, make_frontend
+from appliance.audio.base import AudioFormat, AudioSink, AudioSource
 from appliance.audio.wav import WavSink, WavSource
 from appliance.config import AudioConfig, Config, DeviceConfig, SessionConfig
 from appliance.demo import asset
@@ -43,8 +43,8 @@ class StandInKeys:
 @dataclass
 class Device:
     app: App
-    source: WavSource
-    sink: WavSink
+    source: Any
+    sink: Any
     keys: StandInKeys
 
     def states(self) -> list[m.State]:
@@ -78,16 +78,31 @@ def client_events(standin: StandIn) -> list[dict[str, Any]]:
 
 
 @asynccontextmanager
-async def device(standin: StandIn, tmp: Path, **session: Any) -> AsyncIterator[Device]:
+async def device(
+    standin: StandIn,
+    tmp: Path,
+    audio: AudioConfig | None = None,
+    source: AudioSource | None = None,
+    sink: AudioSink | None = None,
+    **session: Any,
+) -> AsyncIterator[Device]:
+    """The device on WAV files (or ``source``/``sink``), with its real audio front end."""
     config = Config(
         device=DeviceConfig(name="test", state_dir=tmp, board="mock"),
-        audio=AudioConfig(backend="wav"),
+        audio=audio or AudioConfig(backend="wav"),
         session=replace(SessionConfig(), **session),
     )
-    source = WavSource(None, AudioFormat(config.audio.capture_rate))
-    sink = WavSink(None, AudioFormat(config.audio.playback_rate))
+    source = source or WavSource(None, AudioFormat(config.audio.capture_rate))
+    sink = sink or WavSink(None, AudioFormat(config.audio.playback_rate))
     keys = StandInKeys(standin)
-    app = App(config, source=source, sink=sink, keys=keys, tools=builtin_registry())
+    app = App(
+        config,
+        source=source,
+        sink=sink,
+        keys=keys,
+        tools=builtin_registry(),
+        frontend=make_frontend(config, source.format),
+    )
     stop = asyncio.Event()
     runner = asyncio.create_task(app.run(stop))
     try:

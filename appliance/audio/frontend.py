@@ -1,0 +1,224 @@
+"""The capture path: mic → echo suppression (speaker as reference) → speech gate + wake word.
+
+``FrontEnd`` works on 16 kHz frames of 20 ms (what AEC, VAD and the wake word share); a
+48 kHz mic is resampled first. ``TapSink`` wraps the speaker: every frame it plays is also
+handed, resampled to 16 kHz, to the echo canceller's ``ReferenceBuffer``, and a flush
+(interruption) flushes the reference too, so the canceller always knows what the room hears.
+Earcons go through the same sink, so the canceller knows them as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from appliance.audio.aec import (
+    NEAR_END_FLOOR_DBFS,
+    EchoSuppressor,
+    ReferenceBuffer,
+    make_canceller,
+    near_end_present,
+)
+from appliance.audio.base import AudioFormat, AudioSink
+from appliance.audio.frames import Rechunker, Resampler, rms_dbfs
+from appliance.audio.vad import Gate, make_gate
+from appliance.audio.wake import WakeWord
+from appliance.config import Config
+
+log = logging.getLogger(__name__)
+DSP_FORMAT = AudioFormat(rate=16_000, frame_ms=20)
+"""What the echo canceller, the speech gate and the wake word consume."""
+CONVERGE_MS = 2500
+"""Speaker audio the canceller needs to hear before its output can be trusted (speex
+converges in ~2 s, measured by ``make bench``); until then replies are half-duplex."""
+USER_RUN_FRAMES = 3
+"""Consecutive 20 ms frames of near-end speech that make a barge-in: one frame can be a
+residual-echo burst; three (60 ms) were never the device's own voice in the tests."""
+SOUND_DBFS = -50.0
+MAX_ATTENUATION_DB = 20.0
+ERLE_MARGIN_DB = 8.0
+RESIDUAL_MARGIN_DB = 6.0
+"""Playback louder than this counts as sound the canceller learns from."""
+
+
+class TapSink:
+    """An ``AudioSink`` that also feeds what it plays to the echo canceller's reference."""
+
+    def __init__(self, sink: AudioSink, reference: ReferenceBuffer) -> None:
+        self.sink = sink
+        self.reference = reference
+        self._resampler = Resampler(reference.rate)
+        self.sound_ms = 0
+        """Milliseconds of audible playback so far (the canceller's training)."""
+        self.last_sound = float("-inf")
+        """When audible audio was last written (monotonic)."""
+
+    def playing(self, within_s: float = 1.0) -> bool:
+        """Audible audio was written within ``within_s`` (its echo may still be in the room)."""
+        return time.monotonic() - self.last_sound < within_s
+
+    @property
+    def format(self) -> AudioFormat:
+        return self.sink.format
+
+    async def start(self) -> None:
+        await self.sink.start()
+
+    async def write(self, frame: bytes) -> None:
+        samples = np.frombuffer(frame, dtype="<i2")
+        if rms_dbfs(samples) > SOUND_DBFS:
+            self.sound_ms += self.sink.format.frame_ms
+            self.last_sound = time.monotonic()
+        self.reference.played(self._resampler.pcm(samples, self.sink.format.rate).tobytes())
+        await self.sink.write(frame)
+
+    def flush(self) -> None:
+        self.sink.flush()
+        self.reference.flush()
+
+    async def close(self) -> None:
+        await self.sink.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Heard:
+    """What one capture frame told us."""
+
+    frame: bytes
+    """The echo-suppressed frame (16 kHz, 20 ms): what goes to the uplink."""
+    speech_started: bool = False
+    """The local gate saw the user start speaking in this frame."""
+    wake: str | None = None
+    """The wake-word model that fired on this frame."""
+    user: bool = True
+    """The frame may hold the user's voice (not only the device's own echo); while the
+    model speaks, only such frames go up to the service."""
+
+
+class FrontEnd:
+    def __init__(self, config: Config, capture: AudioFormat) -> None:
+        audio, act = config.audio, config.activation
+        self.capture = capture
+        self.reference = ReferenceBuffer(DSP_FORMAT.rate, audio.aec_delay_ms)
+        self.echo = EchoSuppressor(
+            make_canceller(audio.aec, DSP_FORMAT.rate, audio.aec_tail_ms), self.reference
+        )
+        self.gate: Gate = make_gate(act.vad_engine, aggressiveness=act.vad_aggressiveness)
+        self.wake: WakeWord | None = None
+        if act.wake_word or act.wake_model_path:
+            self.wake = WakeWord(
+                act.wake_word or "okay_nabu",
+                act.wake_threshold,
+                act.wake_refractory_s,
+                act.wake_model_path,
+            )
+            log.info("wake word %s (say %r)", self.wake.name, self.wake.phrase)
+        self._resampler = Resampler(DSP_FORMAT.rate) if capture.rate != DSP_FORMAT.rate else None
+        self._chunker = Rechunker(DSP_FORMAT)
+        self._user_speaking = False
+        self._near_run = 0
+        self._mic_levels: deque[float] = deque(maxlen=2)
+        self._echo_only: deque[tuple[float, float]] = deque(maxlen=150)
+        self._tap: TapSink | None = None
+        log.info("echo suppression: %s", self.echo.name)
+
+    @property
+    def converged(self) -> bool:
+        """A real canceller runs and has heard enough of the speaker to be trusted."""
+        if self.echo.name not in ("speex", "webrtc"):
+            return False
+        return self._tap is not None and self._tap.sound_ms >= CONVERGE_MS
+
+    @property
+    def full_duplex(self) -> bool:
+        """The mic may stay open while the model speaks (the service's VAD can then hear a
+        barge-in too): only behind a converged echo canceller."""
+        return self.converged
+
+    def tap(self, sink: AudioSink) -> TapSink:
+        self._tap = TapSink(sink, self.reference)
+        return self._tap
+
+    def process(self, frame: bytes) -> list[Heard]:
+        """Clean one capture frame; returns one ``Heard`` per 16 kHz 20 ms frame it made."""
+        if self._resampler is None and len(frame) == DSP_FORMAT.frame_bytes:
+            frames = [frame]
+        else:
+            samples = np.frombuffer(frame, dtype="<i2")
+            if self._resampler is not None:
+                samples = self._resampler.pcm(samples, self.capture.rate)
+            frames = self._chunker.push(samples)
+        out = []
+        for raw in frames:
+            clean = self.echo.process(raw)
+            # webrtcvad alone calls the canceller's faint residual echo speech; a voiced
+            # frame counts as the user only if it is loud enough and the canceller did not
+            # take much off it (measured: no self-interruptions, barge-in in ~90 ms)
+            voiced = self.gate.update(clean)
+            # compare with the loudest of the last two mic frames: the canceller's output may
+            # lag its input by a frame (speex), and the louder one is the cautious choice
+            self._mic_levels.append(self.echo.mic_dbfs)
+            mic_db, out_db = max(self._mic_levels), self.echo.out_dbfs
+            audible = self.speaker_audible
+            if audible and voiced and not self._user_speaking:
+                self._echo_only.append((mic_db - out_db, out_db))  # removed, and left over
+            near = (
+                voiced
+                and near_end_present(
+                    mic_db,
+                    out_db,
+                    floor_dbfs=self.floor_dbfs,
+                    max_attenuation_db=self.max_attenuation_db,
+                )
+                and self._trusted()
+            )
+            self._near_run = self._near_run + 1 if near else 0
+            started = self._near_run == USER_RUN_FRAMES and not self._user_speaking
+            if started:
+                self._user_speaking = True
+            elif not voiced:
+                self._user_speaking = False
+            wake = self.wake.name if self.wake is not None and self.wake.process(clean) else None
+            out.append(Heard(clean, started, wake, self._user_speaking))
+        return out
+
+    @property
+    def max_attenuation_db(self) -> float:
+        """How much the canceller may take off a frame that still counts as the user: well
+        below what it removes from the device's own voice here (the median over the last
+        3 s of playback), never more than 20 dB. A reverberant room the canceller handles
+        less well asks for a clearer barge-in instead of cutting replies on its own echo."""
+        if len(self._echo_only) < 25:
+            return MAX_ATTENUATION_DB
+        typical = float(np.median([removed for removed, _ in self._echo_only]))
+        return max(0.0, min(MAX_ATTENUATION_DB, typical - ERLE_MARGIN_DB))
+
+    @property
+    def floor_dbfs(self) -> float:
+        """How loud a cleaned frame must be to count as the user: above the loud end of
+        the residual echo heard over the last 3 s of playback (its 90th percentile) by
+        ``RESIDUAL_MARGIN_DB``, and never below ``NEAR_END_FLOOR_DBFS``."""
+        if len(self._echo_only) < 25:
+            return NEAR_END_FLOOR_DBFS
+        loud = float(np.percentile([left for _, left in self._echo_only], 90))
+        return max(NEAR_END_FLOOR_DBFS, loud + RESIDUAL_MARGIN_DB)
+
+    @property
+    def speaker_audible(self) -> bool:
+        """The speaker plays, or just did (its echo may still be in the room)."""
+        return self._tap is not None and self._tap.playing()
+
+    def _trusted(self) -> bool:
+        """Is a voiced frame the user? While the speaker is silent (for longer than the room's
+        echo tail and the gate's hangover), always; while it plays, or in a short pause,
+        only behind a converged canceller (else it would be the device hearing itself)."""
+        return self._tap is None or not self._tap.playing() or self.converged
+
+    def close(self) -> None:
+        self.echo.close()
+        if self.wake is not None:
+            self.wake.close()

@@ -1,0 +1,101 @@
+"""The device in a simulated room: its reply echoes back into its own mic.
+
+It must never interrupt itself (neither by its local speech gate nor through the service's
+VAD, which hears the uplink in full duplex), and it must still hear the user who talks over
+the reply (barge-in), all on the real capture path: Speex AEC + preprocessor, webrtcvad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes.util
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from appliance import machine as m
+from appliance.audio.simroom import SimRoom
+from appliance.config import AudioConfig
+from provisioning.standin import StandIn, StandInConfig
+from tests.conftest import require
+from tests.e2e.harness import client_events, device
+from tests.speech import speech
+from tests.standin.conftest import API_KEY
+
+LONG_REPLY = (
+    "The moon has no air to hold the heat of the sun. By day the ground gets hotter than "
+    "boiling water, and at night it gets colder than anywhere on Earth. A day there lasts "
+    "about two weeks, and so does a night, which makes the swings even larger."
+)
+SCRIPT = f"""
+transcripts = ["tell me about the moon", "tell me more about the moon", "stop"]
+
+[[rule]]
+when_contains = "moon"
+say = "{LONG_REPLY}"
+
+[[rule]]
+default = true
+say = "Okay."
+"""
+
+
+@pytest.fixture
+async def standin(tmp_path: Path) -> AsyncIterator[StandIn]:
+    require(ctypes.util.find_library("speexdsp") is not None, "libspeexdsp (apt libspeexdsp1)")
+    script = tmp_path / "script.toml"
+    script.write_text(SCRIPT)
+    async with StandIn(StandInConfig(api_key=API_KEY, script=script)) as server:
+        yield server
+
+
+async def _ask(dev: object, room: SimRoom, text: str) -> None:
+    app = dev.app  # type: ignore[attr-defined]
+    app.post(m.ButtonPressed())
+    app.post(m.ButtonReleased())  # a tap: hands-free, the service's VAD ends the turn
+    await dev.wait(m.State.LISTENING)  # type: ignore[attr-defined]
+    room.say(speech(text, 16_000))
+
+
+@pytest.mark.parametrize(
+    "room",
+    [SimRoom(seed=3), SimRoom(seed=11, delay_ms=70, rt60_s=0.4, drr_db=3, echo_gain=0.7)],
+    ids=["small-room", "reverberant-room"],
+)
+async def test_the_device_never_hears_itself_but_hears_the_user_over_its_reply(
+    standin: StandIn, tmp_path: Path, room: SimRoom
+) -> None:
+    audio = AudioConfig(backend="wav", aec="speex")
+    async with device(standin, tmp_path, audio, room.mic, room.speaker) as dev:
+        assert dev.app.frontend is not None
+        assert dev.app.frontend.echo.name == "speex"
+        # turn 1: the whole long reply plays into the room; the canceller converges on it
+        await _ask(dev, room, "tell me about the moon")
+        await dev.wait(m.State.SPEAKING, 20)
+        await dev.wait(m.State.IDLE, 40)
+        assert dev.app.barge_ins == 0, "the device interrupted itself"
+        assert dev.app.frontend.converged
+        # turn 2: full duplex now; the reply echoes into the open uplink and must go on
+        await _ask(dev, room, "tell me more about the moon")
+        await dev.wait(m.State.SPEAKING, 20)
+        assert dev.app.mic.uplink_open, "full duplex: the service hears the room"
+        await asyncio.sleep(3.0)
+        assert dev.app.snapshot.state is m.State.SPEAKING, "its own voice cut the reply"
+        assert dev.app.barge_ins == 0
+        # the user talks over the reply: heard at once, the reply stops
+        spoke = time.monotonic()
+        room.say(speech("stop", 16_000) // 3)  # 10 dB quieter than the questions
+        await dev.wait(m.State.LISTENING, 3)
+        reaction = time.monotonic() - spoke
+        assert dev.app.barge_ins == 1, "heard locally, through the echo"
+        await dev.wait(m.State.IDLE, 30)
+    turn_states = dev.states()
+    speaking = [i for i, s in enumerate(turn_states) if s is m.State.SPEAKING]
+    assert turn_states[speaking[0] + 1] is m.State.IDLE, "reply 1 ran to its end"
+    assert reaction < 0.6, f"barge-in took {reaction * 1000:.0f} ms"
+    sent = [e["type"] for e in client_events(standin)]
+    assert "response.cancel" in sent
+    assert "conversation.item.truncate" in sent
+    assert room.played_frames > 200, "the replies really played into the room"
