@@ -24,6 +24,7 @@ async def _run(config_path: Path | None) -> int:
     from appliance import config as cfg
     from appliance import logging_setup
     from appliance.app import App, make_audio, make_frontend, make_gpio
+    from appliance.heartbeat import heartbeat_loop
     from appliance.identity import Identity
     from appliance.realtime.keys import CachedKeySource
     from appliance.realtime.provisioning_keys import ProvisioningKeySource
@@ -41,7 +42,8 @@ async def _run(config_path: Path | None) -> int:
             f"no device identity in {config.device.state_dir}: run 'appliance enroll' first",
         ) from None
     source, sink = make_audio(config)
-    keys = CachedKeySource(ProvisioningKeySource(identity, timeout_s=config.provisioning.timeout_s))
+    provisioning = ProvisioningKeySource(identity, timeout_s=config.provisioning.timeout_s)
+    keys = CachedKeySource(provisioning)
     frontend = make_frontend(config, source.format)
     app = App(
         config,
@@ -61,13 +63,22 @@ async def _run(config_path: Path | None) -> int:
     leds, button = make_gpio(config, app)
     app.leds = leds
     watchdog = asyncio.create_task(watchdog_loop(notifier, lambda: app.last_audio))
+    tasks = [watchdog]
+    if config.provisioning.heartbeat_s > 0:
+        beats = heartbeat_loop(
+            provisioning,
+            app,
+            config.provisioning.heartbeat_s,
+            config.provisioning.report_transcripts,
+        )
+        tasks.append(asyncio.create_task(beats, name="heartbeat"))
     ready = asyncio.create_task(_announce_ready(app, notifier, identity.server))
     try:
         await stop.wait()
         notifier.stopping()
         await runner
     finally:
-        for task in (watchdog, ready):
+        for task in (*tasks, ready):
             task.cancel()
         if button is not None:
             button.close()

@@ -46,6 +46,10 @@ class Stats:
     last_turn_latency_ms: float | None = None
     """From the end of the user's turn to the first reply audio."""
     reconnects: int = 0
+    """Sessions reopened on our own after a call broke off mid-conversation."""
+    false_wakes: int = 0
+    """Wake-word activations after which nobody spoke."""
+    wakes: int = 0
     tool_calls: int = 0
     transcripts: list[tuple[str, str]] = field(default_factory=list)
     states: list[tuple[float, m.State]] = field(default_factory=list)
@@ -98,6 +102,7 @@ class App:
         self._timers: list[asyncio.TimerHandle] = []
         self._session_task: asyncio.Task[None] | None = None
         self._turn_ended_at: float | None = None
+        self._woke = False
         self.audio_flowing = asyncio.Event()
         """Set once the first mic frame arrived."""
         self.last_error = ""
@@ -159,6 +164,13 @@ class App:
         log.info("state %s -> %s", old.name, new.name, extra={"state": new.name})
         if new is m.State.THINKING and old is m.State.LISTENING:
             self._turn_ended_at = now
+        if old is m.State.OFFLINE and new is m.State.CONNECTING and self.snapshot.resume:
+            self.stats.reconnects += 1
+        woke_for_nothing = self._woke and not self.snapshot.heard_user
+        if old is m.State.LISTENING and new is m.State.IDLE and woke_for_nothing:
+            self.stats.false_wakes += 1
+        if new in (m.State.THINKING, m.State.IDLE, m.State.OFFLINE, m.State.ERROR):
+            self._woke = False
         if new is m.State.SPEAKING and self._turn_ended_at is not None:
             latency = (now - self._turn_ended_at) * 1000
             self.stats.last_turn_latency_ms = latency
@@ -393,6 +405,10 @@ class App:
             for h in heard:
                 if h.wake is not None:
                     log.info("wake word %s", h.wake, extra={"event_type": "wake"})
+                    self.stats.wakes += 1
+                    self._woke = True
+                    if self.frontend is not None:
+                        self.frontend.new_turn()
                     self.post(m.WakeDetected(h.wake))
                 if h.speech_started:
                     self._heard_speech()

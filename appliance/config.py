@@ -44,6 +44,10 @@ class ProvisioningConfig:
     """Base URL of the provisioning server, e.g. ``https://prov.example.com``."""
     timeout_s: float = 10.0
     """HTTP timeout for provisioning requests."""
+    heartbeat_s: float = 300.0
+    """How often the device reports its health to the server (0: never)."""
+    report_transcripts: bool = True
+    """Include a short summary of the last turn's words in the heartbeat."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,11 @@ USER_RUN_FRAMES = 3
 """Consecutive 20 ms frames of near-end speech that make a barge-in: one frame can be a
 residual-echo burst; three (60 ms) were never the device's own voice in the tests."""
 SOUND_DBFS = -50.0
+ECHO_TAIL_S = 0.4
+"""After the speaker falls silent its echo lingers this long (a room's RT60)."""
+TRUST_AFTER_S = 1.0
+"""Before the canceller has converged, a voiced frame this soon after playback (a pause
+in a reply, the echo tail and the gate's hangover) is not trusted as the user."""
 MAX_ATTENUATION_DB = 20.0
 ERLE_MARGIN_DB = 8.0
 RESIDUAL_MARGIN_DB = 6.0
@@ -57,7 +62,7 @@ class TapSink:
         self.last_sound = float("-inf")
         """When audible audio was last written (monotonic)."""
 
-    def playing(self, within_s: float = 1.0) -> bool:
+    def playing(self, within_s: float) -> bool:
         """Audible audio was written within ``within_s`` (its echo may still be in the room)."""
         return time.monotonic() - self.last_sound < within_s
 
@@ -210,13 +215,19 @@ class FrontEnd:
     @property
     def speaker_audible(self) -> bool:
         """The speaker plays, or just did (its echo may still be in the room)."""
-        return self._tap is not None and self._tap.playing()
+        return self._tap is not None and self._tap.playing(ECHO_TAIL_S)
+
+    def new_turn(self) -> None:
+        """An activation: whatever the gate was hearing (the tail of the wake word) is not
+        the user's request."""
+        self._user_speaking = False
+        self._near_run = 0
 
     def _trusted(self) -> bool:
         """Is a voiced frame the user? While the speaker is silent (for longer than the room's
         echo tail and the gate's hangover), always; while it plays, or in a short pause,
         only behind a converged canceller (else it would be the device hearing itself)."""
-        return self._tap is None or not self._tap.playing() or self.converged
+        return self._tap is None or not self._tap.playing(TRUST_AFTER_S) or self.converged
 
     def close(self) -> None:
         self.echo.close()

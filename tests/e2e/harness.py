@@ -18,7 +18,7 @@ from appliance import machine as m
 from appliance.app import App, make_frontend
 from appliance.audio.base import AudioFormat, AudioSink, AudioSource
 from appliance.audio.wav import WavSink, WavSource
-from appliance.config import AudioConfig, Config, DeviceConfig, SessionConfig
+from appliance.config import ActivationConfig, AudioConfig, Config, DeviceConfig, SessionConfig
 from appliance.demo import asset
 from appliance.realtime.keys import EphemeralKey
 from appliance.realtime.tools import builtin_registry
@@ -84,12 +84,14 @@ async def device(
     audio: AudioConfig | None = None,
     source: AudioSource | None = None,
     sink: AudioSink | None = None,
+    activation: ActivationConfig | None = None,
     **session: Any,
 ) -> AsyncIterator[Device]:
     """The device on WAV files (or ``source``/``sink``), with its real audio front end."""
     config = Config(
         device=DeviceConfig(name="test", state_dir=tmp, board="mock"),
         audio=audio or AudioConfig(backend="wav"),
+        activation=activation or ActivationConfig(),
         session=replace(SessionConfig(), **session),
     )
     source = source or WavSource(None, AudioFormat(config.audio.capture_rate))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes.util
+import importlib.util
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from appliance import machine as m
 from appliance.audio.simroom import SimRoom
-from appliance.config import AudioConfig
+from appliance.config import ActivationConfig, AudioConfig
 from provisioning.standin import StandIn, StandInConfig
 from tests.conftest import require
 from tests.e2e.harness import client_events, device
@@ -99,3 +100,38 @@ async def test_the_device_never_hears_itself_but_hears_the_user_over_its_reply(
     assert "response.cancel" in sent
     assert "conversation.item.truncate" in sent
     assert room.played_frames > 200, "the replies really played into the room"
+
+
+async def test_the_wake_word_starts_a_turn_and_cuts_a_long_reply(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    require(importlib.util.find_spec("pymicro_wakeword") is not None, "pymicro-wakeword")
+    room = SimRoom(seed=5)
+    audio = AudioConfig(backend="wav", aec="speex")
+    # voice barge-in off: here only the wake word may cut the reply
+    wake = ActivationConfig(wake_word="okay_nabu", button=False, barge_in=False)
+    okay_nabu = speech("okay nabu", 16_000)
+    async with device(
+        standin, tmp_path, audio, room.mic, room.speaker, wake, no_speech_s=2.0
+    ) as dev:
+        await asyncio.sleep(0.5)  # the gate and the wake word warm up on room noise
+        # woken, but nobody speaks: back to IDLE, counted as a false wake
+        room.say(okay_nabu)
+        await dev.wait(m.State.LISTENING, 10)
+        await dev.wait(m.State.IDLE, 10)
+        assert (dev.app.stats.wakes, dev.app.stats.false_wakes) == (1, 0 + 1)
+        # woken, then a question: the long reply plays …
+        room.say(okay_nabu)
+        await dev.wait(m.State.LISTENING, 10)
+        room.say(speech("tell me about the moon", 16_000))
+        await dev.wait(m.State.SPEAKING, 20)
+        await asyncio.sleep(4.0)
+        assert dev.app.snapshot.state is m.State.SPEAKING
+        # … until the wake word is said over it, heard through the echo canceller
+        room.say(okay_nabu)
+        await dev.wait(m.State.LISTENING, 4)
+        assert dev.app.stats.wakes == 3
+        assert dev.app.stats.false_wakes == 1
+        assert dev.app.barge_ins == 0
+    sent = [e["type"] for e in client_events(standin)]
+    assert "response.cancel" in sent

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance import machine as m
+from appliance.heartbeat import health
 from provisioning.standin import StandIn, StandInConfig
 from tests.e2e.harness import client_events, device
 from tests.standin.conftest import API_KEY
@@ -50,6 +51,7 @@ async def test_a_call_dropped_mid_reply_reconnects_carries_over_and_says_so(
         assert dev.app.session.call_id != first_call
         assert dev.keys.minted == 2, "a fresh key for the new call"
         transcripts = dict(dev.app.stats.transcripts)
+        report = health(dev.app, started=0.0)
 
     states = dev.states()
     cut = states.index(m.State.OFFLINE)
@@ -81,6 +83,12 @@ async def test_a_call_dropped_mid_reply_reconnects_carries_over_and_says_so(
     assert len(announce) == 1
     assert announce[0]["response"]["conversation"] == "none"
     assert all(t.get_name() != "liveness" for t in asyncio.all_tasks()), "no leaked watchers"
+    # the heartbeat tells the fleet about it, without secrets
+    assert report["reconnects"] == 1
+    assert report["last_turn"] == {"user": transcripts["user"]}
+    assert report["state"] == "idle"
+    assert "offline" not in report["status"]
+    assert "ek_" not in str(report)
 
 
 async def test_a_long_session_rolls_over_between_turns_and_keeps_the_conversation(
