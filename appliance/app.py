@@ -396,9 +396,8 @@ class App:
             except EOFError:
                 return
             except AudioDeviceError as exc:
-                log.error("microphone failed: %s", exc)
-                self.post(m.SessionLost(f"microphone failed: {exc}"))
-                return
+                await self._recover_audio(exc)
+                continue
             self.last_audio = time.monotonic()
             self.audio_flowing.set()
             heard = self.frontend.process(frame) if self.frontend is not None else [Heard(frame)]
@@ -414,6 +413,33 @@ class App:
                     self._heard_speech()
                 if self.session is not None and self.session.accepting_audio:
                     self.mic.push(h.frame if h.user or not self._echo_risk() else self._silence)
+
+    async def _recover_audio(self, exc: AudioDeviceError) -> None:
+        """The mic vanished (USB unplugged, driver reset): show the fault, then reopen it
+        with back-off (1 s … 30 s) until it is back. The process stays up and keeps
+        systemd's watchdog fed while it retries: a missing device is not a hung daemon,
+        and restarting would only crash-loop."""
+        log.error("microphone failed: %s", exc)
+        self.last_error = f"microphone: {exc}"
+        self.post(m.AudioFault(str(exc)))
+        delay = 1.0
+        attempts = 0
+        while True:
+            await self.source.close()
+            await asyncio.sleep(delay)
+            self.last_audio = time.monotonic()
+            attempts += 1
+            try:
+                await self.source.start()
+            except AudioDeviceError as again:
+                if attempts in (1, 5) or attempts % 20 == 0:
+                    log.warning("microphone still missing after %d tries: %s", attempts, again)
+                delay = min(30.0, delay * 2)
+                continue
+            log.info("microphone back after %d tries", attempts)
+            self.last_error = ""
+            self.post(m.AudioRestored())
+            return
 
     def _heard_speech(self) -> None:
         """The local gate heard the user start speaking (on the echo-suppressed signal)."""

@@ -168,6 +168,18 @@ class ToolFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class AudioFault:
+    """The microphone or speaker vanished (e.g. a USB device unplugged)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioRestored:
+    """The audio device is back."""
+
+
+@dataclass(frozen=True, slots=True)
 class TimerFired:
     name: TimerName
     epoch: int
@@ -190,6 +202,8 @@ Event = (
     | ResponseDone
     | ToolCallRequested
     | ToolFinished
+    | AudioFault
+    | AudioRestored
     | TimerFired
 )
 
@@ -320,6 +334,8 @@ class Snapshot:
     """How long OFFLINE waits before going back to IDLE (from back-off or ``Retry-After``)."""
     awaiting_reply: bool = False
     """A ``response.create`` was asked for and its ``response.created`` has not come yet."""
+    audio_fault: bool = False
+    """The mic/speaker is gone: ERROR is shown until it is back, activations are ignored."""
     heard_user: bool = False
     """The user has spoken in this turn (a long hold while talking is push-to-talk, not
     the mute gesture)."""
@@ -446,6 +462,8 @@ def step(snap: Snapshot, event: Event) -> Result:
             return _go(
                 snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE, pending_tools=0
             )
+        case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD) if snap.audio_fault:
+            return snap, ()  # stays until the device is back
         case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD):
             return _go(snap, State.IDLE)
         case State.OFFLINE, TimerFired(name=TimerName.RETRY) if snap.resume:
@@ -457,13 +475,40 @@ def step(snap: Snapshot, event: Event) -> Result:
         case State.IDLE, TimerFired(name=TimerName.SESSION_IDLE):
             return _stay(snap, CloseSession(), session_open=False)
 
+        # ---------------------------------------------------------- audio device
+        case State.MUTED, AudioFault():
+            return _stay(snap, audio_fault=True)
+        case _, AudioFault():
+            effects: tuple[Effect, ...] = (CloseUplink(),)
+            if state in ACTIVE:
+                effects += (CancelReply(),)
+            if snap.session_open or state is State.CONNECTING:
+                effects += (CloseSession(),)
+            return _go(
+                snap,
+                State.ERROR,
+                *effects,
+                PlayCue("error"),
+                mode=Mode.NONE,
+                session_open=False,
+                pending_tools=0,
+                resume=False,
+                audio_fault=True,
+            )
+        case State.ERROR, AudioRestored() if snap.audio_fault:
+            return _go(snap, State.IDLE, audio_fault=False)
+        case _, AudioRestored():
+            return _stay(snap, audio_fault=False)
+        case State.ERROR, ButtonPressed() | WakeDetected() if snap.audio_fault:
+            return snap, ()
+
         # ---------------------------------------------------------- mute
         case State.MUTED, MuteToggled():
             return _go(snap, State.IDLE)
         case State.LISTENING, MuteToggled() if mode is Mode.PUSH_TO_TALK and snap.heard_user:
             return snap, ()  # a long question, not the mute gesture
         case _, MuteToggled():
-            effects: tuple[Effect, ...] = (CloseUplink(),)
+            effects = (CloseUplink(),)
             if state in ACTIVE:
                 effects += (CancelReply(),)
             if snap.session_open or state is State.CONNECTING:

@@ -416,3 +416,20 @@ def test_a_long_push_to_talk_question_is_not_the_mute_gesture() -> None:
     assert s.state is State.THINKING
     s, _ = m.step(snap(State.IDLE, session_open=True, heard_user=True), m.ButtonPressed())
     assert not s.heard_user, "each turn starts afresh"
+
+
+def test_a_vanished_audio_device_shows_error_until_it_is_back() -> None:
+    s = snap(State.SPEAKING, session_open=True)
+    s, effects = m.step(s, m.AudioFault("capture stalled"))
+    assert s.state is State.ERROR
+    assert s.audio_fault
+    assert kinds(effects) == ["CloseUplink", "CancelReply", "CloseSession", "PlayCue", "StartTimer"]
+    held = m.step(s, m.TimerFired(TimerName.ERROR_HOLD, s.epoch))
+    assert held == (s, ()), "no timeout: the fault is shown as long as it lasts"
+    assert m.step(s, m.ButtonPressed()) == (s, ()), "nothing to talk with"
+    s, _ = m.step(s, m.AudioRestored())
+    assert s.state is State.IDLE
+    assert not s.audio_fault
+    muted, _ = m.step(snap(State.MUTED), m.AudioFault("gone"))
+    assert muted.state is State.MUTED
+    assert muted.audio_fault
