@@ -1,4 +1,11 @@
-"""The two audio legs of a call: mic → RTP (``MicTrack``), remote RTP → sink (``Playout``)."""
+"""The two audio legs of a call: mic → RTP (``MicTrack``), remote RTP → sink (``Playout``).
+
+Uplink: ``MicTrack`` encodes Opus itself (PyAV's libopus, ``UPLINK_BITRATE`` speech bitrate,
+in-band FEC for ``UPLINK_EXPECTED_LOSS_PCT``) and hands aiortc finished ``av.Packet``s,
+which aiortc's sender sends as they are (its ``pack`` path; its own 96 kbit/s stereo
+encoder is then never used). Downlink: ``Playout`` asks ``jitter.attach`` to conceal lost
+packets of the remote track (Opus PLC/FEC) before reading it.
+"""
 
 from __future__ import annotations
 
@@ -17,27 +24,48 @@ from aiortc.mediastreams import MediaStreamError
 
 from appliance.audio.base import AudioFormat, AudioSink
 from appliance.audio.frames import Rechunker, Resampler
+from appliance.realtime import jitter
 
 log = logging.getLogger(__name__)
+
+UPLINK_BITRATE = 32_000
+"""Opus bitrate for the mic (bit/s): wideband speech; aiortc's default is 96 kbit/s stereo."""
+UPLINK_EXPECTED_LOSS_PCT = 10
+"""Loss the Opus encoder plans its in-band FEC for (0 turns FEC off)."""
+OPUS_RATES = (48_000, 24_000, 16_000, 12_000, 8_000)
+RTP_CLOCK = 48_000
 
 
 class MicTrack(MediaStreamTrack):
     """An aiortc audio track fed with fixed mic frames by the app.
 
-    The mic sets the pace: ``recv`` returns when the next frame has been pushed. While the
-    uplink is closed the frame's samples are replaced by silence, so RTP keeps flowing but
-    no audio leaves the device.
+    The mic sets the pace: ``recv`` returns when the next Opus packet has been encoded from
+    pushed frames. While the uplink is closed the frame's samples are replaced by silence,
+    so RTP keeps flowing but no audio leaves the device.
     """
 
     kind = "audio"
 
-    def __init__(self, fmt: AudioFormat, max_queue: int = 50) -> None:
+    def __init__(
+        self,
+        fmt: AudioFormat,
+        max_queue: int = 50,
+        *,
+        bitrate: int = UPLINK_BITRATE,
+        expected_loss_pct: int = UPLINK_EXPECTED_LOSS_PCT,
+    ) -> None:
         super().__init__()
         self.format = fmt
+        self.bitrate = bitrate
+        self.expected_loss_pct = expected_loss_pct
         self.uplink_open = False
         self._queue: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(max_queue)
         self._pts = 0
         self._silence = bytes(fmt.frame_bytes)
+        self._encoder: Any = None
+        self._resampler = None if fmt.rate in OPUS_RATES else Resampler(RTP_CLOCK)
+        self._first_pts: int | None = None
+        self._packets: deque[av.Packet[Any]] = deque()
         self.dropped = 0
         self.latencies: deque[float] = deque(maxlen=2000)
         """Seconds from ``push`` to the encoder taking the frame (device-added, uplink)."""
@@ -51,18 +79,50 @@ class MicTrack(MediaStreamTrack):
                 log.warning("uplink queue full: %d mic frames dropped so far", self.dropped)
         self._queue.put_nowait((frame, time.perf_counter()))
 
-    async def recv(self) -> av.AudioFrame:
+    def _open_encoder(self, rate: int) -> Any:
+        codec = av.CodecContext.create("libopus", "w")
+        codec.bit_rate = self.bitrate
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = rate
+        codec.time_base = fractions.Fraction(1, rate)
+        options = {"application": "voip"}
+        if self.expected_loss_pct > 0:
+            options |= {"fec": "1", "packet_loss": str(self.expected_loss_pct)}
+        codec.options = options
+        return codec
+
+    def _encode(self, data: bytes) -> list[av.Packet[Any]]:
+        samples = np.frombuffer(data, dtype="<i2")
+        rate = self.format.rate
+        if self._resampler is not None:
+            samples, rate = self._resampler.pcm(samples, rate), RTP_CLOCK
+        if self._encoder is None:
+            self._encoder = self._open_encoder(rate)
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, rate)
+        self._pts += samples.size
+        packets: list[av.Packet[Any]] = list(self._encoder.encode(frame))
+        for packet in packets:
+            # libopus starts at -pre-skip; RTP timestamps count from the first packet
+            pts = packet.pts or 0
+            if self._first_pts is None:
+                self._first_pts = pts
+            packet.pts = pts - self._first_pts
+        return packets
+
+    async def recv(self) -> av.Packet[Any]:  # aiortc sends Packets as they are
         if self.readyState != "live":
             raise MediaStreamError
-        data, pushed = await self._queue.get()
-        self.latencies.append(time.perf_counter() - pushed)
-        samples = np.frombuffer(data if self.uplink_open else self._silence, dtype="<i2")
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = self.format.rate
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, self.format.rate)
-        self._pts += samples.size
-        return frame
+        while not self._packets:
+            data, pushed = await self._queue.get()
+            self.latencies.append(time.perf_counter() - pushed)
+            payload = data if self.uplink_open else self._silence
+            loop = asyncio.get_running_loop()  # encode off the loop, as aiortc itself does
+            self._packets.extend(await loop.run_in_executor(None, self._encode, payload))
+        return self._packets.popleft()
 
 
 class Playout:
@@ -81,8 +141,11 @@ class Playout:
         self.latencies: deque[float] = deque(maxlen=2000)
         """Seconds from a decoded remote frame to its sink write (device-added, downlink)."""
         self.energy: deque[float] = deque(maxlen=50)
+        self.concealment: jitter.ConcealingReceiver | None = None
+        """Loss concealment on the remote track (``None``: aiortc's own jitter buffer)."""
 
     def start(self, track: Any) -> None:
+        self.concealment = jitter.attach(track)
         self._task = asyncio.create_task(self._run(track), name="playout")
 
     @property
@@ -116,6 +179,8 @@ class Playout:
             self.latencies.append(time.perf_counter() - received)
 
     async def stop(self) -> None:
+        if self.concealment is not None:
+            self.concealment.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
