@@ -19,7 +19,9 @@ This module replaces that path for the device's *incoming audio only*:
     deadline is counted ``late`` and widens ``depth`` by one (up to ``max_depth``); the
     hold narrows again after ``relax_after`` packets without one. A jump of more than
     ``max_gap`` sequence numbers (sender restart, long outage) is a discontinuity: nothing
-    is concealed across it.
+    is concealed across it. Neither is a gap that spans a pause after which the buffer was
+    flushed (``flush(restart=True)``): those frames' time has passed, and making them up
+    afterwards would only add their length to the playout delay for good.
 
 ``OpusDecoder`` (ctypes over the real libopus)
     ``decode`` a packet, ``conceal`` with Opus PLC (``opus_decode`` with NULL data) or
@@ -209,6 +211,8 @@ class JitterStats:
     """Packets that arrived after their deadline (already concealed; dropped)."""
     duplicates: int = 0
     discontinuities: int = 0
+    skipped: int = 0
+    """Sequence numbers missing across a discontinuity or a pause: not played."""
 
     @property
     def played(self) -> int:
@@ -239,6 +243,7 @@ class ConcealingJitterBuffer:
         self._next: int | None = None
         self._highest = 0
         self._since_late = 0
+        self._restart = False
 
     @property
     def held(self) -> int:
@@ -258,7 +263,12 @@ class ConcealingJitterBuffer:
         if ext - self._highest > self.max_gap or self._next - ext > self.max_gap:
             steps = self.flush()  # play out what we hold, then start over at this packet
             self.stats.discontinuities += 1
+            self.stats.skipped += max(0, ext - self._next)
             self._next = self._highest = ext
+        elif self._restart and ext >= self._next:
+            self.stats.skipped += ext - self._next
+            self._next = ext
+        self._restart = False
         if ext < self._next:
             self.stats.late += 1
             self._since_late = 0
@@ -276,8 +286,10 @@ class ConcealingJitterBuffer:
         steps += self._release(self._highest - self.depth)
         return steps
 
-    def flush(self) -> list[tuple[StepKind, bytes]]:
-        """Release everything held (the stream paused): gaps inside are concealed."""
+    def flush(self, *, restart: bool = False) -> list[tuple[StepKind, bytes]]:
+        """Release everything held (gaps inside are concealed). ``restart``: the stream
+        paused; do not conceal what is missing before the next packet to arrive."""
+        self._restart = restart
         return self._release(self._highest)
 
     def _release(self, upto: int) -> list[tuple[StepKind, bytes]]:
@@ -353,7 +365,7 @@ class ConcealingReceiver:
             return
         quiet = time.monotonic() - self._last_packet
         if quiet >= self.idle_flush_s:
-            self._emit(self.buffer.flush())
+            self._emit(self.buffer.flush(restart=True))
         else:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.idle_flush_s - quiet, self._idle)

@@ -97,6 +97,19 @@ def test_a_big_jump_is_a_discontinuity_not_a_second_of_concealment() -> None:
     assert buffer.stats.concealed == buffer.stats.recovered == 0
 
 
+def test_after_a_pause_the_missed_frames_are_not_made_up_later() -> None:
+    buffer = ConcealingJitterBuffer(depth=2)
+    feed(buffer, [1, 2, 3])
+    assert kinds(buffer.flush(restart=True)) == ["2", "3"]
+    # 4..9 were lost during the pause: their time is gone, nothing is concealed for them
+    assert feed(buffer, [10, 11, 12]) == ["10"]
+    assert buffer.stats.skipped == 6
+    assert buffer.stats.concealed == buffer.stats.recovered == 0
+    # a plain flush (no pause) still conceals a gap that follows
+    assert kinds(buffer.flush()) == ["11", "12"]
+    assert feed(buffer, [14, 15, 16]) == ["fec", "14"]
+
+
 def test_bad_depths_are_refused() -> None:
     with pytest.raises(ValueError, match="min_depth <= depth"):
         ConcealingJitterBuffer(depth=0)
@@ -173,6 +186,32 @@ def test_without_fec_data_recover_falls_back_to_plc() -> None:
     plc = decode_with_loss(packets, lost, use_fec=False)
     fec = decode_with_loss(packets, lost, use_fec=True)
     assert np.array_equal(plc, fec)
+
+
+async def test_the_receiver_side_puts_one_decoded_frame_per_packet_on_the_track_queue() -> None:
+    import asyncio
+
+    from aiortc.rtp import RtpPacket
+
+    packets, _ = tone_packets(fec=True, count=20)
+    queue: asyncio.Queue[av.AudioFrame] = asyncio.Queue()
+    receiver = jitter.ConcealingReceiver(queue, depth=2, idle_flush_s=0.05)
+    receiver.opus_payload_types = {111}
+    for i, payload in enumerate(packets):
+        if i != 7:  # lost on the way
+            receiver.add(RtpPacket(payload_type=111, sequence_number=100 + i, payload=payload))
+    receiver.add(RtpPacket(payload_type=0, sequence_number=200, payload=b"\xff" * 160))
+    assert queue.qsize() == 18, "the last two are held"
+    await asyncio.sleep(0.15)  # the stream pauses: the hold is played out
+    frames = [queue.get_nowait() for _ in range(queue.qsize())]
+    assert len(frames) == 20
+    assert {(f.sample_rate, f.layout.name, f.samples) for f in frames} == {(48_000, "mono", 960)}
+    assert [f.pts for f in frames] == [960 * i for i in range(20)]
+    assert receiver.stats.recovered == 1
+    receiver.close()
+    receiver.close()
+    receiver.add(RtpPacket(payload_type=111, sequence_number=120, payload=packets[0]))
+    assert queue.empty(), "closed: later packets are ignored"
 
 
 # ---------------------------------------------------------------- uplink encoder
