@@ -24,6 +24,7 @@ async def _run(config_path: Path | None) -> int:
     from appliance import config as cfg
     from appliance import logging_setup
     from appliance.app import App, make_audio, make_frontend, make_gpio
+    from appliance.devicetools import load_entry_point_tools
     from appliance.heartbeat import heartbeat_loop
     from appliance.identity import Identity
     from appliance.realtime.keys import CachedKeySource
@@ -45,12 +46,16 @@ async def _run(config_path: Path | None) -> int:
     provisioning = ProvisioningKeySource(identity, timeout_s=config.provisioning.timeout_s)
     keys = CachedKeySource(provisioning)
     frontend = make_frontend(config, source.format)
+    tools = builtin_registry()
+    extra = load_entry_point_tools(tools)
+    if extra:
+        log.info("user tools: %s", ", ".join(extra))
     app = App(
         config,
         source=source,
         sink=sink,
         keys=keys,
-        tools=builtin_registry(),
+        tools=tools,
         frontend=frontend,
     )
     app._on_state = lambda _state: notifier.status(app.status_text())

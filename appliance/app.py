@@ -22,6 +22,7 @@ from appliance.audio.base import AudioFormat, AudioSink, AudioSource
 from appliance.audio.earcons import cue_frames
 from appliance.audio.frontend import DSP_FORMAT, FrontEnd, Heard
 from appliance.config import Config
+from appliance.devicetools import GainSink, Timers, Volume, register_device_tools
 from appliance.errors import (
     AudioDeviceError,
     CallRejected,
@@ -72,7 +73,15 @@ class App:
         self.source = source
         self.frontend = frontend
         """Echo suppression, speech gate and wake word (``None``: raw mic, no wake word)."""
-        self.sink: AudioSink = frontend.tap(sink) if frontend is not None else sink
+        self.volume = Volume(config.device.state_dir / "volume.json")
+        speaker = frontend.tap(sink) if frontend is not None else sink
+        self.sink: AudioSink = GainSink(speaker, self.volume)  # the tap hears the volume too
+        self.timers = Timers(self._timer_fired)
+        self._announcements: deque[tuple[str, str]] = deque()
+        if config.realtime.tools:
+            register_device_tools(
+                tools, volume=self.volume, timers=self.timers, status=self._status
+            )
         self.keys = keys
         self.tools = tools
         self.leds = leds
@@ -103,6 +112,7 @@ class App:
         self._session_task: asyncio.Task[None] | None = None
         self._turn_ended_at: float | None = None
         self._woke = False
+        self._started = time.monotonic()
         self.audio_flowing = asyncio.Event()
         """Set once the first mic frame arrived."""
         self.last_error = ""
@@ -182,12 +192,34 @@ class App:
                 extra={"latency_ms": round(latency)},
             )
         self._show(new)
+        if new is m.State.IDLE:
+            self._flush_announcements()
         session = self.session
         if new is m.State.IDLE and session is not None:
             age = time.monotonic() - session.opened_at
             if age >= self.config.session.max_age_s:
                 log.info("rolling the session over after %.0f s (before the service's cap)", age)
                 self._spawn(self._rollover(), "rollover")
+
+    def announce(self, kind: str, instructions: str) -> None:
+        """Say something out of band as soon as the device is idle (connecting if needed)."""
+        self._announcements.append((kind, instructions))
+        self._flush_announcements()
+
+    def _flush_announcements(self) -> None:
+        if self._announcements and self.snapshot.state is m.State.IDLE:
+            self.post(m.AnnouncementDue())
+
+    def _timer_fired(self, label: str) -> None:
+        self.announce(
+            "timer",
+            f"Tell the user, in one short sentence, that their timer is up: {label}.",
+        )
+
+    def _status(self) -> dict[str, Any]:
+        from appliance.heartbeat import health
+
+        return health(self, self._started, transcripts=False)
 
     async def _rollover(self) -> None:
         await self._close_session()
@@ -238,6 +270,9 @@ class App:
                 self.mic.uplink_open = False
             case m.PlayCue(name=name):
                 self._spawn(self._play_cue(name), "cue")
+            case m.Announce(kind="queued"):
+                if session is not None and self._announcements:
+                    session.announce(*self._announcements.popleft())
             case m.Announce(kind=kind):
                 if session is not None and self.config.session.announce_reconnect:
                     session.announce(kind, ANNOUNCEMENTS.get(kind, kind))
@@ -448,7 +483,9 @@ class App:
             self.barge_ins += 1
             fe = self.frontend
             levels = (
-                f" (mic {fe.echo.mic_dbfs:.0f} dBFS, {fe.echo.out_dbfs:.0f} after echo suppression)"
+                f" (mic {fe.echo.mic_dbfs:.0f} dBFS, {fe.echo.out_dbfs:.0f} after echo"
+                f" suppression; user floor {fe.floor_dbfs:.0f} dBFS, at most"
+                f" {fe.max_attenuation_db:.0f} dB removed)"
                 if fe is not None
                 else ""
             )
@@ -462,6 +499,7 @@ class App:
             self.post(m.SpeechStarted())  # the user is talking: the turn cap replaces no-speech
 
     async def shutdown(self) -> None:
+        self.timers.close()
         for handle in self._timers:
             handle.cancel()
         await self._close_session()

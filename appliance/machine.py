@@ -168,6 +168,12 @@ class ToolFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class AnnouncementDue:
+    """Something must be said out of band (a timer fired): connect if needed, then say it
+    once the device is idle."""
+
+
+@dataclass(frozen=True, slots=True)
 class AudioFault:
     """The microphone or speaker vanished (e.g. a USB device unplugged)."""
 
@@ -202,6 +208,7 @@ Event = (
     | ResponseDone
     | ToolCallRequested
     | ToolFinished
+    | AnnouncementDue
     | AudioFault
     | AudioRestored
     | TimerFired
@@ -339,6 +346,8 @@ class Snapshot:
     heard_user: bool = False
     """The user has spoken in this turn (a long hold while talking is push-to-talk, not
     the mute gesture)."""
+    announcing: bool = False
+    """Connecting only to say queued announcements."""
     resume: bool = False
     """A conversation was cut off: reconnect on our own (OFFLINE → CONNECTING) and carry
     it over, instead of waiting for the user."""
@@ -399,7 +408,7 @@ def _end_turn(snap: Snapshot) -> Result:
 
 def _new_turn(snap: Snapshot, mode: Mode) -> Result:
     """Start a user turn: straight to LISTENING on a warm session, else connect first."""
-    fresh = {"mode": mode, "resume": False, "heard_user": False}
+    fresh = {"mode": mode, "resume": False, "heard_user": False, "announcing": False}
     if snap.session_open:
         return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), **fresh)
     return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), **fresh)
@@ -422,6 +431,7 @@ def _offline(
         session_open=False,
         pending_tools=0,
         awaiting_reply=False,
+        announcing=False,
         failures=failures,
         retry_s=max(backoff, retry_after or 0.0),
         **changes,
@@ -556,6 +566,19 @@ def step(snap: Snapshot, event: Event) -> Result:
             )
 
         # ---------------------------------------------------------- session
+        case State.CONNECTING, SessionUp() if snap.announcing and not snap.resume:
+            return _go(
+                snap,
+                State.IDLE,
+                Announce("queued"),
+                session_open=True,
+                failures=0,
+                announcing=False,
+            )
+        case State.IDLE, AnnouncementDue() if snap.session_open:
+            return _stay(snap, Announce("queued"))
+        case State.IDLE, AnnouncementDue():
+            return _go(snap, State.CONNECTING, OpenSession(), mode=Mode.NONE, announcing=True)
         case State.CONNECTING, SessionUp() if snap.resume:
             # back after a cut: the conversation was carried over; say so, then wait
             return _go(
@@ -577,6 +600,7 @@ def step(snap: Snapshot, event: Event) -> Result:
                 PlayCue("error"),
                 mode=Mode.NONE,
                 session_open=False,
+                announcing=False,
                 resume=False,
             )
         case State.IDLE, SessionLost():

@@ -32,9 +32,13 @@ from appliance.config import Config
 log = logging.getLogger(__name__)
 DSP_FORMAT = AudioFormat(rate=16_000, frame_ms=20)
 """What the echo canceller, the speech gate and the wake word consume."""
-CONVERGE_MS = 2500
-"""Speaker audio the canceller needs to hear before its output can be trusted (speex
-converges in ~2 s, measured by ``make bench``); until then replies are half-duplex."""
+CONVERGED_ERLE_DB = 15.0
+"""The canceller counts as converged once it removes this much (median over the last
+second of echo): only then may the mic stay open during replies, and only then is a
+voiced frame during playback considered for barge-in. Measured, not assumed: a
+reverberant room can take far longer than the ~2 s speex needs in a small one."""
+ECHO_PRESENT_DBFS = -50.0
+"""A mic frame this loud while the speaker plays holds echo worth measuring."""
 USER_RUN_FRAMES = 3
 """Consecutive 20 ms frames of near-end speech that make a barge-in: one frame can be a
 residual-echo burst; three (60 ms) were never the device's own voice in the tests."""
@@ -134,9 +138,10 @@ class FrontEnd:
     @property
     def converged(self) -> bool:
         """A real canceller runs and has heard enough of the speaker to be trusted."""
-        if self.echo.name not in ("speex", "webrtc"):
+        if self.echo.name not in ("speex", "webrtc") or len(self._echo_only) < 50:
             return False
-        return self._tap is not None and self._tap.sound_ms >= CONVERGE_MS
+        recent = [removed for removed, _ in list(self._echo_only)[-50:]]
+        return float(np.median(recent)) >= CONVERGED_ERLE_DB
 
     @property
     def full_duplex(self) -> bool:
@@ -169,7 +174,7 @@ class FrontEnd:
             self._mic_levels.append(self.echo.mic_dbfs)
             mic_db, out_db = max(self._mic_levels), self.echo.out_dbfs
             audible = self.speaker_audible
-            if audible and voiced and not self._user_speaking:
+            if audible and mic_db > ECHO_PRESENT_DBFS and not self._user_speaking:
                 self._echo_only.append((mic_db - out_db, out_db))  # removed, and left over
             near = (
                 voiced
