@@ -49,6 +49,9 @@ test: lint pytest
 bench: $(VENV)/.stamp-dev
 	$(PY) -m appliance.bench
 
+soak: $(VENV)/.stamp-dev
+	$(PY) -m appliance.bench soak
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
 

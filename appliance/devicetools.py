@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.audio.base import AudioFormat, AudioSink
+from appliance.audio.base import AudioSink, SinkWrapper
 from appliance.realtime.tools import JSON, Tool, ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -68,19 +68,12 @@ def _clamp(level: int) -> int:
     return max(0, min(100, level))
 
 
-class GainSink:
+class GainSink(SinkWrapper):
     """Applies the volume to every frame before the speaker (and the echo tap) sees it."""
 
     def __init__(self, sink: AudioSink, volume: Volume) -> None:
-        self.sink = sink
+        super().__init__(sink)
         self.volume = volume
-
-    @property
-    def format(self) -> AudioFormat:
-        return self.sink.format
-
-    async def start(self) -> None:
-        await self.sink.start()
 
     async def write(self, frame: bytes) -> None:
         gain = self.volume.gain
@@ -88,12 +81,6 @@ class GainSink:
             samples = np.frombuffer(frame, dtype="<i2").astype(np.float32) * gain
             frame = np.clip(samples, -32768, 32767).astype("<i2").tobytes()
         await self.sink.write(frame)
-
-    def flush(self) -> None:
-        self.sink.flush()
-
-    async def close(self) -> None:
-        await self.sink.close()
 
 
 @dataclass

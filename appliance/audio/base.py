@@ -75,3 +75,27 @@ class AudioSink(Protocol):
 
     async def close(self) -> None:
         """Drain nothing, release the device; idempotent."""
+
+
+class SinkWrapper:
+    """An ``AudioSink`` that hands everything to ``sink``; subclasses change ``write`` (and
+    ``flush``) to process what passes through (volume, the echo canceller's tap)."""
+
+    def __init__(self, sink: AudioSink) -> None:
+        self.sink = sink
+
+    @property
+    def format(self) -> AudioFormat:
+        return self.sink.format
+
+    async def start(self) -> None:
+        await self.sink.start()
+
+    async def write(self, frame: bytes) -> None:
+        await self.sink.write(frame)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    async def close(self) -> None:
+        await self.sink.close()

@@ -23,7 +23,7 @@ from appliance.audio.aec import (
     make_canceller,
     near_end_present,
 )
-from appliance.audio.base import AudioFormat, AudioSink
+from appliance.audio.base import AudioFormat, AudioSink, SinkWrapper
 from appliance.audio.frames import Rechunker, Resampler, rms_dbfs
 from appliance.audio.vad import Gate, make_gate
 from appliance.audio.wake import WakeWord
@@ -54,11 +54,11 @@ RESIDUAL_MARGIN_DB = 6.0
 """Playback louder than this counts as sound the canceller learns from."""
 
 
-class TapSink:
+class TapSink(SinkWrapper):
     """An ``AudioSink`` that also feeds what it plays to the echo canceller's reference."""
 
     def __init__(self, sink: AudioSink, reference: ReferenceBuffer) -> None:
-        self.sink = sink
+        super().__init__(sink)
         self.reference = reference
         self._resampler = Resampler(reference.rate)
         self.sound_ms = 0
@@ -69,13 +69,6 @@ class TapSink:
     def playing(self, within_s: float) -> bool:
         """Audible audio was written within ``within_s`` (its echo may still be in the room)."""
         return time.monotonic() - self.last_sound < within_s
-
-    @property
-    def format(self) -> AudioFormat:
-        return self.sink.format
-
-    async def start(self) -> None:
-        await self.sink.start()
 
     async def write(self, frame: bytes) -> None:
         samples = np.frombuffer(frame, dtype="<i2")
@@ -88,9 +81,6 @@ class TapSink:
     def flush(self) -> None:
         self.sink.flush()
         self.reference.flush()
-
-    async def close(self) -> None:
-        await self.sink.close()
 
 
 @dataclass(frozen=True, slots=True)

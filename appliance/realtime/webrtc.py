@@ -97,7 +97,8 @@ class RealtimeSession:
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        answer = await self._post_offer(key.realtime_base, key.value, self.pc.localDescription.sdp)
+        offer = ask_for_opus_fec(self.pc.localDescription.sdp)
+        answer = await self._post_offer(key.realtime_base, key.value, offer)
         self.timings["answer_s"] = time.perf_counter() - started
         found = re.search(r"^a=max-message-size:(\d+)", answer, re.MULTILINE)
         self.max_message_size = int(found.group(1)) if found else DEFAULT_MAX_MESSAGE_SIZE
@@ -373,6 +374,18 @@ class RealtimeSession:
             self._updated.set()  # the update was refused; do not hold the uplink for 5 s
         elif code == "session_expired":
             self._lose("session_expired")
+
+
+def ask_for_opus_fec(sdp: str) -> str:
+    """Advertise that we decode Opus in-band FEC (``useinbandfec=1``): senders such as
+    libwebrtc only add FEC when the receiver asks, and our jitter buffer recovers lost
+    packets from it. aiortc's offer carries no ``a=fmtp`` line for Opus."""
+    found = re.search(r"^a=rtpmap:(\d+) opus/48000(?:/2)?\r?$", sdp, re.MULTILINE)
+    if found is None or re.search(rf"^a=fmtp:{found.group(1)} ", sdp, re.MULTILINE):
+        return sdp
+    line = found.group(0).rstrip("\r")
+    fmtp = f"a=fmtp:{found.group(1)} minptime=10;useinbandfec=1"
+    return sdp.replace(line, f"{line}\r\n{fmtp}", 1)
 
 
 def _error_detail(response: httpx.Response) -> tuple[str, str | None]:

@@ -217,3 +217,16 @@ async def test_cached_keys_are_reused_until_shortly_before_expiry() -> None:
     clock[0] += 6
     assert (await keys.get_key()).value == "ek_2"
     assert "ek_2" not in repr(await keys.get_key()), "key values stay out of reprs and logs"
+
+
+def test_the_offer_asks_for_opus_in_band_fec() -> None:
+    from appliance.realtime.webrtc import ask_for_opus_fec
+
+    sdp = (
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96 0\r\n"
+        "a=rtpmap:96 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+    )
+    asked = ask_for_opus_fec(sdp)
+    assert "a=rtpmap:96 opus/48000/2\r\na=fmtp:96 minptime=10;useinbandfec=1\r\n" in asked
+    assert ask_for_opus_fec(asked) == asked, "never twice"
+    assert ask_for_opus_fec("v=0\r\nm=audio 9 RTP 0\r\na=rtpmap:0 PCMU/8000\r\n").count("fmtp") == 0
