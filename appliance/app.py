@@ -21,6 +21,7 @@ from appliance import machine as m
 from appliance.audio.base import AudioFormat, AudioSink, AudioSource
 from appliance.audio.earcons import cue_frames
 from appliance.audio.frontend import DSP_FORMAT, FrontEnd, Heard
+from appliance.camera import data_url, jpeg_budget, jpeg_that_fits, make_camera
 from appliance.config import Config
 from appliance.devicetools import GainSink, Timers, Volume, register_device_tools
 from appliance.errors import (
@@ -33,9 +34,10 @@ from appliance.errors import (
     SessionError,
 )
 from appliance.leds import PATTERNS, LedDriver
+from appliance.realtime import messages as msg
 from appliance.realtime.keys import KeySource
 from appliance.realtime.media import MicTrack
-from appliance.realtime.tools import ToolRegistry
+from appliance.realtime.tools import Tool, ToolRegistry
 from appliance.realtime.webrtc import RealtimeSession
 
 log = logging.getLogger(__name__)
@@ -78,10 +80,21 @@ class App:
         self.sink: AudioSink = GainSink(speaker, self.volume)  # the tap hears the volume too
         self.timers = Timers(self._timer_fired)
         self._announcements: deque[tuple[str, str]] = deque()
+        self.camera = make_camera(config.device.camera)
         if config.realtime.tools:
             register_device_tools(
                 tools, volume=self.volume, timers=self.timers, status=self._status
             )
+            if self.camera is not None:
+                tools.register(
+                    Tool(
+                        "look",
+                        "Take a photo with the device's camera to see what is in front of it; "
+                        "the photo is added to the conversation.",
+                        self._look,
+                        timeout_s=15.0,
+                    )
+                )
         self.keys = keys
         self.tools = tools
         self.leds = leds
@@ -215,6 +228,17 @@ class App:
             "timer",
             f"Tell the user, in one short sentence, that their timer is up: {label}.",
         )
+
+    async def _look(self) -> dict[str, Any]:
+        session, camera = self.session, self.camera
+        if session is None or camera is None:
+            raise RuntimeError("no open session or no camera")
+        rgb = await asyncio.to_thread(camera.capture)
+        budget = jpeg_budget(session.max_message_size)
+        jpeg, width, height = await asyncio.to_thread(jpeg_that_fits, rgb, budget)
+        session.send(msg.user_image(data_url(jpeg)))
+        log.info("photo sent: %dx%d, %d bytes", width, height, len(jpeg))
+        return {"photo": f"{width}x{height} JPEG added to the conversation"}
 
     def _status(self) -> dict[str, Any]:
         from appliance.heartbeat import health

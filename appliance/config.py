@@ -36,6 +36,9 @@ class DeviceConfig:
         ),
     )
     """Hardware profile (see ``hw/``): pins for the button and LEDs."""
+    camera: str = ""
+    """``picamera`` (Pi camera via picamera2), a path to an image file, or empty (no camera:
+    the model gets no ``look`` tool)."""
 
 
 @dataclass(frozen=True, slots=True)

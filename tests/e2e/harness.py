@@ -85,11 +85,12 @@ async def device(
     source: AudioSource | None = None,
     sink: AudioSink | None = None,
     activation: ActivationConfig | None = None,
+    camera: str = "",
     **session: Any,
 ) -> AsyncIterator[Device]:
     """The device on WAV files (or ``source``/``sink``), with its real audio front end."""
     config = Config(
-        device=DeviceConfig(name="test", state_dir=tmp, board="mock"),
+        device=DeviceConfig(name="test", state_dir=tmp, board="mock", camera=camera),
         audio=audio or AudioConfig(backend="wav"),
         activation=activation or ActivationConfig(),
         session=replace(SessionConfig(), **session),
