@@ -2,10 +2,10 @@
 plugin, reading the mic from a raw file and writing the speaker to one.
 
 Run as ``HOME=<dir> python -m tests.audio.alsa_scenario capture|playback <dir>`` with an
-``.asoundrc`` in ``<dir>`` (alsa-lib reads its configuration once per process, so the test runs this in a child process); it
-prints one JSON object. The ``file`` plugin runs as fast as it can rather than in real time,
-which makes it a good test of the callback design: capture outruns the reader, and every
-lost frame must be counted.
+``.asoundrc`` in ``<dir>`` (alsa-lib reads its configuration once per process, so the test
+runs this in a child process); it prints one JSON object. The ``file`` plugin runs as fast
+as it can rather than in real time, which makes it a good test of the callback design:
+capture outruns the reader, and every lost frame must be counted.
 """
 
 from __future__ import annotations
