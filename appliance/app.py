@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from appliance import machine as m
 from appliance.audio.base import AudioFormat, AudioSink, AudioSource
 from appliance.audio.earcons import cue_frames
@@ -107,6 +109,7 @@ class App:
                 max_turn_s=s.max_turn_s,
                 reply_s=s.reply_s,
                 session_idle_s=s.idle_close_s,
+                dictation=config.realtime.mode == "transcription",
             )
         )
         self.mic_format = DSP_FORMAT if frontend is not None else source.format
@@ -353,6 +356,12 @@ class App:
                 "silence_duration_ms": rt.silence_ms,
                 "prefix_padding_ms": rt.prefix_padding_ms,
             }
+        if rt.mode == "transcription":
+            model = rt.transcription_model or "gpt-4o-mini-transcribe"
+            return {
+                "type": "transcription",
+                "audio": {"input": {"turn_detection": turn, "transcription": {"model": model}}},
+            }
         session: dict[str, Any] = {
             "type": "realtime",
             "audio": {"input": {"turn_detection": turn}, "output": {"voice": rt.voice}},
@@ -430,9 +439,21 @@ class App:
         if role in ("user", "assistant"):
             self.history.append((role, text))
             self.last_turn_at = time.monotonic()
+        if role == "user" and self.config.realtime.transcript_url:
+            self._spawn(self._post_transcript(text), "post-transcript")
         level = self.config.logging.transcripts
         if level != "OFF":
             log.log(logging.getLevelName(level), "%s: %s", role, text, extra={"role": role})
+
+    async def _post_transcript(self, text: str) -> None:
+        """Dictation: hand what was heard to the configured URL (errors are logged)."""
+        body = {"device": self.config.device.name, "text": text, "at": time.time()}
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                response = await http.post(self.config.realtime.transcript_url, json=body)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("transcript not delivered: %s", type(exc).__name__)
 
     async def _close_session(self) -> None:
         session, self.session = self.session, None

@@ -76,6 +76,11 @@ class RealtimeConfig:
     """Audio kept before detected speech, in ms."""
     tools: bool = True
     """Offer the built-in tools (time, …) to the model."""
+    mode: str = field(default="conversation", metadata=_choice("conversation", "transcription"))
+    """``conversation`` (the model answers) or ``transcription`` (a dictation appliance: the
+    device transcribes what it hears, logs it and posts it to ``transcript_url``)."""
+    transcript_url: str = ""
+    """With ``mode = "transcription"``: POST each transcript here as JSON (empty: log only)."""
     transcription_model: str = "gpt-4o-mini-transcribe"
     """Transcribe the user's speech with this model (journal, heartbeat, carry-over after a
     reconnect); empty disables input transcription."""

@@ -322,6 +322,9 @@ class Timings:
     reply_s: float = 15.0
     error_hold_s: float = 3.0
     session_idle_s: float = 30.0
+    dictation: bool = False
+    """Transcription-only session: the device listens and transcribes, the model never
+    answers. A turn lasts until the user stops talking for ``no_speech_s`` or presses."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +376,7 @@ def _timers(snap: Snapshot) -> tuple[Effect, ...]:
     match snap.state:
         case State.CONNECTING:
             return (StartTimer(TimerName.CONNECT, t.connect_s, e),)
-        case State.LISTENING if snap.mode is Mode.HANDS_FREE:
+        case State.LISTENING if snap.mode is Mode.HANDS_FREE and not snap.heard_user:
             return (StartTimer(TimerName.NO_SPEECH, t.no_speech_s, e),)
         case State.LISTENING:
             return (StartTimer(TimerName.MAX_TURN, t.max_turn_s, e),)
@@ -445,6 +448,21 @@ def step(snap: Snapshot, event: Event) -> Result:
         # ---------------------------------------------------------- timers
         case _, TimerFired(epoch=epoch) if epoch != snap.epoch:
             return snap, ()  # stale: started in an earlier state
+        # ---------------------------------------------------------- dictation
+        case State.LISTENING, SpeechStopped() if snap.timings.dictation:
+            # the silence that follows ends the dictation (no-speech timer) unless it resumes
+            return _go(snap, State.LISTENING, mode=Mode.HANDS_FREE, heard_user=False)
+        case State.LISTENING, TimerFired(name=TimerName.MAX_TURN) if snap.timings.dictation:
+            return _go(snap, State.LISTENING, CommitInput(), mode=Mode.HANDS_FREE)
+        case State.LISTENING, ButtonReleased() if (
+            snap.timings.dictation and mode is Mode.PUSH_TO_TALK
+        ):
+            return _go(
+                snap, State.IDLE, CloseUplink(), CommitInput(), PlayCue("end"), mode=Mode.NONE
+            )
+        case State.LISTENING, ButtonPressed() if snap.timings.dictation:
+            return _go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
+
         case State.CONNECTING, TimerFired(name=TimerName.CONNECT) if snap.resume:
             return _offline(snap, CloseSession())
         case State.CONNECTING, TimerFired(name=TimerName.CONNECT):

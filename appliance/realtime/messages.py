@@ -38,10 +38,10 @@ def session_update(session: JSON) -> JSON:
     return _event("session.update", session=session)
 
 
-def turn_detection_update(turn_detection: JSON | None) -> JSON:
-    return session_update(
-        {"type": "realtime", "audio": {"input": {"turn_detection": turn_detection}}}
-    )
+def turn_detection_update(turn_detection: JSON | None, kind: str = "realtime") -> JSON:
+    """Switch server VAD on (``turn_detection``) or off (``None``) in a session of ``kind``
+    (``realtime`` or ``transcription``)."""
+    return session_update({"type": kind, "audio": {"input": {"turn_detection": turn_detection}}})
 
 
 def commit_input() -> JSON:

@@ -215,7 +215,7 @@ class RealtimeSession:
             if silent >= self.liveness_s / 2 and not probed:
                 probed = True
                 self.probes += 1
-                self.send(msg.session_update({"type": "realtime"}))
+                self.send(msg.session_update({"type": self._session.get("type", "realtime")}))
 
     # ------------------------------------------------------------------ sending
 
@@ -248,7 +248,7 @@ class RealtimeSession:
             # session.update carries it instead
             self._manual_turns = not server_vad
             return
-        self.send(msg.turn_detection_update(wanted))
+        self.send(msg.turn_detection_update(wanted, str(self._session.get("type", "realtime"))))
 
     def send_tool_output(self, call_id: str, output: str) -> None:
         self.send(msg.function_call_output(call_id, output))

@@ -433,3 +433,30 @@ def test_a_vanished_audio_device_shows_error_until_it_is_back() -> None:
     muted, _ = m.step(snap(State.MUTED), m.AudioFault("gone"))
     assert muted.state is State.MUTED
     assert muted.audio_fault
+
+
+def test_a_hands_free_user_who_keeps_talking_gets_the_turn_cap_not_the_no_speech_timer() -> None:
+    s = snap(State.LISTENING, Mode.HANDS_FREE, session_open=True)
+    s, effects = m.step(s, m.SpeechStarted())
+    (timer,) = [e for e in effects if isinstance(e, m.StartTimer)]
+    assert timer.name is TimerName.MAX_TURN
+
+
+def test_dictation_keeps_listening_until_silence_or_a_press() -> None:
+    dictating = replace(T, dictation=True)
+    s = replace(snap(State.LISTENING, Mode.HANDS_FREE, session_open=True), timings=dictating)
+    s, _ = m.step(s, m.SpeechStarted())
+    s, effects = m.step(s, m.SpeechStopped())
+    assert s.state is State.LISTENING, "a pause is not the end of a dictation"
+    (timer,) = [e for e in effects if isinstance(e, m.StartTimer)]
+    assert timer.name is TimerName.NO_SPEECH
+    s2, effects = m.step(s, m.TimerFired(TimerName.NO_SPEECH, s.epoch))
+    assert s2.state is State.IDLE
+    assert not any(isinstance(e, m.RequestResponse) for e in effects)
+    s3, effects = m.step(s, m.ButtonPressed())
+    assert s3.state is State.IDLE
+    assert m.CloseUplink() in effects
+    long, _ = m.step(s, m.SpeechStarted())
+    long, effects = m.step(long, m.TimerFired(TimerName.MAX_TURN, long.epoch))
+    assert long.state is State.LISTENING
+    assert kinds(effects) == ["CommitInput", "StartTimer"], "a long dictation is committed"

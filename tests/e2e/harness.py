@@ -18,7 +18,14 @@ from appliance import machine as m
 from appliance.app import App, make_frontend
 from appliance.audio.base import AudioFormat, AudioSink, AudioSource
 from appliance.audio.wav import WavSink, WavSource
-from appliance.config import ActivationConfig, AudioConfig, Config, DeviceConfig, SessionConfig
+from appliance.config import (
+    ActivationConfig,
+    AudioConfig,
+    Config,
+    DeviceConfig,
+    RealtimeConfig,
+    SessionConfig,
+)
 from appliance.demo import asset
 from appliance.realtime.keys import EphemeralKey
 from appliance.realtime.tools import builtin_registry
@@ -30,13 +37,14 @@ class StandInKeys:
     """A key source that mints a fresh key from the stand-in for every session (what the
     provisioning server does, minus the server)."""
 
-    def __init__(self, standin: StandIn) -> None:
+    def __init__(self, standin: StandIn, session: dict[str, object] | None = None) -> None:
         self.standin = standin
+        self.session = session
         self.minted = 0
 
     async def get_key(self) -> EphemeralKey:
         self.minted += 1
-        value = await mint(self.standin.base_url)
+        value = await mint(self.standin.base_url, self.session)
         return EphemeralKey(value, time.time() + 600, self.standin.base_url)
 
 
@@ -86,6 +94,7 @@ async def device(
     sink: AudioSink | None = None,
     activation: ActivationConfig | None = None,
     camera: str = "",
+    realtime: RealtimeConfig | None = None,
     **session: Any,
 ) -> AsyncIterator[Device]:
     """The device on WAV files (or ``source``/``sink``), with its real audio front end."""
@@ -93,11 +102,16 @@ async def device(
         device=DeviceConfig(name="test", state_dir=tmp, board="mock", camera=camera),
         audio=audio or AudioConfig(backend="wav"),
         activation=activation or ActivationConfig(),
+        realtime=realtime or RealtimeConfig(),
         session=replace(SessionConfig(), **session),
     )
     source = source or WavSource(None, AudioFormat(config.audio.capture_rate))
     sink = sink or WavSink(None, AudioFormat(config.audio.playback_rate))
-    keys = StandInKeys(standin)
+    # the key carries the session type, as the provisioning server's group profile does
+    keys = StandInKeys(
+        standin,
+        {"type": "transcription"} if realtime and realtime.mode == "transcription" else None,
+    )
     app = App(
         config,
         source=source,
