@@ -65,6 +65,9 @@ class RealtimeSession:
         """The assistant's transcript so far, for the reply being spoken (what the user has
         heard if the call breaks now)."""
         self._announcements: set[str] = set()
+        self.rate_limits: dict[str, tuple[int, float]] = {}
+        """From ``rate_limits.updated``: name → (remaining, monotonic time it resets)."""
+        self._deferred: asyncio.TimerHandle | None = None
         self.pc = RTCPeerConnection()
         self._channel: Any = None
         self.call_id: str | None = None
@@ -166,6 +169,8 @@ class RealtimeSession:
 
     async def close(self) -> None:
         self._closing = True
+        if self._deferred is not None:
+            self._deferred.cancel()
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -229,12 +234,35 @@ class RealtimeSession:
         self._channel.send(json.dumps(event))
 
     def request_response(self, **kwargs: Any) -> None:
-        """``response.create``, held back while a response is active."""
+        """``response.create``, held back while a response is active, and until the
+        request limit resets when ``rate_limits.updated`` said none are left."""
         if self._response_active:
             self._response_wanted = True
             return
+        wait = self._rate_limited_for()
+        if wait > 0:
+            log.warning("request limit reached; asking for the response in %.1f s", wait)
+            if self._deferred is not None:
+                self._deferred.cancel()
+            loop = asyncio.get_running_loop()
+            self._deferred = loop.call_later(wait, lambda: self.request_response(**kwargs))
+            return
         self._response_active = True  # until response.created/done or an error says otherwise
         self.send(msg.response_create(**kwargs))
+
+    def _rate_limited_for(self) -> float:
+        remaining, resets_at = self.rate_limits.get("requests", (1, 0.0))
+        return max(0.0, resets_at - time.monotonic()) if remaining <= 0 else 0.0
+
+    def _on_rate_limits(self, limits: list[JSON]) -> None:
+        now = time.monotonic()
+        for limit in limits:
+            name = str(limit.get("name"))
+            remaining = int(limit.get("remaining") or 0)
+            self.rate_limits[name] = (remaining, now + float(limit.get("reset_seconds") or 0))
+            total = int(limit.get("limit") or 0)
+            if total and remaining < total / 10:
+                log.warning("rate limit %s low: %d of %d left", name, remaining, total)
 
     def commit_input(self) -> None:
         self.send(msg.commit_input())
@@ -347,6 +375,8 @@ class RealtimeSession:
                 self._on_transcript("user", str(data["transcript"]))
         elif kind == "error":
             self._on_error(data["error"])
+        elif kind == "rate_limits.updated":
+            self._on_rate_limits(list(data["rate_limits"]))
         elif kind not in _KNOWN:
             log.info("ignoring unknown server event %r", kind)
 
@@ -412,7 +442,6 @@ _KNOWN = {
     "input_audio_buffer.timeout_triggered",
     "output_audio_buffer.stopped",
     "output_audio_buffer.cleared",
-    "rate_limits.updated",
     "response.output_item.done",
     "response.content_part.added",
     "response.content_part.done",

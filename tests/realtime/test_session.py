@@ -230,3 +230,24 @@ def test_the_offer_asks_for_opus_in_band_fec() -> None:
     assert "a=rtpmap:96 opus/48000/2\r\na=fmtp:96 minptime=10;useinbandfec=1\r\n" in asked
     assert ask_for_opus_fec(asked) == asked, "never twice"
     assert ask_for_opus_fec("v=0\r\nm=audio 9 RTP 0\r\na=rtpmap:0 PCMU/8000\r\n").count("fmtp") == 0
+
+
+async def test_no_requests_left_defers_the_response_until_the_limit_resets(
+    standin: StandIn,
+) -> None:
+    session = await open_session(standin, [])
+    call = standin.calls[str(session.call_id)]
+    limits = {
+        "type": "rate_limits.updated",
+        "event_id": "event_rl1",
+        "rate_limits": [
+            {"name": "requests", "limit": 100, "remaining": 0, "reset_seconds": 0.6},
+            {"name": "tokens", "limit": 1000, "remaining": 900, "reset_seconds": 1},
+        ],
+    }
+    session._on_message(json.dumps(limits))  # as if it came over the data channel
+    session.request_response()
+    await asyncio.sleep(0.3)
+    assert not any(e["type"] == "response.create" for e in call.received), "held back"
+    await until(lambda: any(e["type"] == "response.create" for e in call.received), 3)
+    await session.close()
