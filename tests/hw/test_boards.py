@@ -3,9 +3,12 @@ decoded from the bits gpiozero's mock SPI bus carried."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from gpiozero import Device
@@ -15,6 +18,7 @@ from appliance.apa102 import encode, frame
 from appliance.boards import PROFILES, make_leds
 from appliance.leds import PATTERNS, Kind
 from appliance.machine import State
+from tests.conftest import require_tool
 
 
 @pytest.fixture
@@ -97,3 +101,21 @@ def test_frames_are_pure_and_level_triggered() -> None:
     assert frame(spin, 0.0, 12) != frame(spin, spin.period_s / 2, 12)
     assert frame(PATTERNS[State.IDLE], 3.0, 3) == [(0, 0, 0)] * 3
     assert encode([(255, 0, 0)], 31)[4:8] == bytes((0xFF, 0, 0, 255))
+
+
+def test_the_shared_alsa_example_parses_and_names_the_appliance_pcms(tmp_path: Path) -> None:
+    aplay = require_tool("aplay")
+    example = Path(__file__).resolve().parents[2] / "hw" / "asound.conf.example"
+    (tmp_path / ".asoundrc").write_text(example.read_text())
+    listed = subprocess.run(
+        [aplay, "-L"],
+        env={**os.environ, "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    names = listed.stdout.split()
+    for pcm in ("appliance_mic", "appliance_speaker", "appliance_dsnoop", "appliance_dmix"):
+        assert pcm in names
+    assert "parse error" not in listed.stderr.lower()
