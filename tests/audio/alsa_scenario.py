@@ -29,9 +29,10 @@ async def capture(folder: Path) -> dict[str, Any]:
     source = AlsaSource("appliance_mic", CAPTURE, max_queue=20)
     await source.start()
     frames = []
-    for _ in range(60):
+    for i in range(60):
         frames.append(await source.read())
-        await asyncio.sleep(0.005)  # a slow consumer: the file plugin outruns it
+        if i >= 20:
+            await asyncio.sleep(0.005)  # a slow consumer: the file plugin outruns it
     await source.close()
     data = (folder / "in.raw").read_bytes()
     size = CAPTURE.frame_bytes
