@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.openai_api_key:
             print("provisioning: PROVISIONING_OPENAI_API_KEY(_FILE) is not set", file=sys.stderr)
             return 78
+        if args.workers > 1:
+            # several processes: each builds the app from the environment (limits and
+            # quotas are counted in the shared database, so they hold across workers)
+            os.environ["PROVISIONING_DATABASE_URL"] = settings.database_url
+            uvicorn.run(
+                "provisioning.server:app_from_env",
+                factory=True,
+                workers=args.workers,
+                host=args.host,
+                port=args.port,
+                access_log=False,
+            )
+            return 0
         uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False)
         return 0
     if args.command == "db":

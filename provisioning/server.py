@@ -89,6 +89,12 @@ class AuthError(Exception):
         self.status, self.code = status, code
 
 
+def app_from_env() -> FastAPI:
+    """The app for each worker of ``provisioning serve --workers N`` (settings from the
+    environment, like the single-process server)."""
+    return create_app(Settings.from_env())
+
+
 def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     store = store or Store(settings.database_url)
     upstream = Upstream(settings.upstream_url, settings.openai_api_key, settings.key_ttl_s)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import stat
 import time
@@ -22,23 +21,9 @@ from appliance.identity import AUDIENCE, Identity, enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.server import ProvisioningServer, Settings, profile_for
 from provisioning.standin import StandIn, StandInConfig
-from provisioning.store import Audit, Base, Device, make_engine
-from tests.conftest import require
+from provisioning.store import Audit, Device
 
 STANDARD_KEY = "sk-standin-" + secrets.token_hex(12)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'prov.db'}"
-    url = os.environ.get("APPLIANCE_TEST_PG_URL")
-    require(url is not None, "PostgreSQL (APPLIANCE_TEST_PG_URL)")
-    assert url is not None
-    engine = make_engine(url)
-    Base.metadata.drop_all(engine)
-    engine.dispose()
-    return url
 
 
 @pytest.fixture
