@@ -13,14 +13,14 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from appliance import machine as m
-from appliance.audio.base import AudioFormat, AudioSink, AudioSource
+from appliance.audio.base import AudioFormat, AudioSink, AudioSource, SinkWrapper
 from appliance.audio.earcons import cue_frames
 from appliance.audio.frontend import DSP_FORMAT, FrontEnd, Heard
 from appliance.camera import data_url, jpeg_budget, jpeg_that_fits, make_camera
@@ -60,6 +60,29 @@ class Stats:
     states: list[tuple[float, m.State]] = field(default_factory=list)
 
 
+class GuardedSink(SinkWrapper):
+    """The speaker, guarded: if it vanishes, ``on_fault`` starts its recovery and frames
+    are dropped (not raised into the playout) until ``faulted()`` says it is back."""
+
+    def __init__(
+        self,
+        sink: AudioSink,
+        on_fault: Callable[[AudioDeviceError], None],
+        faulted: Callable[[], bool],
+    ) -> None:
+        super().__init__(sink)
+        self._on_fault = on_fault
+        self._faulted = faulted
+
+    async def write(self, frame: bytes) -> None:
+        if self._faulted():
+            return
+        try:
+            await self.sink.write(frame)
+        except AudioDeviceError as exc:
+            self._on_fault(exc)
+
+
 class App:
     def __init__(
         self,
@@ -78,7 +101,10 @@ class App:
         self.frontend = frontend
         """Echo suppression, speech gate and wake word (``None``: raw mic, no wake word)."""
         self.volume = Volume(config.device.state_dir / "volume.json")
-        speaker = frontend.tap(sink) if frontend is not None else sink
+        self._speaker = sink
+        self._audio_faults: set[str] = set()
+        guarded = GuardedSink(sink, self._speaker_failed, lambda: "speaker" in self._audio_faults)
+        speaker = frontend.tap(guarded) if frontend is not None else guarded
         self.sink: AudioSink = GainSink(speaker, self.volume)  # the tap hears the volume too
         self.timers = Timers(self._timer_fired)
         self._announcements: deque[tuple[str, str]] = deque()
@@ -476,7 +502,7 @@ class App:
             except EOFError:
                 return
             except AudioDeviceError as exc:
-                await self._recover_audio(exc)
+                await self._recover_audio("microphone", exc, self.source.close, self.source.start)
                 continue
             self.last_audio = time.monotonic()
             self.audio_flowing.set()
@@ -494,32 +520,49 @@ class App:
                 if self.session is not None and self.session.accepting_audio:
                     self.mic.push(h.frame if h.user or not self._echo_risk() else self._silence)
 
-    async def _recover_audio(self, exc: AudioDeviceError) -> None:
-        """The mic vanished (USB unplugged, driver reset): show the fault, then reopen it
-        with back-off (1 s … 30 s) until it is back. The process stays up and keeps
-        systemd's watchdog fed while it retries: a missing device is not a hung daemon,
-        and restarting would only crash-loop."""
-        log.error("microphone failed: %s", exc)
-        self.last_error = f"microphone: {exc}"
+    async def _recover_audio(
+        self,
+        what: str,
+        exc: AudioDeviceError,
+        close: Callable[[], Awaitable[None]],
+        start: Callable[[], Awaitable[None]],
+    ) -> None:
+        """The mic or speaker vanished (USB unplugged, driver reset): show the fault, then
+        reopen it with back-off (1 s … 30 s) until it is back. The process stays up and
+        keeps systemd's watchdog fed while it retries: a missing device is not a hung
+        daemon, and restarting would only crash-loop."""
+        log.error("%s failed: %s", what, exc)
+        self.last_error = f"{what}: {exc}"
+        self._audio_faults.add(what)
         self.post(m.AudioFault(str(exc)))
         delay = 1.0
         attempts = 0
         while True:
-            await self.source.close()
+            with contextlib.suppress(AudioDeviceError):
+                await close()
             await asyncio.sleep(delay)
             self.last_audio = time.monotonic()
             attempts += 1
             try:
-                await self.source.start()
+                await start()
             except AudioDeviceError as again:
                 if attempts in (1, 5) or attempts % 20 == 0:
-                    log.warning("microphone still missing after %d tries: %s", attempts, again)
+                    log.warning("%s still missing after %d tries: %s", what, attempts, again)
                 delay = min(30.0, delay * 2)
                 continue
-            log.info("microphone back after %d tries", attempts)
-            self.last_error = ""
-            self.post(m.AudioRestored())
+            log.info("%s back after %d tries", what, attempts)
+            self._audio_faults.discard(what)
+            if not self._audio_faults:
+                self.last_error = ""
+                self.post(m.AudioRestored())
             return
+
+    def _speaker_failed(self, exc: AudioDeviceError) -> None:
+        """Called by the speaker guard: recover it in the background (frames are dropped
+        meanwhile), once."""
+        if "speaker" not in self._audio_faults:
+            device = self._speaker
+            self._spawn(self._recover_audio("speaker", exc, device.close, device.start), "speaker")
 
     def _heard_speech(self) -> None:
         """The local gate heard the user start speaking (on the echo-suppressed signal)."""
