@@ -168,6 +168,16 @@ class Store:
     def ensure_group(
         self, name: str, profile: dict[str, Any] | None = None, limits: dict[str, int] | None = None
     ) -> Group:
+        """Create the group, or update what is given. Safe when several processes (server
+        workers) create the same group at once: the loser of the race updates instead."""
+        try:
+            return self._ensure_group(name, profile, limits)
+        except IntegrityError:
+            return self._ensure_group(name, profile, limits)
+
+    def _ensure_group(
+        self, name: str, profile: dict[str, Any] | None, limits: dict[str, int] | None
+    ) -> Group:
         with self.session.begin() as db:
             group = db.get(Group, name)
             if group is None:
