@@ -82,6 +82,7 @@ async def test_interrupt_cancels_clears_and_truncates(standin: StandIn) -> None:
     session.request_response(instructions="Say: " + "a very long reply that goes on " * 5)
     await until(lambda: any(isinstance(e, m.ReplyAudioStarted) for e in events))
     await asyncio.sleep(1.0)
+    played = session.playout.reply_ms
     session.interrupt()
     call = standin.calls[session.call_id or ""]
     await until(lambda: any(e["type"] == "conversation.item.truncated" for e in call.sent))
@@ -92,7 +93,8 @@ async def test_interrupt_cancels_clears_and_truncates(standin: StandIn) -> None:
         "conversation.item.truncate",
     ]
     truncate = call.received[-1]
-    assert 200 <= truncate["audio_end_ms"] <= 1500, "truncated at what was actually played"
+    assert truncate["audio_end_ms"] == played, "truncated at what was actually played"
+    assert 0 < played <= 1500
     await session.close()
 
 
