@@ -417,6 +417,17 @@ def _new_turn(snap: Snapshot, mode: Mode) -> Result:
     return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), **fresh)
 
 
+def _hang_up(snap: Snapshot) -> tuple[Effect, ...]:
+    """Stop everything at once (mute, a vanished audio device): close the mic, cut a reply
+    that is playing, close a session that is open or opening."""
+    effects: tuple[Effect, ...] = (CloseUplink(),)
+    if snap.state in ACTIVE:
+        effects += (CancelReply(),)
+    if snap.session_open or snap.state is State.CONNECTING:
+        effects += (CloseSession(),)
+    return effects
+
+
 def _offline(
     snap: Snapshot, *effects: Effect, retry_after: float | None = None, **changes: object
 ) -> Result:
@@ -507,15 +518,10 @@ def step(snap: Snapshot, event: Event) -> Result:
         case State.MUTED, AudioFault():
             return _stay(snap, audio_fault=True)
         case _, AudioFault():
-            effects: tuple[Effect, ...] = (CloseUplink(),)
-            if state in ACTIVE:
-                effects += (CancelReply(),)
-            if snap.session_open or state is State.CONNECTING:
-                effects += (CloseSession(),)
             return _go(
                 snap,
                 State.ERROR,
-                *effects,
+                *_hang_up(snap),
                 PlayCue("error"),
                 mode=Mode.NONE,
                 session_open=False,
@@ -536,13 +542,13 @@ def step(snap: Snapshot, event: Event) -> Result:
         case State.LISTENING, MuteToggled() if mode is Mode.PUSH_TO_TALK and snap.heard_user:
             return snap, ()  # a long question, not the mute gesture
         case _, MuteToggled():
-            effects = (CloseUplink(),)
-            if state in ACTIVE:
-                effects += (CancelReply(),)
-            if snap.session_open or state is State.CONNECTING:
-                effects += (CloseSession(),)
             return _go(
-                snap, State.MUTED, *effects, mode=Mode.NONE, session_open=False, pending_tools=0
+                snap,
+                State.MUTED,
+                *_hang_up(snap),
+                mode=Mode.NONE,
+                session_open=False,
+                pending_tools=0,
             )
         case State.MUTED, _:
             return snap, ()

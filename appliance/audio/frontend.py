@@ -51,6 +51,7 @@ in a reply, the echo tail and the gate's hangover) is not trusted as the user.""
 MAX_ATTENUATION_DB = 20.0
 ERLE_MARGIN_DB = 8.0
 RESIDUAL_MARGIN_DB = 6.0
+STATS_EVERY = 10
 """Playback louder than this counts as sound the canceller learns from."""
 
 
@@ -61,8 +62,6 @@ class TapSink(SinkWrapper):
         super().__init__(sink)
         self.reference = reference
         self._resampler = Resampler(reference.rate)
-        self.sound_ms = 0
-        """Milliseconds of audible playback so far (the canceller's training)."""
         self.last_sound = float("-inf")
         """When audible audio was last written (monotonic)."""
 
@@ -73,7 +72,6 @@ class TapSink(SinkWrapper):
     async def write(self, frame: bytes) -> None:
         samples = np.frombuffer(frame, dtype="<i2")
         if rms_dbfs(samples) > SOUND_DBFS:
-            self.sound_ms += self.sink.format.frame_ms
             self.last_sound = time.monotonic()
         self.reference.played(self._resampler.pcm(samples, self.sink.format.rate).tobytes())
         await self.sink.write(frame)
@@ -122,16 +120,42 @@ class FrontEnd:
         self._near_run = 0
         self._mic_levels: deque[float] = deque(maxlen=2)
         self._echo_only: deque[tuple[float, float]] = deque(maxlen=150)
+        self._since_stats = 0
+        self.erle_db = 0.0
+        """What the canceller removes now (median over the last second of echo)."""
+        self.max_attenuation_db = MAX_ATTENUATION_DB
+        """How much the canceller may take off a frame that still counts as the user: well
+        below what it removes from the device's own voice here (the median over the last
+        3 s of playback), never more than 20 dB. A reverberant room the canceller handles
+        less well asks for a clearer barge-in instead of cutting replies on its own echo."""
+        self.floor_dbfs = NEAR_END_FLOOR_DBFS
+        """How loud a cleaned frame must be to count as the user: above the loud end of
+        the residual echo heard over the last 3 s of playback (its 90th percentile) by
+        ``RESIDUAL_MARGIN_DB``, and never below ``NEAR_END_FLOOR_DBFS``."""
         self._tap: TapSink | None = None
         log.info("echo suppression: %s", self.echo.name)
 
     @property
     def converged(self) -> bool:
         """A real canceller runs and has heard enough of the speaker to be trusted."""
-        if self.echo.name not in ("speex", "webrtc") or len(self._echo_only) < 50:
-            return False
-        recent = [removed for removed, _ in list(self._echo_only)[-50:]]
-        return float(np.median(recent)) >= CONVERGED_ERLE_DB
+        return self.echo.name in ("speex", "webrtc") and self.erle_db >= CONVERGED_ERLE_DB
+
+    def _learn_echo(self, removed_db: float, left_dbfs: float) -> None:
+        """Record one frame of the device's own echo; refresh the statistics every
+        ``STATS_EVERY`` frames (they describe seconds, so 200 ms of lag costs nothing and
+        keeps numpy off most frames of the audio path)."""
+        self._echo_only.append((removed_db, left_dbfs))
+        self._since_stats += 1
+        if self._since_stats < STATS_EVERY or len(self._echo_only) < 25:
+            return
+        self._since_stats = 0
+        echo = np.array(self._echo_only)
+        typical = float(np.median(echo[:, 0]))
+        self.max_attenuation_db = max(0.0, min(MAX_ATTENUATION_DB, typical - ERLE_MARGIN_DB))
+        loud = float(np.percentile(echo[:, 1], 90))
+        self.floor_dbfs = max(NEAR_END_FLOOR_DBFS, loud + RESIDUAL_MARGIN_DB)
+        if len(echo) >= 50:
+            self.erle_db = float(np.median(echo[-50:, 0]))
 
     @property
     def full_duplex(self) -> bool:
@@ -165,7 +189,7 @@ class FrontEnd:
             mic_db, out_db = max(self._mic_levels), self.echo.out_dbfs
             audible = self.speaker_audible
             if audible and mic_db > ECHO_PRESENT_DBFS and not self._user_speaking:
-                self._echo_only.append((mic_db - out_db, out_db))  # removed, and left over
+                self._learn_echo(mic_db - out_db, out_db)  # removed, and left over
             near = (
                 voiced
                 and near_end_present(
@@ -185,27 +209,6 @@ class FrontEnd:
             wake = self.wake.name if self.wake is not None and self.wake.process(clean) else None
             out.append(Heard(clean, started, wake, self._user_speaking))
         return out
-
-    @property
-    def max_attenuation_db(self) -> float:
-        """How much the canceller may take off a frame that still counts as the user: well
-        below what it removes from the device's own voice here (the median over the last
-        3 s of playback), never more than 20 dB. A reverberant room the canceller handles
-        less well asks for a clearer barge-in instead of cutting replies on its own echo."""
-        if len(self._echo_only) < 25:
-            return MAX_ATTENUATION_DB
-        typical = float(np.median([removed for removed, _ in self._echo_only]))
-        return max(0.0, min(MAX_ATTENUATION_DB, typical - ERLE_MARGIN_DB))
-
-    @property
-    def floor_dbfs(self) -> float:
-        """How loud a cleaned frame must be to count as the user: above the loud end of
-        the residual echo heard over the last 3 s of playback (its 90th percentile) by
-        ``RESIDUAL_MARGIN_DB``, and never below ``NEAR_END_FLOOR_DBFS``."""
-        if len(self._echo_only) < 25:
-            return NEAR_END_FLOOR_DBFS
-        loud = float(np.percentile([left for _, left in self._echo_only], 90))
-        return max(NEAR_END_FLOOR_DBFS, loud + RESIDUAL_MARGIN_DB)
 
     @property
     def speaker_audible(self) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -11,24 +10,11 @@ import pytest
 from appliance.errors import DeviceRevoked
 from appliance.identity import enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
-from provisioning.server import ProvisioningServer, Settings
-from provisioning.standin import StandIn, StandInConfig
+from provisioning.server import ProvisioningServer
 from tests.browser import CHROMIUM, chromium_args
+from tests.provisioning.conftest import STANDIN_KEY
 
-KEY = "sk-standin-admin-test"
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[ProvisioningServer]:
-    async with StandIn(StandInConfig(api_key=KEY)) as standin:
-        settings = Settings(
-            database_url=f"sqlite:///{tmp_path / 'p.db'}",
-            upstream_url=standin.base_url,
-            openai_api_key=KEY,
-            port=0,
-        )
-        async with ProvisioningServer(settings) as srv:
-            yield srv
+KEY = STANDIN_KEY
 
 
 async def test_admin_api_manages_the_fleet(server: ProvisioningServer, tmp_path: Path) -> None:

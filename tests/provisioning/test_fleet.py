@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,12 +33,12 @@ from provisioning.fleet import (
     SshOptions,
     read_inventory,
 )
-from provisioning.server import ProvisioningServer, Settings
-from provisioning.standin import StandIn, StandInConfig
+from provisioning.server import ProvisioningServer
 from provisioning.store import Device, EnrollmentToken, Store, hash_token
 from tests.conftest import require, require_tool
+from tests.provisioning.conftest import STANDIN_KEY
 
-STANDARD_KEY = "sk-standin-fleet-test"
+STANDARD_KEY = STANDIN_KEY
 SERVER = "https://prov.example.com"
 APPLIANCE_BIN = str(Path(sys.executable).parent / "appliance")
 
@@ -57,19 +57,6 @@ def appliance_cli() -> str:
     """The real ``appliance`` command the firstboot script runs."""
     require(Path(APPLIANCE_BIN).exists(), f"{APPLIANCE_BIN} (pip install -e .)")
     return APPLIANCE_BIN
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[ProvisioningServer]:
-    async with StandIn(StandInConfig(api_key=STANDARD_KEY)) as standin:
-        settings = Settings(
-            database_url=f"sqlite:///{tmp_path / 'server.db'}",
-            upstream_url=standin.base_url,
-            openai_api_key=STANDARD_KEY,
-            port=0,
-        )
-        async with ProvisioningServer(settings) as srv:
-            yield srv
 
 
 def inventory(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
