@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         import uvicorn
 
-        from provisioning.server import create_app
+        from provisioning.server import serve_app
 
         if not settings.openai_api_key:
             print("provisioning: PROVISIONING_OPENAI_API_KEY(_FILE) is not set", file=sys.stderr)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 access_log=False,
             )
             return 0
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False)
+        uvicorn.run(serve_app(settings), host=args.host, port=args.port, access_log=False)
         return 0
     if args.command == "db":
         return _db(settings.database_url, args.action, args.revision)

@@ -6,6 +6,7 @@ device JWTs are refused here. Every admin change is written to the audit log.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -26,6 +27,11 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.mints = Counter(
             "provisioning_mints", "Mint requests by outcome", ["outcome"], registry=self.registry
+        )
+        self.ledger_transactions = Counter(
+            "provisioning_ledger_transactions",
+            "Database transactions written by the mint ledger (mints are group-committed)",
+            registry=self.registry,
         )
         self.enrollments = Counter(
             "provisioning_enrollments",
@@ -52,7 +58,14 @@ def device_json(d: Device) -> JSON:
     }
 
 
-def install(app: FastAPI, store: Store, metrics: Metrics) -> None:
+def install(
+    app: FastAPI,
+    store: Store,
+    metrics: Metrics,
+    flush: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Mount the admin API. ``flush`` writes this process's pending mint records (last seen,
+    audit) before the device list and the audit log are read."""
     router = APIRouter(prefix="/v1/admin")
 
     def admin(request: Request) -> str | None:
@@ -66,6 +79,8 @@ def install(app: FastAPI, store: Store, metrics: Metrics) -> None:
     async def devices(request: Request) -> Response:
         if admin(request) is None:
             return denied()
+        if flush is not None:
+            await flush()
         with store.session() as db:
             rows = db.scalars(select(Device).order_by(Device.created_at)).all()
             return JSONResponse({"devices": [device_json(d) for d in rows]})
@@ -143,6 +158,8 @@ def install(app: FastAPI, store: Store, metrics: Metrics) -> None:
     async def audit(request: Request, limit: int = 100) -> Response:
         if admin(request) is None:
             return denied()
+        if flush is not None:
+            await flush()
         with store.session() as db:
             rows = db.scalars(
                 select(Audit).order_by(Audit.id.desc()).limit(max(1, min(limit, 1000)))

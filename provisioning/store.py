@@ -20,9 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     create_engine,
-    delete,
     event,
-    func,
     select,
 )
 from sqlalchemy.engine import Engine
@@ -56,21 +54,18 @@ class Group(Base):
     ``group_per_minute``."""
 
 
-class MintLog(Base):
-    """One row per minted key: the shared counter behind rate limits and quotas, so every
-    worker process sees the same numbers."""
+class MintCounter(Base):
+    """Mints per time bucket, the shared counters behind rate limits and quotas, so every
+    worker process sees the same numbers. ``key`` is ``d:<device>`` (1 s buckets, per-minute
+    limit), ``q:<device>`` (10 min buckets, daily quota) or ``g:<group>`` (1 s buckets)."""
 
-    __tablename__ = "mint_log"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(40), index=True)
-    group: Mapped[str] = mapped_column(String(64), index=True)
-    at: Mapped[float] = mapped_column(Float, index=True)
-
-
-class LimitExceeded(Exception):
-    def __init__(self, what: str, retry_after: float) -> None:
-        super().__init__(what)
-        self.retry_after = retry_after
+    __tablename__ = "mint_counters"
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    """Start of the bucket, in whole seconds since the epoch."""
+    count: Mapped[int] = mapped_column(Integer)
+    expires: Mapped[int] = mapped_column(Integer, index=True)
+    """When the bucket has left its window and can be deleted."""
 
 
 class EnrollmentToken(Base):
@@ -104,7 +99,7 @@ class Device(Base):
 class UsedJti(Base):
     __tablename__ = "used_jti"
     jti: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
 
 
 class AdminKey(Base):
@@ -135,9 +130,13 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def make_engine(url: str) -> Engine:
-    engine = create_engine(url, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
+def make_engine(url: str, immediate: bool = False) -> Engine:
+    """An engine for ``url``. On SQLite: WAL, a busy timeout, foreign keys; with ``immediate``
+    every transaction starts with ``BEGIN IMMEDIATE`` (it holds the write lock from its first
+    statement, so what it reads cannot change before it writes)."""
+    sqlite = url.startswith("sqlite")
+    engine = create_engine(url, pool_pre_ping=not sqlite)
+    if sqlite:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn: Any, _record: Any) -> None:
@@ -147,6 +146,14 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
+            if immediate:
+                conn.isolation_level = None  # the driver's own BEGIN off: ours below
+
+        if immediate:
+
+            @event.listens_for(engine, "begin")
+            def _begin_immediate(conn: Any) -> None:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -196,35 +203,6 @@ class Store:
                 self.audit(db, "group.update", group=name)
             return group
 
-    def reserve_mint(self, device_id: str, group: str, now: float) -> None:
-        """Count a mint against the device's and the group's limits, atomically across
-        processes (row locks on PostgreSQL; SQLite's single writer). Raises ``LimitExceeded``."""
-        with self.session.begin() as db:
-            db.execute(select(Device.id).where(Device.id == device_id).with_for_update())
-            row = db.execute(
-                select(Group).where(Group.name == group).with_for_update()
-            ).scalar_one()
-            limits = {**DEFAULT_LIMITS, **(row.limits or {})}
-            db.add(MintLog(device_id=device_id, group=group, at=now))
-            db.flush()  # takes SQLite's write lock now: concurrent reservations queue here
-            checks = [
-                ("device_per_minute", MintLog.device_id == device_id, 60.0),
-                ("device_per_day", MintLog.device_id == device_id, 86400.0),
-                ("group_per_minute", MintLog.group == group, 60.0),
-            ]
-            for name, who, window in checks:
-                since = now - window
-                used = db.scalar(
-                    select(func.count()).select_from(MintLog).where(who, MintLog.at > since)
-                )
-                if used is not None and used > limits[name]:
-                    oldest = db.scalar(select(func.min(MintLog.at)).where(who, MintLog.at > since))
-                    retry = max(1.0, (oldest or now) + window - now)
-                    raise LimitExceeded(name, retry)
-            db.execute(
-                delete(MintLog).where(MintLog.device_id == device_id, MintLog.at < now - 86400)
-            )
-
     def create_token(
         self, group: str, max_uses: int = 1, ttl_s: float = 86400, label: str = ""
     ) -> str:
@@ -262,11 +240,6 @@ class Store:
         except IntegrityError:
             return False
         return True
-
-    def purge_jti(self, now: float) -> None:
-        with self.session.begin() as db:
-            for row in db.scalars(select(UsedJti).where(UsedJti.expires_at < now)):
-                db.delete(row)
 
     def set_device_state(self, device_id: str, action: str) -> bool:
         """``disable``, ``enable`` or ``revoke`` a device; effective on its next request."""

@@ -1,4 +1,8 @@
-"""The one call that uses the standard OpenAI key: ``client_secrets`` upstream."""
+"""The one call that uses the standard OpenAI key: ``client_secrets`` upstream.
+
+aiohttp, not httpx, because this is the server's hot path: with 32 requests in flight httpx
+spends about 3 ms of CPU per request here and aiohttp 0.2 ms (measured; see docs/server.md).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,16 @@ class Upstream:
     api_key: str = field(repr=False)
     ttl_s: int = 60
     timeout_s: float = 5.0
-    client: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient())
+    _client: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._client is None or self._client.closed:  # made on the serving event loop
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                raise_for_status=False,
+            )
+        return self._client
 
     async def mint(self, device_id: str, session: dict[str, Any]) -> dict[str, Any]:
         """Mint an ephemeral key for ``device_id`` carrying ``session``."""
@@ -39,30 +52,29 @@ class Upstream:
             "expires_after": {"anchor": "created_at", "seconds": self.ttl_s},
             "session": session,
         }
+        url = f"{self.base_url.rstrip('/')}/v1/realtime/client_secrets"
         try:
-            response = await self.client.post(
-                f"{self.base_url.rstrip('/')}/v1/realtime/client_secrets",
-                json=body,
-                headers=headers,
-                timeout=self.timeout_s,
-            )
-        except httpx.HTTPError as exc:
-            log.warning("upstream unreachable: %s", type(exc).__name__)
+            async with self._session().post(url, json=body, headers=headers) as response:
+                request_id = response.headers.get("x-request-id", "")
+                if response.status != 200:
+                    retry = _retry_after(response.headers.get("retry-after"), response.status)
+                    log.warning(
+                        "upstream answered %d (request id %s)", response.status, request_id or "-"
+                    )
+                    raise UpstreamError(response.status, retry)
+                data: dict[str, Any] = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.warning("upstream unreachable or garbled: %s", type(exc).__name__)
             raise UpstreamError(0, 5.0) from None
-        if response.status_code != 200:
-            retry = _retry_after(response.headers.get("retry-after"), response.status_code)
-            log.warning(
-                "upstream answered %d (request id %s)",
-                response.status_code,
-                response.headers.get("x-request-id", "-"),
-            )
-            raise UpstreamError(response.status_code, retry)
-        data: dict[str, Any] = response.json()
-        data["_request_id"] = response.headers.get("x-request-id", "")
+        if not isinstance(data, dict) or "value" not in data or "expires_at" not in data:
+            log.warning("upstream answered 200 without a key (request id %s)", request_id or "-")
+            raise UpstreamError(502, 5.0)
+        data["_request_id"] = request_id
         return data
 
     async def close(self) -> None:
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.close()
 
 
 def safety_identifier(device_id: str) -> str:

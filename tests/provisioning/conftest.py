@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import MetaData
 
 from provisioning.server import ProvisioningServer, Settings
 from provisioning.standin import StandIn, StandInConfig
-from provisioning.store import Base, make_engine
+from provisioning.store import make_engine
 from tests.conftest import require
 
 STANDIN_KEY = "sk-standin-provisioning-test"
@@ -25,7 +26,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     require(url is not None, "PostgreSQL (APPLIANCE_TEST_PG_URL)")
     assert url is not None
     engine = make_engine(url)
-    Base.metadata.drop_all(engine)
+    everything = MetaData()
+    everything.reflect(engine)  # every table, also ones a newer schema no longer has
+    everything.drop_all(engine)
     engine.dispose()
     return url
 

@@ -7,6 +7,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, Table, inspect, text
+from sqlalchemy import Column, Integer, MetaData, Table, inspect, text
 from sqlalchemy.engine import make_url
 
 from provisioning import migrations
@@ -22,13 +23,14 @@ from provisioning.__main__ import main as cli
 from provisioning.store import Base, Device, Store, make_engine
 from tests.conftest import require
 
+HEAD = "0002"
 TABLES = {
     "admin_keys",
     "audit",
     "devices",
     "enrollment_tokens",
     "groups",
-    "mint_log",
+    "mint_counters",
     "used_jti",
 }
 
@@ -58,11 +60,11 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def test_upgrade_of_an_empty_database_matches_the_models(empty_url: str) -> None:
     engine = make_engine(empty_url)
     try:
-        assert migrations.upgrade(engine) == migrations.head() == "0001"
+        assert migrations.upgrade(engine) == migrations.head() == HEAD
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert migrations.current(conn) == "0001"
+            assert migrations.current(conn) == HEAD
             inspector = inspect(conn)
             assert set(inspector.get_table_names()) >= TABLES
             columns = {c["name"]: c for c in inspector.get_columns("devices")}
@@ -73,7 +75,7 @@ def test_upgrade_of_an_empty_database_matches_the_models(empty_url: str) -> None
                 "groups"
             }
         # a second upgrade is a no-op
-        assert migrations.upgrade(engine) == "0001"
+        assert migrations.upgrade(engine) == HEAD
     finally:
         engine.dispose()
 
@@ -114,7 +116,7 @@ def test_a_dropped_schema_with_a_stale_stamp_is_made_again(empty_url: str) -> No
     engine = make_engine(empty_url)
     Base.metadata.drop_all(engine)
     with engine.connect() as conn:
-        assert migrations.current(conn) == "0001"
+        assert migrations.current(conn) == HEAD
         assert not inspect(conn).has_table("devices")
     engine.dispose()
     store = Store(empty_url)
@@ -130,9 +132,9 @@ def test_a_database_from_create_all_is_adopted(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_engine(url)
     Base.metadata.create_all(engine)  # how the server made its schema before migrations
-    assert migrations.upgrade(engine) == "0001"
+    assert migrations.upgrade(engine) == HEAD
     with engine.connect() as conn:
-        assert migrations.current(conn) == "0001"
+        assert migrations.current(conn) == HEAD
     engine.dispose()
 
 
@@ -179,7 +181,7 @@ def test_concurrent_starts_upgrade_once(empty_url: str) -> None:
     engine = make_engine(empty_url)
     try:
         with engine.connect() as conn:
-            assert migrations.current(conn) == "0001"
+            assert migrations.current(conn) == HEAD
             assert migrations.differences(conn) == []
     finally:
         engine.dispose()
@@ -190,8 +192,34 @@ def test_cli_db_upgrade_and_current(
 ) -> None:
     monkeypatch.delenv("PROVISIONING_DATABASE_URL", raising=False)
     assert cli(["--database-url", empty_url, "db", "current"]) == 0
-    assert "at revision none (newest: 0001)" in capsys.readouterr().out
+    assert f"at revision none (newest: {HEAD})" in capsys.readouterr().out
     assert cli(["--database-url", empty_url, "db", "upgrade"]) == 0
-    assert "database at revision 0001" in capsys.readouterr().out
+    assert f"database at revision {HEAD}" in capsys.readouterr().out
     assert cli(["--database-url", empty_url, "db", "current"]) == 0
-    assert "at revision 0001 (newest: 0001)" in capsys.readouterr().out
+    assert f"at revision {HEAD} (newest: {HEAD})" in capsys.readouterr().out
+
+
+def test_mints_logged_before_the_counters_still_count(empty_url: str) -> None:
+    """0001 → 0002 turns the recent ``mint_log`` rows into counters: a device that used its
+    minute's limit just before the upgrade is still limited just after it."""
+    engine = make_engine(empty_url)
+    try:
+        migrations.upgrade(engine, "0001")
+        now = time.time()
+        log = Table("mint_log", MetaData(), autoload_with=engine)
+        with engine.begin() as conn:
+            conn.execute(
+                log.insert(),
+                [{"device_id": "dev_a", "group": "default", "at": now - 5 - i} for i in range(3)]
+                + [{"device_id": "dev_a", "group": "default", "at": now - 90000}],  # too old
+            )
+        assert migrations.upgrade(engine) == HEAD
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT key, count, expires FROM mint_counters")).all()
+        totals: dict[str, int] = {}
+        for key, count, expires in rows:
+            assert expires > now, "only buckets still inside their window are carried"
+            totals[key] = totals.get(key, 0) + count
+        assert totals == {"d:dev_a": 3, "q:dev_a": 3, "g:default": 3}
+    finally:
+        engine.dispose()

@@ -1,0 +1,478 @@
+"""The database side of minting, group-committed: admission (device, JWT, replay, limits) and
+the mints' audit trail.
+
+Every mint needs the device and its group, a used-JWT-id insert, three rate counters and an
+audit row. One transaction per request costs several statements and a commit each, all queued
+behind SQLite's single writer on the event loop. The ledger instead runs the database work on
+one thread, one transaction per *batch*: requests that arrive while a batch is being written
+go into the next one. At low load a batch is one request (about a millisecond); under load it
+holds tens, and the SQL per mint shrinks to microseconds. The event loop never waits on the
+database.
+
+It stays correct across worker processes: on SQLite every admission transaction starts with
+``BEGIN IMMEDIATE`` (batches of different processes take turns holding the write lock); on
+PostgreSQL it locks its device rows, then its group rows, each in sorted order (no deadlock
+between workers), before reading the counters.
+
+Limits are rolling windows counted in buckets (``MintCounter``): 1 s buckets for the
+per-minute limits, 10 min buckets for the daily quota. A bucket counts while any part of it
+is inside the window, so a limit is never exceeded; a mint stops counting at most one bucket
+later than its exact expiry. Refused requests do not count.
+
+The audit row of a minted key (with the upstream's request id) is written with the next batch,
+milliseconds later; ``close()`` writes what is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Delete,
+    Insert,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.dml import ReturningInsert
+
+from provisioning.auth import AuthError, DeviceKeys, verify
+from provisioning.store import (
+    DEFAULT_LIMITS,
+    Audit,
+    Device,
+    Group,
+    MintCounter,
+    Store,
+    UsedJti,
+    make_engine,
+)
+
+log = logging.getLogger(__name__)
+
+DEVICES = cast(Table, Device.__table__)
+GROUPS = cast(Table, Group.__table__)
+COUNTERS = cast(Table, MintCounter.__table__)
+JTIS = cast(Table, UsedJti.__table__)
+AUDIT = cast(Table, Audit.__table__)
+PURGE_EVERY_S = 60.0
+MAX_PENDING_RECORDS = 100_000
+"""Audit rows kept while the database is unreachable; beyond this the oldest are dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    limit: str
+    """Name in the group's ``limits``."""
+    prefix: str
+    bucket_s: int
+    window_s: int
+    per_group: bool = False
+
+    def key(self, device_id: str, group: str) -> str:
+        return f"{self.prefix}:{group if self.per_group else device_id}"
+
+
+WINDOWS = (
+    Window("device_per_minute", "d", 1, 60),
+    Window("device_per_day", "q", 600, 86400),
+    Window("group_per_minute", "g", 1, 60, per_group=True),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    device_id: str
+    group: str
+    profile: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    status: int
+    code: str
+    message: str
+    retry_after: float | None = None
+
+
+Outcome = Admitted | Refused
+
+
+@dataclass(slots=True)
+class _Admit:
+    token: str
+    kid: str
+    claims: dict[str, Any] | None = None
+    key: str = ""
+    outcome: Outcome | None = None
+
+
+@dataclass(slots=True)
+class _Batch:
+    admits: list[_Admit] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+
+
+class MintLedger:
+    """``await admit(token, kid)`` → ``Admitted`` or ``Refused``; ``record(...)`` queues an
+    audit row. One per process; ``await close()`` before the event loop ends."""
+
+    def __init__(self, store: Store, on_transaction: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self._on_transaction = on_transaction
+        url = store.engine.url.render_as_string(hide_password=False)
+        sqlite = store.engine.dialect.name == "sqlite"
+        self.engine: Engine = make_engine(url, immediate=True) if sqlite else store.engine
+        self._sql = _Sql.build(store.engine.dialect.name)
+        self._admits: list[tuple[_Admit, asyncio.Future[Outcome]]] = []
+        self._audit: list[dict[str, Any]] = []
+        self._keys: dict[str, DeviceKeys] = {}
+        """Verification keys by device id, refreshed from every batch's locked device rows.
+        Only a hint: the transaction re-checks that the key that verified is still valid."""
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._idle: asyncio.Event | None = None
+        self._next_purge = 0.0
+
+    async def admit(self, token: str, kid: str) -> Outcome:
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._admits.append((_Admit(token, kid), future))
+        self._kick()
+        return await future
+
+    def record(self, action: str, device_id: str, **detail: str | int | float) -> None:
+        """Queue an audit row; it is written with the next batch."""
+        row = {"at": time.time(), "action": action, "device_id": device_id, "detail": detail}
+        self._audit.append(row)
+        if len(self._audit) > MAX_PENDING_RECORDS:
+            del self._audit[: len(self._audit) - MAX_PENDING_RECORDS]
+        self._kick()
+
+    async def close(self) -> None:
+        """Write what is pending, then stop the writer thread."""
+        if self._task is not None and self._idle is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.flush(), timeout=10)
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._audit:
+            log.warning("%d audit rows not written (database unavailable)", len(self._audit))
+        self._executor.shutdown(wait=True)
+        if self.engine is not self.store.engine:
+            self.engine.dispose()
+
+    async def flush(self) -> None:
+        """Return once everything queued so far is written (or was refused)."""
+        while self._admits or self._audit or not self._idle_now():
+            self._kick()
+            await asyncio.sleep(0.01)
+
+    def _idle_now(self) -> bool:
+        return self._idle is None or self._idle.is_set()
+
+    def _kick(self) -> None:
+        if self._task is None:
+            self._wake, self._idle = asyncio.Event(), asyncio.Event()
+            self._task = asyncio.create_task(self._run(self._wake, self._idle), name="mint-ledger")
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _run(self, wake: asyncio.Event, idle: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            idle.set()
+            await wake.wait()
+            wake.clear()
+            idle.clear()
+            while self._admits or self._audit:
+                admits, self._admits = self._admits, []
+                batch = _Batch([a for a, _ in admits], self._audit)
+                self._audit = []
+                try:
+                    await loop.run_in_executor(self._executor, self._write, batch)
+                except Exception as exc:  # the database is down or locked: refuse, keep audit
+                    first = (str(exc).splitlines() or [""])[0][:200]
+                    log.warning(
+                        "mint ledger: database unavailable (%s: %s)", type(exc).__name__, first
+                    )
+                    for admit in batch.admits:
+                        admit.outcome = Refused(
+                            503, "database_unavailable", "try again shortly", retry_after=2
+                        )
+                    self._audit[:0] = batch.audit
+                    await asyncio.sleep(0.5)
+                for admit, future in admits:
+                    if not future.done():
+                        assert admit.outcome is not None
+                        future.set_result(admit.outcome)
+
+    # --- on the ledger thread ---
+
+    def _write(self, batch: _Batch) -> None:
+        """One transaction: admit the batch's requests, write the queued audit rows."""
+        now = time.time()
+        self._verify(batch.admits, now)
+        audit = list(batch.audit)  # plus this batch's refusals (kept apart for a retry)
+        sql = self._sql
+        with self.engine.begin() as conn:
+            self._admit(conn, [a for a in batch.admits if a.outcome is None], now, audit)
+            if audit:
+                conn.execute(sql.audit, audit)
+            if now >= self._next_purge:
+                conn.execute(sql.purge_counters, {"now": now})
+                conn.execute(sql.purge_jtis, {"now": now})
+                self._next_purge = now + PURGE_EVERY_S
+        if batch.admits and self._on_transaction is not None:
+            self._on_transaction()
+
+    def _verify(self, admits: list[_Admit], now: float) -> None:
+        """Signatures, before the transaction (no lock is held while they are checked), with
+        the cached keys; devices not cached or whose token fails with them are read afresh."""
+        retry = self._check(admits, now, fresh=False)
+        if not retry:
+            return
+        if len(self._keys) > 100_000:
+            self._keys.clear()
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    DEVICES.c.id,
+                    DEVICES.c.public_key,
+                    DEVICES.c.previous_key,
+                    DEVICES.c.previous_until,
+                ).where(DEVICES.c.id.in_({a.kid for a in retry}))
+            ).all()
+        for row in rows:
+            self._keys[row.id] = DeviceKeys(*row)
+        self._check(retry, now, fresh=True)
+
+    def _check(self, admits: list[_Admit], now: float, fresh: bool) -> list[_Admit]:
+        """Verify with the known keys; the admits worth another try with fresh keys."""
+        retry: list[_Admit] = []
+        for admit in admits:
+            device = self._keys.get(admit.kid)
+            if device is None:
+                if fresh:
+                    admit.outcome = Refused(401, "unknown_device", "unknown or revoked device")
+                else:
+                    retry.append(admit)
+                continue
+            try:
+                admit.claims, admit.key = verify(admit.token, device, now)
+            except AuthError as exc:
+                if fresh:
+                    admit.outcome = Refused(exc.status, exc.code, str(exc))
+                else:
+                    retry.append(admit)  # perhaps the device rotated its key elsewhere
+        return retry
+
+    def _admit(
+        self, conn: Connection, admits: list[_Admit], now: float, audit: list[dict[str, Any]]
+    ) -> None:
+        if not admits:
+            return
+        sql = self._sql
+        rows = conn.execute(sql.devices, {"ids": sorted({a.kid for a in admits})}).all()
+        devices = {row.id: row for row in rows}
+        for row in rows:
+            self._keys[row.id] = DeviceKeys(
+                row.id, row.public_key, row.previous_key, row.previous_until
+            )
+        if sql.lock_groups is not None:  # PostgreSQL: group rows after device rows, sorted
+            conn.execute(sql.lock_groups, {"names": sorted({row.group for row in rows})})
+        fresh = self._new_jtis(conn, admits, devices)
+        admitted: list[_Admit] = []
+        seen: set[str] = set()
+        for admit in admits:
+            device = devices.get(admit.kid)
+            if device is None or device.revoked:
+                admit.outcome = Refused(401, "unknown_device", "unknown or revoked device")
+                continue
+            if admit.key not in _valid_keys(device, now):
+                admit.outcome = Refused(401, "bad_token", "JWT rejected: key was rotated")
+                continue
+            seen.add(device.id)  # a valid signature: the device was here
+            if admit.claims is None or admit.claims["jti"] not in fresh:
+                admit.outcome = Refused(401, "replayed_token", "JWT already used")
+            elif not device.enabled:
+                admit.outcome = Refused(403, "device_disabled", "device is disabled")
+            else:
+                admitted.append(admit)
+        if seen:  # rows this transaction has locked already
+            conn.execute(sql.seen, {"ids": sorted(seen), "now": now})
+        self._limit(conn, admitted, devices, now, audit)
+
+    def _new_jtis(
+        self, conn: Connection, admits: list[_Admit], devices: dict[str, Any]
+    ) -> set[str]:
+        """Insert the batch's JWT ids; the ones that were not already used."""
+        rows: dict[str, float] = {}
+        for admit in admits:
+            if admit.claims is not None and admit.kid in devices:
+                jti = str(admit.claims["jti"])
+                if jti in rows:
+                    admit.claims = None  # the same JWT twice in one batch: the second replays
+                else:
+                    rows[jti] = float(admit.claims["exp"])
+        if not rows:
+            return set()
+        values = [{"jti": j, "expires_at": e} for j, e in rows.items()]
+        return set(conn.execute(self._sql.jtis, values).scalars())
+
+    def _limit(
+        self,
+        conn: Connection,
+        admits: list[_Admit],
+        devices: dict[str, Any],
+        now: float,
+        refused: list[dict[str, Any]],
+    ) -> None:
+        if not admits:
+            return
+        names = sorted({w.key(a.kid, devices[a.kid].group) for a in admits for w in WINDOWS})
+        used: dict[str, int] = dict(conn.execute(self._sql.used, {"keys": names, "now": now}).all())
+        added: dict[tuple[str, int], int] = {}
+        for admit in admits:
+            device = devices[admit.kid]
+            limits = {**DEFAULT_LIMITS, **(device.limits or {})}
+            keys = [(w, w.key(device.id, device.group)) for w in WINDOWS]
+            over = next(((w, k) for w, k in keys if used.get(k, 0) + 1 > limits[w.limit]), None)
+            if over is not None:
+                window, key = over
+                retry = self._retry_after(conn, window, key, limits[window.limit], added, now)
+                admit.outcome = Refused(
+                    429, "rate_limited", f"limit reached: {window.limit}", retry_after=retry
+                )
+                refused.append(
+                    {
+                        "at": now,
+                        "action": "key.mint",
+                        "device_id": device.id,
+                        "detail": {"outcome": "limited", "limit": window.limit},
+                    }
+                )
+                continue
+            for window, key in keys:
+                used[key] = used.get(key, 0) + 1
+                bucket = int(now) // window.bucket_s * window.bucket_s
+                added[(key, bucket)] = added.get((key, bucket), 0) + 1
+            profile = dict(device.profile) if device.profile else {"type": "realtime"}
+            admit.outcome = Admitted(device.id, device.group, profile)
+        if added:
+            windows = {w.prefix: w for w in WINDOWS}
+            rows = []
+            for (key, bucket), n in sorted(added.items()):
+                window = windows[key.split(":", 1)[0]]
+                expires = bucket + window.bucket_s + window.window_s
+                rows.append({"key": key, "bucket": bucket, "count": n, "expires": expires})
+            conn.execute(self._sql.bump, rows)
+
+    @staticmethod
+    def _retry_after(
+        conn: Connection,
+        window: Window,
+        key: str,
+        limit: int,
+        added: dict[tuple[str, int], int],
+        now: float,
+    ) -> float:
+        """Seconds until enough of the window's oldest buckets expire for one more mint."""
+        buckets: dict[int, int] = dict(conn.execute(_BUCKETS, {"key": key, "now": now}).all())
+        for (k, bucket), n in added.items():
+            if k == key:
+                buckets[bucket] = buckets.get(bucket, 0) + n
+        remaining = sum(buckets.values())
+        for bucket in sorted(buckets):
+            remaining -= buckets[bucket]
+            if remaining + 1 <= limit:
+                return max(1.0, bucket + window.bucket_s + window.window_s - now)
+        return float(window.window_s)
+
+
+def _valid_keys(device: Any, now: float) -> Iterable[str]:
+    keys: Sequence[str] = (device.public_key,)
+    if device.previous_key and (device.previous_until or 0) > now:
+        keys = (device.public_key, device.previous_key)
+    return keys
+
+
+@dataclass(frozen=True)
+class _Sql:
+    """The ledger's statements, built once per dialect (SQLAlchemy then reuses their compiled
+    form and cache keys; building them per batch cost as much as running them)."""
+
+    devices: Select[Any]
+    """Devices by id with their group's profile and limits, sorted; on PostgreSQL the device
+    rows are locked."""
+    lock_groups: Select[Any] | None
+    seen: Update
+    jtis: ReturningInsert[Any]
+    used: Select[Any]
+    bump: Insert
+    audit: Insert
+    purge_counters: Delete
+    purge_jtis: Delete
+
+    @classmethod
+    def build(cls, dialect: str) -> _Sql:
+        pg = dialect == "postgresql"
+        dialect_insert = postgresql.insert if pg else sqlite.insert
+        ids: BindParameter[str] = bindparam("ids", expanding=True)
+        devices = (
+            select(DEVICES, GROUPS.c.profile, GROUPS.c.limits)
+            .select_from(DEVICES.outerjoin(GROUPS, DEVICES.c.group == GROUPS.c.name))
+            .where(DEVICES.c.id.in_(ids))
+            .order_by(DEVICES.c.id)
+        )
+        lock_groups = (
+            select(GROUPS.c.name)
+            .where(GROUPS.c.name.in_(bindparam("names", expanding=True)))
+            .order_by(GROUPS.c.name)
+            .with_for_update()
+        )
+        jtis = dialect_insert(JTIS).on_conflict_do_nothing(index_elements=[JTIS.c.jti])
+        bump = dialect_insert(COUNTERS)
+        return cls(
+            devices=devices.with_for_update(of=DEVICES) if pg else devices,
+            lock_groups=lock_groups if pg else None,
+            seen=update(DEVICES).where(DEVICES.c.id.in_(ids)).values(last_seen=bindparam("now")),
+            jtis=jtis.returning(JTIS.c.jti),
+            used=select(COUNTERS.c.key, func.sum(COUNTERS.c.count))
+            .where(
+                COUNTERS.c.key.in_(bindparam("keys", expanding=True)),
+                COUNTERS.c.expires > bindparam("now"),  # a bucket counts until it leaves
+            )
+            .group_by(COUNTERS.c.key),
+            bump=bump.on_conflict_do_update(
+                index_elements=[COUNTERS.c.key, COUNTERS.c.bucket],
+                set_={"count": COUNTERS.c.count + bump.excluded.count},
+            ),
+            audit=insert(AUDIT),
+            purge_counters=delete(COUNTERS).where(COUNTERS.c.expires < bindparam("now")),
+            purge_jtis=delete(JTIS).where(JTIS.c.expires_at < bindparam("now")),
+        )
+
+
+_BUCKETS = select(COUNTERS.c.bucket, COUNTERS.c.count).where(
+    COUNTERS.c.key == bindparam("key"), COUNTERS.c.expires > bindparam("now")
+)
