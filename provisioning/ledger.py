@@ -134,8 +134,15 @@ class MintLedger:
     """``await admit(token, kid)`` → ``Admitted`` or ``Refused``; ``record(...)`` queues an
     audit row. One per process; ``await close()`` before the event loop ends."""
 
-    def __init__(self, store: Store, on_transaction: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_transaction: Callable[[], None] | None = None,
+        purge_every_s: float = PURGE_EVERY_S,
+    ) -> None:
         self.store = store
+        self.purge_every_s = purge_every_s
+        """How often expired counters and JWT ids are deleted (with the next batch)."""
         self._on_transaction = on_transaction
         url = store.engine.url.render_as_string(hide_password=False)
         sqlite = store.engine.dialect.name == "sqlite"
@@ -238,10 +245,10 @@ class MintLedger:
             self._admit(conn, [a for a in batch.admits if a.outcome is None], now, audit)
             if audit:
                 conn.execute(sql.audit, audit)
-            if now >= self._next_purge:
+            if now >= self._next_purge or self.purge_every_s <= 0:
                 conn.execute(sql.purge_counters, {"now": now})
                 conn.execute(sql.purge_jtis, {"now": now})
-                self._next_purge = now + PURGE_EVERY_S
+                self._next_purge = now + self.purge_every_s
         if batch.admits and self._on_transaction is not None:
             self._on_transaction()
 

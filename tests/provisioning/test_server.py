@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import stat
@@ -14,14 +15,14 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from appliance.errors import DeviceRevoked, EnrollmentError, ProvisioningUnavailable, RateLimited
 from appliance.identity import AUDIENCE, Identity, enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.server import ProvisioningServer, Settings, profile_for
 from provisioning.standin import StandIn, StandInConfig
-from provisioning.store import Audit, Device
+from provisioning.store import Audit, Device, MintCounter, UsedJti
 
 STANDARD_KEY = "sk-standin-" + secrets.token_hex(12)
 
@@ -269,15 +270,86 @@ async def test_key_rotation_with_overlap(server: ProvisioningServer, tmp_path: P
     from appliance.identity import rotate
 
     old = await enrolled(server, tmp_path)
+    url = f"{server.base_url}/v1/realtime/keys"
+    assert (await post(url, old.token())).status_code == 200  # the server now caches old's key
     new = await rotate(old, tmp_path / "kitchen")
     assert new.device_id == old.device_id
     assert (
         Identity.load(tmp_path / "kitchen").private_key.public_key() == new.private_key.public_key()
     )
-    url = f"{server.base_url}/v1/realtime/keys"
     assert (await post(url, new.token())).status_code == 200
     assert (await post(url, old.token())).status_code == 200, "old key works during the overlap"
     with server.store.session.begin() as db:
         db.get_one(Device, old.device_id).previous_until = time.time() - 1
     assert (await post(url, old.token())).status_code == 401, "and not after it"
     assert (await post(url, new.token())).status_code == 200
+
+
+async def test_concurrent_mints_are_counted_exactly(
+    server: ProvisioningServer, tmp_path: Path
+) -> None:
+    """Mints are admitted in batches (one transaction for many requests): the limit holds
+    exactly within a batch, and a JWT sent twice at once is a replay the second time."""
+    server.store.ensure_group("default", limits={"device_per_minute": 7})
+    identity = await enrolled(server, tmp_path)
+    url = f"{server.base_url}/v1/realtime/keys"
+    async with httpx.AsyncClient() as http:
+
+        async def one(token: str) -> int:
+            headers = {"Authorization": f"Bearer {token}"}
+            return (await http.post(url, json={}, headers=headers)).status_code
+
+        statuses = await asyncio.gather(*(one(identity.token()) for _ in range(30)))
+        assert sorted(statuses) == [200] * 7 + [429] * 23
+        server.store.ensure_group("default", limits={"device_per_minute": 100})
+        token = identity.token()
+        assert sorted(await asyncio.gather(one(token), one(token))) == [200, 401]
+    await server.app.state.ledger.flush()
+    with server.store.session() as db:
+        outcomes = [
+            a.detail["outcome"] for a in db.scalars(select(Audit)) if a.action == "key.mint"
+        ]
+    assert outcomes.count("ok") == 8
+    assert outcomes.count("limited") == 23
+
+
+async def test_a_failing_database_gives_503_and_keeps_the_audit(
+    server: ProvisioningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    identity = await enrolled(server, tmp_path)
+    url = f"{server.base_url}/v1/realtime/keys"
+    with server.store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE audit RENAME TO audit_away"))
+    assert (await post(url, identity.token())).status_code == 200  # its audit row cannot land
+    await asyncio.sleep(0.2)
+    refused = await post(url, identity.token())  # admitted with that row: the transaction fails
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "database_unavailable"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert "database unavailable" in caplog.text
+    with server.store.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE audit_away RENAME TO audit"))
+    await asyncio.sleep(0.6)  # the ledger backs off for 0.5 s after a failure
+    assert (await post(url, identity.token())).status_code == 200
+    await server.app.state.ledger.flush()
+    with server.store.session() as db:
+        rows = [a for a in db.scalars(select(Audit)) if a.action == "key.mint"]
+    assert [a.detail["outcome"] for a in rows] == ["ok", "ok"], "nothing lost, the 503 not minted"
+
+
+async def test_expired_counters_and_jwt_ids_are_purged(
+    server: ProvisioningServer, tmp_path: Path
+) -> None:
+    identity = await enrolled(server, tmp_path)
+    old = time.time() - 90000
+    with server.store.session.begin() as db:
+        db.add(UsedJti(jti="gone", expires_at=old))
+        db.add(MintCounter(key="q:dev_gone", bucket=int(old), count=3, expires=int(old) + 1))
+    server.app.state.ledger.purge_every_s = 0
+    assert (await post(f"{server.base_url}/v1/realtime/keys", identity.token())).status_code == 200
+    with server.store.session() as db:
+        assert db.get(UsedJti, "gone") is None
+        assert (
+            db.scalars(select(MintCounter).where(MintCounter.key == "q:dev_gone")).first() is None
+        )
+        assert db.scalars(select(UsedJti)).first() is not None, "the fresh JWT id stays"
