@@ -40,8 +40,13 @@ def under_systemd(environ: Mapping[str, str] | None = None) -> bool:
     return "INVOCATION_ID" in env or "JOURNAL_STREAM" in env
 
 
-def setup(level: str = "INFO", environ: Mapping[str, str] | None = None) -> logging.Handler:
-    """Configure the root logger once; returns the handler in use."""
+def setup(
+    level: str = "INFO",
+    environ: Mapping[str, str] | None = None,
+    identifier: str = "appliance",
+) -> logging.Handler:
+    """Configure the root logger once; returns the handler in use. ``identifier`` is the
+    journal's ``SYSLOG_IDENTIFIER`` (the device daemon or the provisioning server)."""
     root = logging.getLogger()
     root.setLevel(level)
     handler: logging.Handler
@@ -49,7 +54,7 @@ def setup(level: str = "INFO", environ: Mapping[str, str] | None = None) -> logg
         try:
             from systemd.journal import JournalHandler
 
-            handler = JournalHandler(SYSLOG_IDENTIFIER="appliance")
+            handler = JournalHandler(SYSLOG_IDENTIFIER=identifier)
         except ImportError:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))

@@ -13,6 +13,8 @@ from typing import Any
 
 from sqlalchemy import select
 
+from appliance import logging_setup
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--uses", type=int, default=1, help="claim token: up to N devices")
     token.add_argument("--ttl", type=float, default=86400, help="seconds until it expires")
     device = sub.add_parser("device", help="devices")
-    device.add_argument("action", choices=["add", "list", "disable", "enable", "revoke"])
+    device.add_argument("action", choices=["add", "list", "disable", "enable", "revoke", "delete"])
     device.add_argument("name", nargs="?", default="")
     device.add_argument("--group", default="default")
     device.add_argument("--server-url", default="http://127.0.0.1:8080")
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     adm.add_argument("action", choices=["create"])
     adm.add_argument("--label", default="")
     group = sub.add_parser("group", help="groups and their session profile")
-    group.add_argument("action", choices=["set", "list"])
+    group.add_argument("action", choices=["set", "list", "delete"])
     group.add_argument("name", nargs="?", default="default")
     group.add_argument("--profile", default=None, help="JSON session profile")
     group.add_argument("--limits", default=None, help='JSON limits, e.g. {"device_per_minute": 20}')
@@ -53,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     schema.add_argument("--revision", default="head", help="upgrade to this revision")
     _fleet_parser(sub)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "serve":  # journald with structured fields under systemd, redacted
+        logging_setup.setup("INFO", identifier="provisioning")
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
     settings = Settings.from_env()
     if args.database_url:
         settings = Settings(**{**settings.__dict__, "database_url": args.database_url})
@@ -99,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             json.loads(args.profile) if args.profile else None,
             json.loads(args.limits) if args.limits else None,
         )
+    elif args.command == "group" and args.action == "delete":
+        outcome = store.delete_group(args.name)
+        if outcome != "deleted":
+            why = "no such group" if outcome == "missing" else "devices still belong to it"
+            print(f"provisioning: cannot delete group {args.name!r}: {why}", file=sys.stderr)
+            return 1
     elif args.command == "group":
         with store.session() as db:
             for g in db.scalars(select(Group)):
@@ -113,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                 status = "revoked" if d.revoked else ("enabled" if d.enabled else "disabled")
                 print(f"{d.id}  {d.name:<20} {d.group:<10} {status:<8} last seen {seen}")
     else:
-        ok = store.set_device_state(args.name, args.action)
+        if args.action == "delete":
+            ok = store.delete_device(args.name)
+        else:
+            ok = store.set_device_state(args.name, args.action)
         if not ok:
             print(f"provisioning: no device {args.name!r}", file=sys.stderr)
             return 1

@@ -154,6 +154,17 @@ def install(
         store.ensure_group(name[:64], profile, limits)
         return JSONResponse({"name": name})
 
+    @router.delete("/groups/{name}")
+    async def delete_group(name: str, request: Request) -> Response:
+        if admin(request) is None:
+            return denied()
+        outcome = store.delete_group(name)
+        if outcome == "missing":
+            return _error(404, "unknown_group", f"no group {name!r}")
+        if outcome == "in_use":
+            return _error(409, "group_in_use", "move or delete its devices first")
+        return Response(status_code=204)
+
     @router.get("/audit")
     async def audit(request: Request, limit: int = 100) -> Response:
         if admin(request) is None:

@@ -172,7 +172,12 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             )
             db.add(device)
             store.audit(db, "device.enroll", device.id, name=name, group=row.group)
-        log.info("device %s enrolled in group %s", device.id, device.group)
+        log.info(
+            "device %s enrolled in group %s",
+            device.id,
+            device.group,
+            extra={"device_id": device.id, "group": device.group},
+        )
         metrics.enrollments.labels("ok").inc()
         return JSONResponse({"device_id": device.id, "group": device.group}, status_code=201)
 

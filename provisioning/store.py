@@ -286,6 +286,21 @@ class Store:
         ok = secrets.compare_digest(_scrypt(secret, row.salt), row.secret_hash)
         return row.id if ok else None
 
+    def delete_group(self, name: str) -> str:
+        """``deleted``, ``missing``, or ``in_use`` (devices still belong to it). Its unused
+        enrollment tokens go with it."""
+        with self.session.begin() as db:
+            group = db.get(Group, name)
+            if group is None:
+                return "missing"
+            if db.scalars(select(Device.id).where(Device.group == name).limit(1)).first():
+                return "in_use"
+            for token in db.scalars(select(EnrollmentToken).where(EnrollmentToken.group == name)):
+                db.delete(token)
+            db.delete(group)
+            self.audit(db, "group.delete", group=name)
+        return "deleted"
+
     def delete_device(self, device_id: str) -> bool:
         with self.session.begin() as db:
             device = db.get(Device, device_id)

@@ -59,7 +59,10 @@ class Upstream:
                 if response.status != 200:
                     retry = _retry_after(response.headers.get("retry-after"), response.status)
                     log.warning(
-                        "upstream answered %d (request id %s)", response.status, request_id or "-"
+                        "upstream answered %d (request id %s)",
+                        response.status,
+                        request_id or "-",
+                        extra={"upstream_status": response.status, "request_id": request_id},
                     )
                     raise UpstreamError(response.status, retry)
                 data: dict[str, Any] = await response.json(content_type=None)

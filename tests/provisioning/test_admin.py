@@ -10,7 +10,9 @@ import pytest
 from appliance.errors import DeviceRevoked
 from appliance.identity import enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
+from provisioning.__main__ import main as cli
 from provisioning.server import ProvisioningServer
+from provisioning.store import Device, Group, Store, hash_token
 from tests.browser import CHROMIUM, chromium_args
 from tests.provisioning.conftest import STANDIN_KEY
 
@@ -53,6 +55,22 @@ async def test_admin_api_manages_the_fleet(server: ProvisioningServer, tmp_path:
             await http.delete(f"{base}/devices/{identity.device_id}", headers=auth)
         ).status_code == 204
         assert (await http.get(f"{base}/devices", headers=auth)).json()["devices"] == []
+        # groups: in use → 409; empty → deleted, with its tokens; then unknown → 404
+        other = await enroll(server.base_url, token, tmp_path / "e", "lab-2")  # claim's 2nd use
+        assert (await http.delete(f"{base}/groups/lab", headers=auth)).status_code == 409
+        await http.delete(f"{base}/devices/{other.device_id}", headers=auth)
+        spare = (await http.post(f"{base}/tokens", headers=auth, json={"group": "lab"})).json()
+        assert (await http.delete(f"{base}/groups/lab", headers=auth)).status_code == 204
+        names = [
+            g["name"] for g in (await http.get(f"{base}/groups", headers=auth)).json()["groups"]
+        ]
+        assert "lab" not in names
+        assert server.store.token_state(hash_token(spare["token"])) is None, "tokens went too"
+        assert (await http.delete(f"{base}/groups/lab", headers=auth)).status_code == 404
+        actions = [
+            a["action"] for a in (await http.get(f"{base}/audit", headers=auth)).json()["audit"]
+        ]
+        assert "group.delete" in actions
 
 
 async def test_admin_endpoints_refuse_devices_and_strangers(
@@ -125,3 +143,26 @@ async def test_dashboard_lists_devices_and_revokes(
         await browser.close()
     with pytest.raises(DeviceRevoked, match="401"):
         await ProvisioningKeySource(a).get_key()
+
+
+def test_cli_deletes_groups_and_devices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PROVISIONING_DATABASE_URL", raising=False)
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    assert cli(["--database-url", url, "group", "set", "lab"]) == 0
+    store = Store(url)
+    try:
+        with store.session.begin() as db:
+            db.add(Device(id="dev_1", name="one", group="lab", public_key="k", created_at=0))
+        assert cli(["--database-url", url, "group", "delete", "lab"]) == 1
+        assert "devices still belong to it" in capsys.readouterr().err
+        assert cli(["--database-url", url, "device", "delete", "dev_1"]) == 0
+        assert cli(["--database-url", url, "device", "delete", "dev_1"]) == 1
+        assert cli(["--database-url", url, "group", "delete", "lab"]) == 0
+        assert cli(["--database-url", url, "group", "delete", "lab"]) == 1
+        assert "no such group" in capsys.readouterr().err
+        with store.session() as db:
+            assert db.get(Group, "lab") is None
+    finally:
+        store.close()

@@ -43,6 +43,9 @@ def test_journald_under_systemd_stderr_otherwise() -> None:
         assert type(plain).__name__ == "StreamHandler"
         journal = setup("DEBUG", environ={"INVOCATION_ID": "abc", "JOURNAL_STREAM": "8:1"})
         assert type(journal).__name__ == "JournalHandler"
+        assert journal._extra["SYSLOG_IDENTIFIER"] == "appliance"  # type: ignore[attr-defined]
+        server = setup("INFO", environ={"INVOCATION_ID": "abc"}, identifier="provisioning")
+        assert server._extra["SYSLOG_IDENTIFIER"] == "provisioning"  # type: ignore[attr-defined]
         assert under_systemd({"INVOCATION_ID": "x"})
         assert not under_systemd({})
     finally:
