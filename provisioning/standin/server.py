@@ -28,6 +28,9 @@ from provisioning.standin.voice import Voice
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
+KEEP_KEYS = 10_000
+"""Minted keys are remembered (for calls and tests); past this many, those expired for more
+than 10 minutes are dropped."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +236,11 @@ class StandIn:
                 return openai_error(400, str(exc), code=exc.code, param=exc.param)
             value = "ek_" + secrets.token_hex(16)
             expires_at = int(self.clock()) + seconds
+            if len(self.keys) >= KEEP_KEYS:  # a long run: forget keys long expired
+                stale = self.clock() - 600
+                self.keys = {k: v for k, v in self.keys.items() if v.expires_at > stale}
             self.keys[value] = _Key(expires_at, session)
-            log.info("minted ephemeral key (expires in %d s)", seconds)
+            log.debug("minted ephemeral key (expires in %d s)", seconds)
             return JSONResponse({"value": value, "expires_at": expires_at, "session": session})
 
         @app.post("/v1/realtime/calls")

@@ -178,3 +178,16 @@ async def test_the_openai_sdk_works_against_the_stand_in(standin: StandIn) -> No
     assert text.startswith("v=0")
     assert "m=audio" in text
     await pc.close()
+
+
+async def test_a_long_run_forgets_keys_long_expired(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("provisioning.standin.server.KEEP_KEYS", 3)
+    now = [1_000_000.0]
+    async with StandIn(StandInConfig(api_key=API_KEY), clock=lambda: now[0]) as standin:
+        old = [await mint(standin.base_url, seconds=10) for _ in range(3)]
+        now[0] += 10 + 601  # expired more than 10 minutes ago
+        recent = await mint(standin.base_url, seconds=10)
+        assert set(standin.keys) == {recent}, "the three stale keys are dropped"
+        fresh = [await mint(standin.base_url) for _ in range(3)]
+        assert set(standin.keys) == {recent, *fresh}, "live keys are never dropped"
+        assert not set(old) & set(standin.keys)
