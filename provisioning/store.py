@@ -289,16 +289,20 @@ class Store:
     def delete_group(self, name: str) -> str:
         """``deleted``, ``missing``, or ``in_use`` (devices still belong to it). Its unused
         enrollment tokens go with it."""
-        with self.session.begin() as db:
-            group = db.get(Group, name)
-            if group is None:
-                return "missing"
-            if db.scalars(select(Device.id).where(Device.group == name).limit(1)).first():
-                return "in_use"
-            for token in db.scalars(select(EnrollmentToken).where(EnrollmentToken.group == name)):
-                db.delete(token)
-            db.delete(group)
-            self.audit(db, "group.delete", group=name)
+        try:
+            with self.session.begin() as db:
+                group = db.get(Group, name)
+                if group is None:
+                    return "missing"
+                if db.scalars(select(Device.id).where(Device.group == name).limit(1)).first():
+                    return "in_use"
+                tokens = select(EnrollmentToken).where(EnrollmentToken.group == name)
+                for token in db.scalars(tokens):
+                    db.delete(token)
+                db.delete(group)
+                self.audit(db, "group.delete", group=name)
+        except IntegrityError:  # a device enrolled into it meanwhile (foreign key)
+            return "in_use"
         return "deleted"
 
     def delete_device(self, device_id: str) -> bool:
