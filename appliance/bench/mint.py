@@ -168,9 +168,9 @@ async def _run() -> list[tuple[str, str]]:
                 standin_cpu = _cpu_s(standin_pid) - others0[0]
                 load_cpu = time.process_time() - others0[1]
                 ok = codes.count(200)
-                # fixed rate: 200 requests/s for 5 s
+                # fixed rate: 200 requests/s for 10 s
                 fixed: list[float] = []
-                tokens = [identities[i % 20].token() for i in range(1000)]
+                tokens = [identities[i % 20].token() for i in range(2000)]
                 tasks = []
                 t0 = time.perf_counter()
                 for i, tok in enumerate(tokens):
