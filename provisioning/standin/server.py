@@ -119,6 +119,7 @@ class StandIn:
         self.calls: dict[str, Call] = {}
         self.finished_calls: list[Call] = []
         self.keys: dict[str, _Key] = {}
+        self._prune_at = KEEP_KEYS
         self.voice = Voice(self.config.tts)
         self.script = Script.load(self.config.script)
         self.app = self._build_app()
@@ -236,9 +237,10 @@ class StandIn:
                 return openai_error(400, str(exc), code=exc.code, param=exc.param)
             value = "ek_" + secrets.token_hex(16)
             expires_at = int(self.clock()) + seconds
-            if len(self.keys) >= KEEP_KEYS:  # a long run: forget keys long expired
+            if len(self.keys) >= self._prune_at:  # a long run: forget keys long expired
                 stale = self.clock() - 600
                 self.keys = {k: v for k, v in self.keys.items() if v.expires_at > stale}
+                self._prune_at = max(KEEP_KEYS, 2 * len(self.keys))  # amortised: O(1) a mint
             self.keys[value] = _Key(expires_at, session)
             log.debug("minted ephemeral key (expires in %d s)", seconds)
             return JSONResponse({"value": value, "expires_at": expires_at, "session": session})
