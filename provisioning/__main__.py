@@ -15,6 +15,12 @@ from sqlalchemy import select
 
 from appliance import logging_setup
 
+UVICORN: dict[str, Any] = {
+    "access_log": False,  # one line per mint is noise; the audit log has the facts
+    "server_header": False,  # no software banner
+    "proxy_headers": False,  # client addresses are not used, so X-Forwarded-For is not parsed
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -82,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers,
                 host=args.host,
                 port=args.port,
-                access_log=False,
+                **UVICORN,
             )
             return 0
-        uvicorn.run(serve_app(settings), host=args.host, port=args.port, access_log=False)
+        uvicorn.run(serve_app(settings), host=args.host, port=args.port, **UVICORN)
         return 0
     if args.command == "db":
         return _db(settings.database_url, args.action, args.revision)
