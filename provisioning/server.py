@@ -20,6 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic_core import to_json
 from sqlalchemy import select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -216,14 +217,13 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             upstream_request_id=str(minted.get("_request_id", "")),
         )
         metrics.mints.labels("ok").inc()
-        return JSONResponse(
-            {
-                "value": minted["value"],
-                "expires_at": minted["expires_at"],
-                "session": minted.get("session", {}),
-                "realtime_base": settings.realtime_base or settings.upstream_url,
-            }
-        )
+        body = {
+            "value": minted["value"],
+            "expires_at": minted["expires_at"],
+            "session": minted.get("session", {}),
+            "realtime_base": settings.realtime_base or settings.upstream_url,
+        }
+        return Response(to_json(body), media_type="application/json")  # pydantic-core: fast
 
     # what uvicorn serves: the hot path skips FastAPI's middlewares, routing and dependency
     # solving (together a quarter of the CPU per mint)

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic_core import to_json
 
 from appliance.realtime.ice import allow_loopback
 from provisioning.serving import Served
@@ -243,7 +244,8 @@ class StandIn:
                 self._prune_at = max(KEEP_KEYS, 2 * len(self.keys))  # amortised: O(1) a mint
             self.keys[value] = _Key(expires_at, session)
             log.debug("minted ephemeral key (expires in %d s)", seconds)
-            return JSONResponse({"value": value, "expires_at": expires_at, "session": session})
+            body = {"value": value, "expires_at": expires_at, "session": session}
+            return Response(to_json(body), media_type="application/json")
 
         @app.post("/v1/realtime/calls")
         async def create_call(request: Request) -> Response:
