@@ -117,6 +117,19 @@ async def _one(http: aiohttp.ClientSession, url: str, token: str, latencies: lis
     return r.status
 
 
+def _ed25519_us() -> float:
+    """This machine's speed in a unit that matters here (every mint verifies one signature);
+    the figures below scale with it, and it drifts by tens of percent on a shared VM."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    signature, public = key.sign(b"x" * 200), key.public_key()
+    started = time.perf_counter()
+    for _ in range(2000):
+        public.verify(signature, b"x" * 200)
+    return (time.perf_counter() - started) / 2000 * 1e6
+
+
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -218,6 +231,7 @@ async def _run() -> list[tuple[str, str]]:
     q = statistics.quantiles(fixed, n=100)
     busiest = bursts[-1]
     return [
+        ("machine reference: one Ed25519 verify", f"{_ed25519_us():.0f} µs"),
         *(
             (f"mints/s, one worker, {b.in_flight} in flight", f"{b.rate:.0f} ({b.ok}/{b.sent} ok)")
             for b in bursts
