@@ -40,6 +40,7 @@ class Upstream:
                 connector=aiohttp.TCPConnector(limit=256, ttl_dns_cache=300),
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s),
                 raise_for_status=False,
+                cookie_jar=aiohttp.DummyCookieJar(),  # an API: no cookies to keep
             )
         return self._client
 
