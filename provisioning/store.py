@@ -7,7 +7,9 @@ random strings, so a fast hash is enough), devices as Ed25519 public keys.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
+import sqlite3
 import time
 from typing import Any
 
@@ -130,6 +132,19 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _wal(cursor: Any) -> None:
+    """Switch to WAL. Processes opening a new database at once can be refused ``database is
+    locked`` at once, without the busy timeout (SQLite's deadlock avoidance): retry."""
+    for attempt in itertools.count():
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt >= 100:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(url: str, immediate: bool = False) -> Engine:
     """An engine for ``url``. On SQLite: WAL, a busy timeout, foreign keys; with ``immediate``
     every transaction starts with ``BEGIN IMMEDIATE`` (it holds the write lock from its first
@@ -141,8 +156,8 @@ def make_engine(url: str, immediate: bool = False) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn: Any, _record: Any) -> None:
             cursor = conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA busy_timeout=5000")
+            _wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, fast
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()

@@ -175,9 +175,8 @@ def test_concurrent_starts_upgrade_once(empty_url: str) -> None:
         subprocess.Popen([sys.executable, "-c", code, empty_url], stderr=subprocess.PIPE)
         for _ in range(3)
     ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err.decode()
+    errors = [proc.communicate(timeout=60)[1].decode() for proc in procs]  # every pipe read
+    assert [proc.returncode for proc in procs] == [0, 0, 0], errors
     engine = make_engine(empty_url)
     try:
         with engine.connect() as conn:
