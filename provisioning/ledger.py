@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from provisioning.auth import AuthError, DeviceKeys, verify
 from provisioning.store import DEFAULT_LIMITS, Device, Store, make_engine
@@ -122,6 +123,10 @@ class MintLedger:
         sqlite = store.engine.dialect.name == "sqlite"
         self.engine: Engine = make_engine(url, immediate=True) if sqlite else store.engine
         self._sql = _Sql(store.engine.dialect.name)
+        self._db_errors: tuple[type[BaseException], ...] = (
+            DBAPIError,
+            self.engine.dialect.loaded_dbapi.Error,  # the hot path runs on the raw cursor
+        )
         self._admits: list[tuple[_Admit, asyncio.Future[Outcome]]] = []
         self._audit: list[dict[str, Any]] = []
         self._keys: dict[str, DeviceKeys] = {}
@@ -191,11 +196,14 @@ class MintLedger:
                 self._audit = []
                 try:
                     await loop.run_in_executor(self._executor, self._write, batch)
-                except Exception as exc:  # the database is down or locked: refuse, keep audit
-                    first = (str(exc).splitlines() or [""])[0][:200]
-                    log.warning(
-                        "mint ledger: database unavailable (%s: %s)", type(exc).__name__, first
-                    )
+                except Exception as exc:  # refuse the batch, keep its audit rows, back off
+                    if isinstance(exc, self._db_errors):  # down, locked, broken
+                        first = (str(exc).splitlines() or [""])[0][:200]
+                        log.warning(
+                            "mint ledger: database unavailable (%s: %s)", type(exc).__name__, first
+                        )
+                    else:  # a bug: say where
+                        log.exception("mint ledger: batch failed")
                     for admit in batch.admits:
                         admit.outcome = Refused(
                             503, "database_unavailable", "try again shortly", retry_after=2

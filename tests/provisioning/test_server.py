@@ -353,3 +353,22 @@ async def test_expired_counters_and_jwt_ids_are_purged(
             db.scalars(select(MintCounter).where(MintCounter.key == "q:dev_gone")).first() is None
         )
         assert db.scalars(select(UsedJti)).first() is not None, "the fresh JWT id stays"
+
+
+async def test_a_bug_in_the_ledger_is_a_503_with_its_traceback(
+    server: ProvisioningServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    identity = await enrolled(server, tmp_path)
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server.app.state.ledger._sql, "devices", broken)
+    response = await post(f"{server.base_url}/v1/realtime/keys", identity.token())
+    assert response.status_code == 503
+    assert "boom" not in response.text, "no internals in the answer"
+    assert "batch failed" in caplog.text
+    assert "RuntimeError: boom" in caplog.text, "the log has the traceback"
