@@ -29,9 +29,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -132,90 +132,127 @@ class MintLedger:
         self._keys: dict[str, DeviceKeys] = {}
         """Verification keys by device id, refreshed from every batch's locked device rows.
         Only a hint: the transaction re-checks that the key that verified is still valid."""
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger")
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._idle: asyncio.Event | None = None
+        self._lock = threading.Condition()
+        """Guards ``_admits`` and ``_audit`` between the event loop and the ledger thread."""
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._busy = False
+        self._stopping = False
         self._next_purge = 0.0
 
     async def admit(self, token: str, kid: str) -> Outcome:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        self._admits.append((_Admit(token, kid), future))
-        self._kick()
+        with self._lock:
+            self._admits.append((_Admit(token, kid), future))
+            self._wake()
         return await future
 
     def record(self, action: str, device_id: str, **detail: str | int | float) -> None:
         """Queue an audit row; it is written with the next batch."""
         row = {"at": time.time(), "action": action, "device_id": device_id, "detail": detail}
-        self._audit.append(row)
-        if len(self._audit) > MAX_PENDING_RECORDS:
-            del self._audit[: len(self._audit) - MAX_PENDING_RECORDS]
-        self._kick()
-
-    async def close(self) -> None:
-        """Write what is pending, then stop the writer thread."""
-        if self._task is not None and self._idle is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.flush(), timeout=10)
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._audit:
-            log.warning("%d audit rows not written (database unavailable)", len(self._audit))
-        self._executor.shutdown(wait=True)
-        if self.engine is not self.store.engine:
-            self.engine.dispose()
+        with self._lock:
+            self._audit.append(row)
+            if len(self._audit) > MAX_PENDING_RECORDS:
+                del self._audit[: len(self._audit) - MAX_PENDING_RECORDS]
+            self._wake()
 
     async def flush(self) -> None:
         """Return once everything queued so far is written (or was refused)."""
-        while self._admits or self._audit or not self._idle_now():
-            self._kick()
+        while True:
+            with self._lock:
+                if not (self._admits or self._audit or self._busy):
+                    return
             await asyncio.sleep(0.01)
 
-    def _idle_now(self) -> bool:
-        return self._idle is None or self._idle.is_set()
+    async def close(self) -> None:
+        """Write what is pending, then stop the ledger thread."""
+        if self._thread is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), timeout=10)
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+        if self._audit:
+            log.warning("%d audit rows not written (database unavailable)", len(self._audit))
+        if self.engine is not self.store.engine:
+            self.engine.dispose()
 
-    def _kick(self) -> None:
-        if self._task is None:
-            self._wake, self._idle = asyncio.Event(), asyncio.Event()
-            self._task = asyncio.create_task(self._run(self._wake, self._idle), name="mint-ledger")
-        assert self._wake is not None
-        self._wake.set()
+    def _wake(self) -> None:
+        """With the lock held: start the thread on first use, or nudge it."""
+        if self._thread is None:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = False
+            self._thread = threading.Thread(target=self._main, name="mint-ledger", daemon=True)
+            self._thread.start()
+        self._lock.notify()
 
-    async def _run(self, wake: asyncio.Event, idle: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
+    def _deliver(self, admits: list[tuple[_Admit, asyncio.Future[Outcome]]]) -> None:
+        """On the event loop: hand each request its outcome."""
+        for admit, future in admits:
+            if not future.done():  # not cancelled (the client went away)
+                assert admit.outcome is not None
+                future.set_result(admit.outcome)
+
+    # --- on the ledger thread ---
+
+    def _main(self) -> None:
+        """The ledger thread: take everything queued, write it as one batch, hand back the
+        outcomes, and go straight on with what arrived meanwhile (the thread never waits for
+        the event loop, so batches follow each other without a gap)."""
+        assert self._loop is not None
         while True:
-            idle.set()
-            await wake.wait()
-            wake.clear()
-            idle.clear()
-            while self._admits or self._audit:
+            with self._lock:
+                while not (self._admits or self._audit or self._stopping):
+                    self._busy = False
+                    self._lock.wait()
+                if self._stopping and not (self._admits or self._audit):
+                    self._busy = False
+                    return
                 admits, self._admits = self._admits, []
                 batch = _Batch([a for a, _ in admits], self._audit)
                 self._audit = []
-                try:
-                    await loop.run_in_executor(self._executor, self._write, batch)
-                except Exception as exc:  # refuse the batch, keep its audit rows, back off
-                    if isinstance(exc, self._db_errors):  # down, locked, broken
-                        first = (str(exc).splitlines() or [""])[0][:200]
-                        log.warning(
-                            "mint ledger: database unavailable (%s: %s)", type(exc).__name__, first
-                        )
-                    else:  # a bug: say where
-                        log.exception("mint ledger: batch failed")
-                    for admit in batch.admits:
-                        admit.outcome = Refused(
-                            503, "database_unavailable", "try again shortly", retry_after=2
-                        )
+                self._busy = True
+            try:
+                self._write(batch)
+            except Exception as exc:  # refuse the batch, keep its audit rows, back off
+                if isinstance(exc, self._db_errors):  # down, locked, broken
+                    first = (str(exc).splitlines() or [""])[0][:200]
+                    log.warning(
+                        "mint ledger: database unavailable (%s: %s)", type(exc).__name__, first
+                    )
+                else:  # a bug: say where
+                    log.exception("mint ledger: batch failed")
+                for admit in batch.admits:
+                    admit.outcome = Refused(
+                        503, "database_unavailable", "try again shortly", retry_after=2
+                    )
+                with self._lock:
                     self._audit[:0] = batch.audit
-                    await asyncio.sleep(0.5)
-                for admit, future in admits:
-                    if not future.done():
-                        assert admit.outcome is not None
-                        future.set_result(admit.outcome)
+                if admits and not self._hand_back(admits):
+                    return
+                if self._stopping:
+                    with self._lock:
+                        self._busy = False
+                    return
+                time.sleep(0.5)
+                continue
+            if admits and not self._hand_back(admits):
+                return
 
-    # --- on the ledger thread ---
+    def _hand_back(self, admits: list[tuple[_Admit, asyncio.Future[Outcome]]]) -> bool:
+        """Deliver outcomes on the event loop; ``False`` if that loop is gone (then the
+        thread ends: nobody is waiting any more)."""
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, admits)
+        except RuntimeError:  # the loop was closed without close()
+            with self._lock:
+                self._busy = False
+            return False
+        return True
 
     def _write(self, batch: _Batch) -> None:
         """One transaction: admit the batch's requests, write the queued audit rows."""
