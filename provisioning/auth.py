@@ -37,6 +37,13 @@ class DeviceKeys:
     previous_key: str | None
     previous_until: float | None
 
+    def valid(self, now: float) -> tuple[str, ...]:
+        """The keys it may sign with at ``now``: its key, and during a rotation overlap the
+        previous one."""
+        if self.previous_key and (self.previous_until or 0) > now:
+            return (self.public_key, self.previous_key)
+        return (self.public_key,)
+
 
 def bearer_kid(authorization: str) -> tuple[str, str]:
     """``(token, kid)`` from an ``Authorization: Bearer <jwt>`` header, before verification."""
@@ -58,11 +65,8 @@ def bearer_kid(authorization: str) -> tuple[str, str]:
 def verify(token: str, device: DeviceKeys, now: float) -> tuple[dict[str, Any], str]:
     """The token's claims and the key that verified it; ``AuthError`` if it is not valid for
     ``device`` at ``now`` (signature, audience, expiry, subject, lifetime)."""
-    keys = [device.public_key]
-    if device.previous_key and (device.previous_until or 0) > now:
-        keys.append(device.previous_key)  # rotation overlap: the old key still works
     failure = "InvalidSignatureError"
-    for key in keys:
+    for key in device.valid(now):
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,

@@ -31,7 +31,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -317,7 +317,7 @@ class MintLedger:
         sql = self._sql
         rows = sql.devices(cur, sorted({a.kid for a in admits}))  # locked on PostgreSQL
         devices = {row.id: row for row in rows}
-        for row in rows:
+        for row in rows:  # fresh from the locked rows: the cache follows
             self._keys[row.id] = DeviceKeys(
                 row.id, row.public_key, row.previous_key, row.previous_until
             )
@@ -330,7 +330,7 @@ class MintLedger:
             if device is None or device.revoked:
                 admit.outcome = Refused(401, "unknown_device", "unknown or revoked device")
                 continue
-            if admit.key not in _valid_keys(device, now):
+            if admit.key not in self._keys[device.id].valid(now):
                 admit.outcome = Refused(401, "bad_token", "JWT rejected: key was rotated")
                 continue
             seen.add(device.id)  # a valid signature: the device was here
@@ -371,6 +371,7 @@ class MintLedger:
         names = sorted({w.key(a.kid, devices[a.kid].group) for a in admits for w in WINDOWS})
         used = self._sql.used(cur, names, now)
         added: dict[tuple[str, int], int] = {}
+        expires: dict[tuple[str, int], int] = {}
         for admit in admits:
             device = devices[admit.kid]
             limits = {**DEFAULT_LIMITS, **(device.limits or {})}
@@ -395,14 +396,11 @@ class MintLedger:
                 used[key] = used.get(key, 0) + 1
                 bucket = int(now) // window.bucket_s * window.bucket_s
                 added[(key, bucket)] = added.get((key, bucket), 0) + 1
+                expires[(key, bucket)] = bucket + window.bucket_s + window.window_s
             profile = dict(device.profile or {}) or {"type": "realtime"}
             admit.outcome = Admitted(device.id, device.group, profile)
         if added:
-            windows = {w.prefix: w for w in WINDOWS}
-            rows: list[tuple[str, int, int, int]] = []
-            for (key, bucket), n in sorted(added.items()):
-                window = windows[key.split(":", 1)[0]]
-                rows.append((key, bucket, n, bucket + window.bucket_s + window.window_s))
+            rows = [(k, b, n, expires[(k, b)]) for (k, b), n in sorted(added.items())]
             self._sql.bump(cur, rows)
 
     def _retry_after(
@@ -425,13 +423,6 @@ class MintLedger:
             if remaining + 1 <= limit:
                 return max(1.0, float(bucket + window.bucket_s + window.window_s - now))
         return float(window.window_s)
-
-
-def _valid_keys(device: Any, now: float) -> Iterable[str]:
-    keys: Sequence[str] = (device.public_key,)
-    if device.previous_key and (device.previous_until or 0) > now:
-        keys = (device.public_key, device.previous_key)
-    return keys
 
 
 class _Device(NamedTuple):

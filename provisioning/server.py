@@ -26,20 +26,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from provisioning import admin
 from provisioning.admin import Metrics
-from provisioning.auth import AUDIENCE, AuthError, DeviceKeys, b64d, bearer_kid, verify
+from provisioning.auth import AuthError, DeviceKeys, b64d, bearer_kid, verify
 from provisioning.ledger import MintLedger, Refused
 from provisioning.serving import Served
 from provisioning.store import Device, EnrollmentToken, Store, hash_token
 from provisioning.upstream import Upstream, UpstreamError
 
-__all__ = [
-    "AUDIENCE",
-    "ProvisioningServer",
-    "Settings",
-    "app_from_env",
-    "create_app",
-    "serve_app",
-]
 log = logging.getLogger(__name__)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+import psutil
 
 from appliance.identity import Identity, enroll
 
@@ -132,8 +133,8 @@ def _ed25519_us() -> float:
 
 def _cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 async def _transactions(base: str) -> float:
