@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
         )
+    # alembic names each of its plugins at INFO on every start; the migrations it runs stay
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     settings = Settings.from_env()
     if args.database_url:
         settings = Settings(**{**settings.__dict__, "database_url": args.database_url})
@@ -91,7 +93,14 @@ def main(argv: list[str] | None = None) -> int:
                 **UVICORN,
             )
             return 0
-        uvicorn.run(serve_app(settings), host=args.host, port=args.port, **UVICORN)
+        from provisioning.serving import listener
+
+        # our own socket, so that Nagle is off even without uvloop (see ``listener``)
+        app = serve_app(settings)
+        sock = listener(args.host, args.port)
+        host, port = sock.getsockname()[:2]
+        logging.getLogger("provisioning").info("serving on http://%s:%d", host, port)
+        uvicorn.Server(uvicorn.Config(app, **UVICORN)).run(sockets=[sock])
         return 0
     if args.command == "db":
         return _db(settings.database_url, args.action, args.revision)

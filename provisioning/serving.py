@@ -11,6 +11,19 @@ from typing import Any
 import uvicorn
 
 
+def listener(host: str, port: int) -> socket.socket:
+    """A bound TCP socket for uvicorn. Made with ``IPPROTO_TCP``, not 0: asyncio turns Nagle
+    off (``TCP_NODELAY``) only on accepted sockets whose ``proto`` says TCP, and uvicorn
+    writes a response's headers and body apart, so with Nagle on every response after the
+    first on a kept-alive connection waited ~40 ms for the client's delayed ACK (uvloop sets
+    ``TCP_NODELAY`` itself; plain asyncio, as in tests or without uvloop, does not)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
 class Served:
     """``async with Served(app, host, port) as s: s.base_url`` — port 0 picks a free port."""
 
@@ -29,10 +42,7 @@ class Served:
         return f"http://{host}:{port}"
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
-        self._socket = sock
+        self._socket = sock = listener(self._host, self._port)
         config = uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
