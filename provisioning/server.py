@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -22,13 +22,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic_core import to_json
 from sqlalchemy import select
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
 from provisioning import admin
 from provisioning.admin import Metrics
 from provisioning.auth import AuthError, DeviceKeys, b64d, bearer_kid, verify
 from provisioning.ledger import MintLedger, Refused
-from provisioning.serving import Served
+from provisioning.serving import FastPath, Reply, Served, header
 from provisioning.store import Device, EnrollmentToken, Store, hash_token
 from provisioning.upstream import Upstream, UpstreamError
 
@@ -70,11 +70,14 @@ class Settings:
         )
 
 
-def error(status: int, code: str, message: str, retry_after: float | None = None) -> JSONResponse:
-    response = JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(retry_after)))
-    return response
+def error_reply(status: int, code: str, message: str, retry_after: float | None = None) -> Reply:
+    """The server's error shape, ``{"error": {"code", "message"}}``, with ``Retry-After``."""
+    headers = () if retry_after is None else ((b"retry-after", b"%d" % max(1, round(retry_after))),)
+    return Reply(status, to_json({"error": {"code": code, "message": message}}), headers)
+
+
+def error(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
+    return error_reply(status, code, message, retry_after).response()
 
 
 def app_from_env() -> ASGIApp:
@@ -125,7 +128,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         return device
 
     @app.exception_handler(AuthError)
-    async def _auth_error(_request: Request, exc: AuthError) -> JSONResponse:
+    async def _auth_error(_request: Request, exc: AuthError) -> Response:
         return error(exc.status, exc.code, str(exc))
 
     @app.get("/healthz")
@@ -174,19 +177,19 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         metrics.enrollments.labels("ok").inc()
         return JSONResponse({"device_id": device.id, "group": device.group}, status_code=201)
 
-    @app.post("/v1/realtime/keys")
-    async def mint(request: Request) -> Response:
+    async def mint(scope: Scope, _body: bytes) -> Reply:
+        """Mint an ephemeral Realtime key for the device whose JWT signs the request."""
         try:
-            token, kid = bearer_kid(request.headers.get("authorization", ""))
+            token, kid = bearer_kid(header(scope, b"authorization"))
         except AuthError as exc:
-            return error(exc.status, exc.code, str(exc))
+            return error_reply(exc.status, exc.code, str(exc))
         admitted = await ledger.admit(token, kid)
         if isinstance(admitted, Refused):
             if admitted.status == 429:
                 metrics.mints.labels("limited").inc()
             elif admitted.status == 503:
                 metrics.mints.labels("database_unavailable").inc()
-            return error(
+            return error_reply(
                 admitted.status, admitted.code, admitted.message, retry_after=admitted.retry_after
             )
         try:
@@ -196,30 +199,28 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             ledger.record(
                 "key.mint", admitted.device_id, outcome="upstream_error", status=exc.status
             )
-            return error(
+            return error_reply(
                 503,
                 "upstream_unavailable",
                 "the Realtime service is unavailable",
                 retry_after=exc.retry_after,
             )
         ledger.record(
-            "key.mint",
-            admitted.device_id,
-            outcome="ok",
-            upstream_request_id=str(minted.get("_request_id", "")),
+            "key.mint", admitted.device_id, outcome="ok", upstream_request_id=minted.request_id
         )
         metrics.mints.labels("ok").inc()
         body = {
-            "value": minted["value"],
-            "expires_at": minted["expires_at"],
-            "session": minted.get("session", {}),
-            "realtime_base": settings.realtime_base or settings.upstream_url,
+            "value": minted.value,
+            "expires_at": minted.expires_at,
+            "session": minted.session,
+            "realtime_base": realtime_base,
         }
-        return Response(to_json(body), media_type="application/json")  # pydantic-core: fast
+        return Reply(200, to_json(body))  # pydantic-core: a fifth of json's time
 
-    # what uvicorn serves: the hot path skips FastAPI's middlewares, routing and dependency
-    # solving (together a quarter of the CPU per mint)
-    app.state.asgi = FastPath(app, "POST", "/v1/realtime/keys", mint)
+    realtime_base = settings.realtime_base or settings.upstream_url
+    app.post("/v1/realtime/keys")(FastPath.endpoint(mint))
+    # what uvicorn serves: the hot path goes straight to ``mint`` in ASGI (see FastPath)
+    app.state.asgi = FastPath(app, {("POST", "/v1/realtime/keys"): mint})
 
     @app.post("/v1/devices/rotate")
     async def rotate(request: Request) -> Response:
@@ -251,29 +252,6 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         return Response(status_code=204)
 
     return app
-
-
-class FastPath:
-    """An ASGI app in front of ``app`` that answers one route itself with a plain Starlette
-    handler, ahead of FastAPI's middlewares, routing and dependency solving. The same handler
-    stays declared as a FastAPI route, so the OpenAPI schema (and ``app`` alone) still serve it.
-    Everything else, lifespan included, goes to ``app``."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        method: str,
-        path: str,
-        handler: Callable[[Request], Awaitable[Response]],
-    ) -> None:
-        self.app, self.method, self.path, self.handler = app, method, path, handler
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != self.method:
-            await self.app(scope, receive, send)
-            return
-        response = await self.handler(Request(scope, receive))
-        await response(scope, receive, send)
 
 
 async def shutdown(app: FastAPI) -> None:

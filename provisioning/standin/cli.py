@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from provisioning.standin.server import StandIn, StandInConfig
@@ -28,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-session-s", type=float, default=3600.0)
     parser.add_argument("--tts", choices=["auto", "espeak", "assets"], default="auto")
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop (auto: uvloop when installed, as uvicorn does)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = StandInConfig(
@@ -38,6 +45,22 @@ def main(argv: list[str] | None = None) -> int:
         max_session_s=args.max_session_s,
         tts=args.tts,
     )
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(StandIn(config).serve_forever())
+    runner = asyncio.Runner(loop_factory=_loop_factory(args.loop))
+    with contextlib.suppress(KeyboardInterrupt), runner:
+        runner.run(StandIn(config).serve_forever())
     return 0
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's factory for ``auto`` (when installed) and ``uvloop``; None is asyncio's own."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit(
+                "provisioning standin: --loop uvloop, but uvloop is not installed"
+            ) from None
+        return None
+    return uvloop.new_event_loop

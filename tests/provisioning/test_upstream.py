@@ -1,0 +1,127 @@
+"""The upstream client: the one place the standard key is sent, so where it may go matters."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from starlette.types import Receive, Scope, Send
+
+from provisioning.serving import Served
+from provisioning.standin import StandIn, StandInConfig
+from provisioning.upstream import Upstream, UpstreamError
+
+KEY = "sk-standin-upstream-test"
+PROFILE = {"type": "realtime", "model": "gpt-realtime"}
+
+
+def _self_signed(tmp_path: Path) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 that no trust store knows."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+async def _refused(base_url: str) -> UpstreamError:
+    """The error a mint through ``base_url`` ends in."""
+    upstream = Upstream(base_url, KEY, ttl_s=60)
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await upstream.mint("dev_1", PROFILE)
+    finally:
+        await upstream.close()
+    return caught.value
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StandIn]:
+    async with StandIn(StandInConfig(api_key=KEY)) as s:
+        yield s
+
+
+async def test_mints_through_the_standin(standin: StandIn) -> None:
+    upstream = Upstream(standin.base_url, KEY, ttl_s=60)
+    try:
+        minted = await upstream.mint("dev_1", PROFILE)
+    finally:
+        await upstream.close()
+    assert minted.value in standin.keys
+    assert minted.session["model"] == "gpt-realtime"
+    assert "ek_" not in repr(minted), "the key value stays out of logs and reprs"
+
+
+async def test_an_upstream_with_an_untrusted_certificate_is_refused(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """TLS is verified against the system's trust store: a certificate it does not know ends
+    the handshake before the standard key is sent."""
+    async with Served(standin.asgi, tls=_self_signed(tmp_path)) as tls:
+        assert tls.base_url.startswith("https://")
+        assert (await _refused(tls.base_url)).status == 0
+    assert standin.keys == {}, "no request reached the upstream"
+
+
+async def test_redirects_are_not_followed() -> None:
+    """An upstream that redirects would carry the standard key to wherever it points."""
+    seen: list[str] = []
+
+    async def elsewhere(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async with Served(elsewhere) as thief:
+
+        async def redirecting(scope: Scope, receive: Receive, send: Send) -> None:
+            location = f"{thief.base_url}/steal".encode()
+            headers = [(b"location", location), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 307, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+
+        async with Served(redirecting) as upstream_server:
+            assert (await _refused(upstream_server.base_url)).status == 307
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b"[1, 2]", b'{"value": "ek_x"}', b'{"value": "ek_x", "expires_at": "x"}']
+)
+async def test_a_garbled_answer_is_an_upstream_error(body: bytes) -> None:
+    async def garbled(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async with Served(garbled) as served:
+        assert (await _refused(served.base_url)).status in (0, 502)
