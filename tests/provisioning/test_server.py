@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
 import stat
@@ -140,9 +141,18 @@ async def test_bad_jwts_are_refused(server: ProvisioningServer, tmp_path: Path) 
             headers={"kid": identity.device_id},
         ),
         "not-a-jwt",
+        _resigned(identity.token(), b"\x00" * 64),  # a signature that is not one
+        _resigned(identity.token(), b"\x01" * 63),  # the wrong length
+        _resigned(identity.token(), b""),
     ]:
         assert (await post(url, bad)).status_code == 401
     assert (await post(url, None)).status_code == 401
+
+
+def _resigned(token: str, signature: bytes) -> str:
+    """``token`` with its signature replaced."""
+    signing_input = token.rsplit(".", 1)[0]
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
 
 
 async def test_revocation_is_immediate(
