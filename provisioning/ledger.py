@@ -44,10 +44,11 @@ from provisioning.store import DEFAULT_LIMITS, Device, Store, make_engine
 
 log = logging.getLogger(__name__)
 
-PURGE_EVERY_S = 1.0
-PURGE_LIMIT = 2000
-"""Expired JWT ids deleted per purge: small steps, so a purge never stalls a batch (one
-sweep of a minute's worth at 1,000 mints/s held the lock for ~100 ms)."""
+PURGE_EVERY_S = 0.2
+PURGE_LIMIT = 500
+"""Expired JWT ids deleted per purge, 2,500 a second at most: small steps, so a purge never
+stalls a batch for long (a minute's worth at 1,000 mints/s in one sweep held the lock ~100 ms;
+2,000 rows once a second, 8–13 ms; 500 rows, about 2 ms)."""
 MAX_PENDING_RECORDS = 100_000
 """Audit rows kept while the database is unreachable; beyond this the oldest are dropped."""
 
@@ -121,7 +122,11 @@ class MintLedger:
         self._on_transaction = on_transaction
         url = store.engine.url.render_as_string(hide_password=False)
         sqlite = store.engine.dialect.name == "sqlite"
-        self.engine: Engine = make_engine(url, immediate=True) if sqlite else store.engine
+        self.engine: Engine = (
+            make_engine(url, immediate=True, autocheckpoint=store.autocheckpoint)
+            if sqlite
+            else store.engine
+        )
         self._sql = _Sql(store.engine.dialect.name)
         self._db_errors: tuple[type[BaseException], ...] = (
             DBAPIError,
