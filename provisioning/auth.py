@@ -24,6 +24,8 @@ from nacl.signing import VerifyKey
 AUDIENCE = "appliance-provisioning"
 MAX_JWT_LIFETIME_S = 60
 REQUIRED_CLAIMS = ["exp", "iat", "jti", "sub"]
+MAX_HEADER_SEGMENT = 512
+"""A device's JWT header (alg, kid, typ) is about 75 characters encoded."""
 
 
 class AuthError(Exception):
@@ -57,15 +59,25 @@ def bearer_kid(authorization: str) -> tuple[str, str]:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise AuthError(401, "missing_credentials", "a device JWT is required")
-    try:  # only the header, to find the key: PyJWT verifies all of it afterwards
-        header = json.loads(b64d(token.split(".", 1)[0]))
+    header_segment = token.split(".", 1)[0]
+    if len(header_segment) > MAX_HEADER_SEGMENT:  # also bounds what the cache below holds
+        raise AuthError(401, "bad_token", "malformed JWT")
+    return token, _kid(header_segment)
+
+
+@functools.lru_cache(maxsize=4096)
+def _kid(header_segment: str) -> str:
+    """The ``kid`` of a JWT header segment, only to find the key (PyJWT verifies all of it
+    afterwards). Cached: a device's tokens all have the same header."""
+    try:
+        header = json.loads(b64d(header_segment))
         if not isinstance(header, dict):
             raise ValueError
     except (ValueError, UnicodeDecodeError):
         raise AuthError(401, "bad_token", "malformed JWT") from None
     if header.get("alg") != "EdDSA":
         raise AuthError(401, "bad_token", "JWT must be signed with EdDSA")
-    return token, str(header.get("kid", ""))
+    return str(header.get("kid", ""))
 
 
 class SodiumEd25519(Algorithm):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -35,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from pydantic_core import from_json, to_json
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -373,18 +373,26 @@ class MintLedger:
     ) -> None:
         if not admits:
             return
-        names = sorted({w.key(a.kid, devices[a.kid].group) for a in admits for w in WINDOWS})
+        plans: dict[str, tuple[list[tuple[Window, str, int]], dict[str, Any]]] = {}
+        """Per device, once a batch: its windows with their counter key and limit, and the
+        group's profile."""
+        for admit in admits:
+            if admit.kid not in plans:
+                device = devices[admit.kid]
+                limits = {**DEFAULT_LIMITS, **(device.limits or {})}
+                windows = [(w, w.key(device.id, device.group), limits[w.limit]) for w in WINDOWS]
+                plans[admit.kid] = (windows, device.profile or {"type": "realtime"})
+        names = sorted({key for windows, _ in plans.values() for _, key, _ in windows})
         used = self._sql.used(cur, names, now)
         added: dict[tuple[str, int], int] = {}
         expires: dict[tuple[str, int], int] = {}
+        second = int(now)
         for admit in admits:
-            device = devices[admit.kid]
-            limits = {**DEFAULT_LIMITS, **(device.limits or {})}
-            keys = [(w, w.key(device.id, device.group)) for w in WINDOWS]
-            over = next(((w, k) for w, k in keys if used.get(k, 0) + 1 > limits[w.limit]), None)
+            windows, profile = plans[admit.kid]
+            over = next((w for w in windows if used.get(w[1], 0) >= w[2]), None)
             if over is not None:
-                window, key = over
-                retry = self._retry_after(cur, window, key, limits[window.limit], added, now)
+                window, key, limit = over
+                retry = self._retry_after(cur, window, key, limit, added, now)
                 admit.outcome = Refused(
                     429, "rate_limited", f"limit reached: {window.limit}", retry_after=retry
                 )
@@ -392,18 +400,17 @@ class MintLedger:
                     {
                         "at": now,
                         "action": "key.mint",
-                        "device_id": device.id,
+                        "device_id": admit.kid,
                         "detail": {"outcome": "limited", "limit": window.limit},
                     }
                 )
                 continue
-            for window, key in keys:
+            for window, key, _limit in windows:
                 used[key] = used.get(key, 0) + 1
-                bucket = int(now) // window.bucket_s * window.bucket_s
+                bucket = second - second % window.bucket_s
                 added[(key, bucket)] = added.get((key, bucket), 0) + 1
                 expires[(key, bucket)] = bucket + window.bucket_s + window.window_s
-            profile = dict(device.profile or {}) or {"type": "realtime"}
-            admit.outcome = Admitted(device.id, device.group, profile)
+            admit.outcome = Admitted(admit.kid, devices[admit.kid].group, dict(profile))
         if added:
             rows = [(k, b, n, expires[(k, b)]) for (k, b), n in sorted(added.items())]
             self._sql.bump(cur, rows)
@@ -553,7 +560,7 @@ class _Sql:
     def audit(self, cur: Any, rows: list[dict[str, Any]]) -> None:
         cur.executemany(
             self.text("INSERT INTO audit (at, action, device_id, detail) VALUES (?, ?, ?, ?)"),
-            [(r["at"], r["action"], r["device_id"], json.dumps(r["detail"])) for r in rows],
+            [(r["at"], r["action"], r["device_id"], to_json(r["detail"]).decode()) for r in rows],
         )
 
     def purge(self, cur: Any, now: float) -> None:
@@ -569,4 +576,4 @@ class _Sql:
 
 def _json(value: Any) -> Any:
     """A JSON column: text on SQLite, already decoded by psycopg."""
-    return json.loads(value) if isinstance(value, str) else value
+    return from_json(value) if isinstance(value, str) else value

@@ -193,6 +193,11 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         metrics.enrollments.labels("ok").inc()
         return JSONResponse({"device_id": device.id, "group": device.group}, status_code=201)
 
+    minted_ok, minted_limited, minted_upstream_error, minted_database_unavailable = (
+        metrics.mints.labels(outcome)
+        for outcome in ("ok", "limited", "upstream_error", "database_unavailable")
+    )
+
     async def mint(scope: Scope, _body: bytes) -> Reply:
         """Mint an ephemeral Realtime key for the device whose JWT signs the request."""
         try:
@@ -202,16 +207,16 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         admitted = await ledger.admit(token, kid)
         if isinstance(admitted, Refused):
             if admitted.status == 429:
-                metrics.mints.labels("limited").inc()
+                minted_limited.inc()
             elif admitted.status == 503:
-                metrics.mints.labels("database_unavailable").inc()
+                minted_database_unavailable.inc()
             return error_reply(
                 admitted.status, admitted.code, admitted.message, retry_after=admitted.retry_after
             )
         try:
             minted = await upstream.mint(admitted.device_id, admitted.profile)
         except UpstreamError as exc:
-            metrics.mints.labels("upstream_error").inc()
+            minted_upstream_error.inc()
             ledger.record(
                 "key.mint", admitted.device_id, outcome="upstream_error", status=exc.status
             )
@@ -224,7 +229,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
         ledger.record(
             "key.mint", admitted.device_id, outcome="ok", upstream_request_id=minted.request_id
         )
-        metrics.mints.labels("ok").inc()
+        minted_ok.inc()
         body = {
             "value": minted.value,
             "expires_at": minted.expires_at,

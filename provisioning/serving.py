@@ -150,6 +150,8 @@ class Served:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            proxy_headers=False,  # nothing here reads client addresses: no proxy middleware
+            server_header=False,
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
         )

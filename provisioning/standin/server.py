@@ -133,6 +133,8 @@ class StandIn:
         self.finished_calls: list[Call] = []
         self.keys: dict[str, _Key] = {}
         self._prune_at = KEEP_KEYS
+        self._sessions: dict[bytes, bytes] = {}
+        """Minted sessions as JSON, by the requested session as JSON."""
         self.voice = Voice(self.config.tts)
         self.script = Script.load(self.config.script)
         self.app, self.asgi = self._build_app()
@@ -184,6 +186,17 @@ class StandIn:
     def _standard_key_ok(self, scope: Scope) -> bool:
         token = self._bearer(scope)
         return token is not None and secrets.compare_digest(token, self.config.api_key)
+
+    def _minted_session(self, requested: JSON) -> bytes:
+        """The session a ``client_secrets`` request asks for, as JSON; the same request
+        (a fleet's profile) is worked out once."""
+        wanted = to_json(requested)
+        session = self._sessions.get(wanted)
+        if session is None:
+            if len(self._sessions) >= 256:
+                self._sessions.clear()
+            session = self._sessions[wanted] = to_json(self._new_session(requested))
+        return session
 
     def _new_session(self, requested: JSON) -> JSON:
         if requested.get("type") == "transcription":
@@ -244,7 +257,7 @@ class StandIn:
                     param="session.type",
                 )
             try:
-                session = self._new_session(requested)
+                session = self._minted_session(requested)
             except SessionUpdateError as exc:
                 return openai_error(400, str(exc), code=exc.code, param=exc.param)
             value = "ek_" + secrets.token_hex(16)
@@ -253,10 +266,15 @@ class StandIn:
                 stale = self.clock() - 600
                 self.keys = {k: v for k, v in self.keys.items() if v[0] > stale}
                 self._prune_at = max(KEEP_KEYS, 2 * len(self.keys))  # amortised: O(1) a mint
-            self.keys[value] = (expires_at, to_json(session))
+            self.keys[value] = (expires_at, session)
             log.debug("minted ephemeral key (expires in %d s)", seconds)
-            body = {"value": value, "expires_at": expires_at, "session": session}
-            return Reply(200, to_json(body))
+            # the session is JSON already: the body is written around it
+            body = b'{"value":"%s","expires_at":%d,"session":%s}' % (
+                value.encode(),
+                expires_at,
+                session,
+            )
+            return Reply(200, body)
 
         app.post("/v1/realtime/client_secrets")(FastPath.endpoint(client_secrets))
         # uvicorn serves the hot route straight in ASGI (the mint benchmark calls it)

@@ -144,6 +144,7 @@ async def test_bad_jwts_are_refused(server: ProvisioningServer, tmp_path: Path) 
         _resigned(identity.token(), b"\x00" * 64),  # a signature that is not one
         _resigned(identity.token(), b"\x01" * 63),  # the wrong length
         _resigned(identity.token(), b""),
+        "eyJ" + "A" * 600 + ".e30.",  # a header far longer than a device's
     ]:
         assert (await post(url, bad)).status_code == 401
     assert (await post(url, None)).status_code == 401
