@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from provisioning.store import Audit, Device, Group, Store
 
@@ -68,45 +69,54 @@ def install(
     audit) before the device list and the audit log are read."""
     router = APIRouter(prefix="/v1/admin")
 
-    def admin(request: Request) -> str | None:
+    async def admin(request: Request) -> str | None:
+        """The admin key id behind the request, or ``None``. The credential's scrypt hash
+        (tens of ms by design) and every query below run in worker threads: nothing here
+        holds up the event loop the devices' requests are served on."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        return store.check_admin(token.strip()) if scheme.lower() == "bearer" else None
+        if scheme.lower() != "bearer":
+            return None
+        return await run_in_threadpool(store.check_admin, token.strip())
 
     def denied() -> JSONResponse:
         return _error(401, "admin_required", "an admin credential is required")
 
     @router.get("/devices")
     async def devices(request: Request) -> Response:
-        if admin(request) is None:
+        if await admin(request) is None:
             return denied()
         if flush is not None:
             await flush()
-        with store.session() as db:
-            rows = db.scalars(select(Device).order_by(Device.created_at)).all()
-            return JSONResponse({"devices": [device_json(d) for d in rows]})
+
+        def read() -> list[dict[str, Any]]:
+            with store.session() as db:
+                rows = db.scalars(select(Device).order_by(Device.created_at)).all()
+                return [device_json(d) for d in rows]
+
+        return JSONResponse({"devices": await run_in_threadpool(read)})
 
     @router.post("/devices/{device_id}/{action}")
     async def device_action(device_id: str, action: str, request: Request) -> Response:
-        who = admin(request)
+        who = await admin(request)
         if who is None:
             return denied()
         if action not in ("disable", "enable", "revoke"):
             return _error(404, "unknown_action", f"no action {action!r}")
-        if not store.set_device_state(device_id, action):
+        if not await run_in_threadpool(store.set_device_state, device_id, action):
             return _error(404, "unknown_device", f"no device {device_id!r}")
         return JSONResponse({"id": device_id, "action": action})
 
     @router.delete("/devices/{device_id}")
     async def delete_device(device_id: str, request: Request) -> Response:
-        if admin(request) is None:
+        if await admin(request) is None:
             return denied()
-        if not store.delete_device(device_id):
+        if not await run_in_threadpool(store.delete_device, device_id):
             return _error(404, "unknown_device", f"no device {device_id!r}")
         return Response(status_code=204)
 
     @router.post("/tokens", status_code=201)
     async def tokens(request: Request) -> Response:
-        if admin(request) is None:
+        if await admin(request) is None:
             return denied()
         try:
             body = await request.json()
@@ -116,29 +126,28 @@ def install(
                 raise ValueError
         except (ValueError, TypeError, AttributeError):
             return _error(400, "bad_request", "uses 1–100000, ttl_s 60 s – 90 days, group")
+        label = str(body.get("label", ""))[:128]
         try:
-            token = store.create_token(group, uses, ttl, label=str(body.get("label", ""))[:128])
+            token = await run_in_threadpool(store.create_token, group, uses, ttl, label)
         except KeyError:
             return _error(404, "unknown_group", f"no group {group!r}")
         return JSONResponse({"token": token, "group": group, "uses": uses}, status_code=201)
 
     @router.get("/groups")
     async def groups(request: Request) -> Response:
-        if admin(request) is None:
+        if await admin(request) is None:
             return denied()
-        with store.session() as db:
-            rows = db.scalars(select(Group)).all()
-            return JSONResponse(
-                {
-                    "groups": [
-                        {"name": g.name, "profile": g.profile, "limits": g.limits} for g in rows
-                    ]
-                }
-            )
+
+        def read() -> list[dict[str, Any]]:
+            with store.session() as db:
+                rows = db.scalars(select(Group)).all()
+                return [{"name": g.name, "profile": g.profile, "limits": g.limits} for g in rows]
+
+        return JSONResponse({"groups": await run_in_threadpool(read)})
 
     @router.put("/groups/{name}")
     async def put_group(name: str, request: Request) -> Response:
-        if admin(request) is None:
+        if await admin(request) is None:
             return denied()
         try:
             body = await request.json()
@@ -151,14 +160,14 @@ def install(
                 raise ValueError
         except (ValueError, TypeError, AttributeError):
             return _error(400, "bad_request", "profile must be a session object with a type")
-        store.ensure_group(name[:64], profile, limits)
+        await run_in_threadpool(store.ensure_group, name[:64], profile, limits)
         return JSONResponse({"name": name})
 
     @router.delete("/groups/{name}")
     async def delete_group(name: str, request: Request) -> Response:
-        if admin(request) is None:
+        if await admin(request) is None:
             return denied()
-        outcome = store.delete_group(name)
+        outcome = await run_in_threadpool(store.delete_group, name)
         if outcome == "missing":
             return _error(404, "unknown_group", f"no group {name!r}")
         if outcome == "in_use":
@@ -167,27 +176,20 @@ def install(
 
     @router.get("/audit")
     async def audit(request: Request, limit: int = 100) -> Response:
-        if admin(request) is None:
+        if await admin(request) is None:
             return denied()
         if flush is not None:
             await flush()
-        with store.session() as db:
-            rows = db.scalars(
-                select(Audit).order_by(Audit.id.desc()).limit(max(1, min(limit, 1000)))
-            )
-            return JSONResponse(
-                {
-                    "audit": [
-                        {
-                            "at": a.at,
-                            "action": a.action,
-                            "device_id": a.device_id,
-                            "detail": a.detail,
-                        }
-                        for a in rows
-                    ]
-                }
-            )
+
+        def read() -> list[dict[str, Any]]:
+            newest = select(Audit).order_by(Audit.id.desc()).limit(max(1, min(limit, 1000)))
+            with store.session() as db:
+                return [
+                    {"at": a.at, "action": a.action, "device_id": a.device_id, "detail": a.detail}
+                    for a in db.scalars(newest)
+                ]
+
+        return JSONResponse({"audit": await run_in_threadpool(read)})
 
     app.include_router(router)
 

@@ -95,6 +95,10 @@ Outcome = Admitted | Refused
 class _Admit:
     token: str
     kid: str
+    mint: bool = True
+    """A mint (counted against the limits); else only the device is authenticated."""
+    health: dict[str, Any] | None = None
+    """A heartbeat's report, written with the device's last-seen time."""
     claims: dict[str, Any] | None = None
     key: str = ""
     outcome: Outcome | None = None
@@ -107,8 +111,11 @@ class _Batch:
 
 
 class MintLedger:
-    """``await admit(token, kid)`` → ``Admitted`` or ``Refused``; ``record(...)`` queues an
-    audit row. One per process; ``await close()`` before the event loop ends."""
+    """``await admit(token, kid)`` → ``Admitted`` or ``Refused`` for a mint;
+    ``await authenticate(...)`` the same for any other device request (a heartbeat's report is
+    written in the same transaction); ``record(...)`` queues an audit row. Every device JWT is
+    checked here, so replays are caught in one place. One per process; ``await close()``
+    before the event loop ends."""
 
     def __init__(
         self,
@@ -146,9 +153,20 @@ class MintLedger:
         self._next_purge = 0.0
 
     async def admit(self, token: str, kid: str) -> Outcome:
+        """A mint: the device's JWT, then its limits (a mint counts once admitted)."""
+        return await self._queue(_Admit(token, kid))
+
+    async def authenticate(
+        self, token: str, kid: str, health: dict[str, Any] | None = None
+    ) -> Outcome:
+        """Any other device request: its JWT (signature, replay, revoked, disabled), no
+        limits; ``health`` (a heartbeat) is stored with the last-seen time."""
+        return await self._queue(_Admit(token, kid, mint=False, health=health))
+
+    async def _queue(self, admit: _Admit) -> Outcome:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         with self._lock:
-            self._admits.append((_Admit(token, kid), future))
+            self._admits.append((admit, future))
             self._wake()
         return await future
 
@@ -347,7 +365,13 @@ class MintLedger:
                 admitted.append(admit)
         if seen:  # rows this transaction has locked already
             sql.seen(cur, sorted(seen), now)
-        self._limit(cur, admitted, devices, now, audit)
+        reports = {a.kid: a.health for a in admitted if a.health is not None}
+        if reports:  # the last report of each device in the batch
+            sql.health(cur, sorted(reports.items()))
+        for admit in admitted:
+            if not admit.mint:
+                admit.outcome = Admitted(admit.kid, devices[admit.kid].group, {})
+        self._limit(cur, [a for a in admitted if a.mint], devices, now, audit)
 
     def _new_jtis(self, cur: Any, admits: list[_Admit], devices: dict[str, Any]) -> set[str]:
         """Insert the batch's JWT ids; the ones that were not already used."""
@@ -524,6 +548,12 @@ class _Sql:
         cur.execute(
             self.text("UPDATE devices SET last_seen = ? WHERE id IN ({ids})", ids=len(ids)),
             [now, *ids],
+        )
+
+    def health(self, cur: Any, reports: list[tuple[str, dict[str, Any]]]) -> None:
+        cur.executemany(
+            self.text("UPDATE devices SET health = ? WHERE id = ?"),
+            [(to_json(report).decode(), device_id) for device_id, report in reports],
         )
 
     def used(self, cur: Any, keys: list[str], now: float) -> dict[str, int]:

@@ -21,14 +21,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic_core import to_json
+from pydantic_core import from_json, to_json
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Scope
 
 from provisioning import admin
 from provisioning.admin import Metrics
-from provisioning.auth import AuthError, DeviceKeys, b64d, bearer_kid, verify
-from provisioning.ledger import MintLedger, Refused
+from provisioning.auth import AuthError, b64d, bearer_kid
+from provisioning.ledger import Admitted, MintLedger, Refused
 from provisioning.serving import FastPath, Reply, Served, header
 from provisioning.store import Device, EnrollmentToken, Store, hash_token
 from provisioning.upstream import Upstream, UpstreamError
@@ -127,20 +128,31 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     store.ensure_group("default")
     admin.install(app, store, metrics, flush=ledger.flush)
 
-    def authenticate(request: Request) -> Device:
-        """The device behind the request's JWT (rotate, heartbeat; minting has its own
-        batched path in the ledger)."""
-        token, kid = bearer_kid(request.headers.get("authorization", ""))
-        with store.session() as db:
-            device = db.get(Device, kid)
-        if device is None or device.revoked:
-            raise AuthError(401, "unknown_device", "unknown or revoked device")
-        keys = DeviceKeys(device.id, device.public_key, device.previous_key, device.previous_until)
-        claims, _key = verify(token, keys, time.time())
-        if not store.use_jti(str(claims["jti"]), float(claims["exp"])):
-            raise AuthError(401, "replayed_token", "JWT already used")
-        if not device.enabled:
-            raise AuthError(403, "device_disabled", "device is disabled")
+    def enroll_device(token: str, public_key: str, name: str) -> Device | Reply:
+        """The enrollment transaction (in a worker thread: never on the event loop)."""
+        now = time.time()
+        with store.session.begin() as db:
+            row = db.scalars(
+                select(EnrollmentToken)
+                .where(EnrollmentToken.token_hash == hash_token(token))
+                .with_for_update()
+            ).first()
+            if row is None:
+                return error_reply(401, "invalid_token", "unknown enrollment token")
+            if row.expires_at < now:
+                return error_reply(410, "token_expired", "this enrollment token has expired")
+            if row.uses >= row.max_uses:
+                return error_reply(409, "token_used", "this enrollment token has already been used")
+            row.uses += 1
+            device = Device(
+                id="dev_" + secrets.token_hex(8),
+                name=name,
+                group=row.group,
+                public_key=public_key,
+                created_at=now,
+            )
+            db.add(device)
+            store.audit(db, "device.enroll", device.id, name=name, group=row.group)
         return device
 
     @app.exception_handler(AuthError)
@@ -161,29 +173,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             return error(400, "bad_request", "need token, public_key (base64url Ed25519) and name")
-        now = time.time()
-        with store.session.begin() as db:
-            row = db.scalars(
-                select(EnrollmentToken)
-                .where(EnrollmentToken.token_hash == hash_token(token))
-                .with_for_update()
-            ).first()
-            if row is None:
-                return error(401, "invalid_token", "unknown enrollment token")
-            if row.expires_at < now:
-                return error(410, "token_expired", "this enrollment token has expired")
-            if row.uses >= row.max_uses:
-                return error(409, "token_used", "this enrollment token has already been used")
-            row.uses += 1
-            device = Device(
-                id="dev_" + secrets.token_hex(8),
-                name=name,
-                group=row.group,
-                public_key=public_key,
-                created_at=now,
-            )
-            db.add(device)
-            store.audit(db, "device.enroll", device.id, name=name, group=row.group)
+        outcome = await run_in_threadpool(enroll_device, token, public_key, name)
+        if isinstance(outcome, Reply):
+            return outcome.response()
+        device = outcome
         log.info(
             "device %s enrolled in group %s",
             device.id,
@@ -240,13 +233,19 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 
     realtime_base = settings.realtime_base or settings.upstream_url
     app.post("/v1/realtime/keys")(FastPath.endpoint(mint))
-    # what uvicorn serves: the hot path goes straight to ``mint`` in ASGI (see FastPath)
-    app.state.asgi = FastPath(app, {("POST", "/v1/realtime/keys"): mint})
+
+    async def device(authorization: str, health: dict[str, Any] | None = None) -> Admitted:
+        """The device whose JWT signs a request (not a mint), through the ledger like every
+        device JWT; ``AuthError`` if it is refused."""
+        token, kid = bearer_kid(authorization)
+        outcome = await ledger.authenticate(token, kid, health)
+        if isinstance(outcome, Refused):
+            raise AuthError(outcome.status, outcome.code, outcome.message)
+        return outcome
 
     @app.post("/v1/devices/rotate")
     async def rotate(request: Request) -> Response:
         """Register a new public key, proven by a JWT signed with the current one."""
-        device = authenticate(request)
         try:
             body = await request.json()
             new_key = str(body["public_key"])
@@ -254,23 +253,38 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             return error(400, "bad_request", "need public_key (base64url raw Ed25519)")
+        device_id = (await device(request.headers.get("authorization", ""))).device_id
         overlap_until = time.time() + settings.rotation_overlap_s
-        with store.session.begin() as db:
-            row = db.get_one(Device, device.id)
-            row.previous_key, row.previous_until = row.public_key, overlap_until
-            row.public_key = new_key
-            store.audit(db, "device.rotate", device.id)
-        return JSONResponse({"device_id": device.id, "overlap_until": overlap_until})
 
-    @app.post("/v1/devices/heartbeat", status_code=204)
-    async def heartbeat(request: Request) -> Response:
-        device = authenticate(request)
-        body = await request.json()
-        with store.session.begin() as db:
-            row = db.get_one(Device, device.id)
-            row.last_seen = time.time()
-            row.health = body if isinstance(body, dict) else {}
-        return Response(status_code=204)
+        def write() -> None:
+            with store.session.begin() as db:
+                row = db.get_one(Device, device_id)
+                row.previous_key, row.previous_until = row.public_key, overlap_until
+                row.public_key = new_key
+                store.audit(db, "device.rotate", device_id)
+
+        await run_in_threadpool(write)
+        return JSONResponse({"device_id": device_id, "overlap_until": overlap_until})
+
+    async def heartbeat(scope: Scope, body: bytes) -> Reply:
+        """Store the device's health report (version, uptime, counts) and its last-seen time."""
+        try:
+            report = from_json(body or b"{}")
+        except ValueError:
+            return error_reply(400, "bad_request", "the report must be a JSON object")
+        try:
+            await device(
+                header(scope, b"authorization"), report if isinstance(report, dict) else {}
+            )
+        except AuthError as exc:
+            return error_reply(exc.status, exc.code, str(exc))
+        return Reply(204, b"")
+
+    app.post("/v1/devices/heartbeat", status_code=204)(FastPath.endpoint(heartbeat))
+    # what uvicorn serves: the device routes a fleet calls all day go straight to their
+    # handlers in ASGI (see FastPath)
+    fast = {("POST", "/v1/realtime/keys"): mint, ("POST", "/v1/devices/heartbeat"): heartbeat}
+    app.state.asgi = FastPath(app, fast)
 
     return app
 

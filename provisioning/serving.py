@@ -79,18 +79,16 @@ class FastPath:
             if len(body) > MAX_FAST_BODY:
                 break
         reply = TOO_LARGE if len(body) > MAX_FAST_BODY else await handler(scope, body)
+        if reply.status in (204, 304):  # no body, so no Content-Length (RFC 9110)
+            headers = list(reply.headers)
+        else:
+            length = str(len(reply.body)).encode()
+            headers = [(b"content-type", reply.content_type), (b"content-length", length)]
+            headers += reply.headers
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send(
-            {
-                "type": "http.response.start",
-                "status": reply.status,
-                "headers": [
-                    (b"content-type", reply.content_type),
-                    (b"content-length", str(len(reply.body)).encode()),
-                    *reply.headers,
-                ],
-            }
+            {"type": "http.response.body", "body": b"" if reply.status == 204 else reply.body}
         )
-        await send({"type": "http.response.body", "body": reply.body})
 
     @staticmethod
     def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:

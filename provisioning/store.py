@@ -266,15 +266,6 @@ class Store:
             ).first()
             return None if row is None else (row.uses, row.max_uses, row.expires_at)
 
-    def use_jti(self, jti: str, expires_at: float) -> bool:
-        """Record a JWT id; ``False`` if it was seen before (a replay)."""
-        try:
-            with self.session.begin() as db:
-                db.add(UsedJti(jti=jti, expires_at=expires_at))
-        except IntegrityError:
-            return False
-        return True
-
     def set_device_state(self, device_id: str, action: str) -> bool:
         """``disable``, ``enable`` or ``revoke`` a device; effective on its next request."""
         with self.session.begin() as db:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
@@ -71,6 +72,37 @@ async def test_admin_api_manages_the_fleet(server: ProvisioningServer, tmp_path:
             a["action"] for a in (await http.get(f"{base}/audit", headers=auth)).json()["audit"]
         ]
         assert "group.delete" in actions
+
+
+async def test_admin_requests_do_not_hold_up_devices(
+    server: ProvisioningServer, tmp_path: Path
+) -> None:
+    """An admin credential costs a deliberate scrypt hash (tens of ms) and the dashboard's
+    queries can be long: they run in worker threads, so a device's request that arrives
+    meanwhile is answered first."""
+    admin = server.store.create_admin("ops")
+    token = server.store.create_token("default")
+    identity = await enroll(server.base_url, token, tmp_path / "d", "d")
+    finished: list[str] = []
+    async with httpx.AsyncClient() as http:
+
+        async def admin_list() -> None:
+            auth = {"Authorization": f"Bearer {admin}"}
+            reply = await http.get(f"{server.base_url}/v1/admin/devices", headers=auth)
+            assert reply.status_code == 200
+            finished.append("admin")
+
+        async def device_heartbeat() -> None:
+            await asyncio.sleep(0.01)  # the admin requests are in by now
+            auth = {"Authorization": f"Bearer {identity.token()}"}
+            reply = await http.post(
+                f"{server.base_url}/v1/devices/heartbeat", headers=auth, json={"uptime_s": 1}
+            )
+            assert reply.status_code == 204
+            finished.append("device")
+
+        await asyncio.gather(admin_list(), admin_list(), admin_list(), device_heartbeat())
+    assert finished[0] == "device", finished
 
 
 async def test_admin_endpoints_refuse_devices_and_strangers(

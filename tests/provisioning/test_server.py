@@ -220,9 +220,68 @@ async def test_heartbeat_is_stored(server: ProvisioningServer, tmp_path: Path) -
         "reconnects": 1,
         "false_wakes": 0,
     }
+    before = time.time()
     await ProvisioningKeySource(identity).heartbeat(health)
     with server.store.session() as db:
-        assert db.get_one(Device, identity.device_id).health == health
+        row = db.get_one(Device, identity.device_id)
+        assert row.health == health
+        assert row.last_seen is not None
+        assert row.last_seen >= before
+
+
+async def test_heartbeats_share_the_replay_check_and_are_batched(
+    server: ProvisioningServer, tmp_path: Path
+) -> None:
+    """Every device JWT goes through the ledger: a token spent on a heartbeat cannot mint,
+    nor the other way round, and a fleet's heartbeats at once are one transaction or few."""
+    identities = [await enrolled(server, tmp_path, f"d{i}") for i in range(20)]
+    heartbeat_url = f"{server.base_url}/v1/devices/heartbeat"
+    mint_url = f"{server.base_url}/v1/realtime/keys"
+    token = identities[0].token()
+    first = await post(heartbeat_url, token, {"uptime_s": 1})
+    assert first.status_code == 204
+    assert "content-length" not in first.headers, "a 204 has no body, so no length (RFC 9110)"
+    spent = await post(mint_url, token)
+    assert (spent.status_code, spent.json()["error"]["code"]) == (401, "replayed_token")
+    token = identities[0].token()
+    assert (await post(mint_url, token)).status_code == 200
+    again = await post(heartbeat_url, token, {"uptime_s": 2})
+    assert (again.status_code, again.json()["error"]["code"]) == (401, "replayed_token")
+
+    registry = server.app.state.metrics.registry
+    name = "provisioning_ledger_transactions_total"
+    before = registry.get_sample_value(name)
+    async with httpx.AsyncClient() as http:
+        replies = await asyncio.gather(
+            *(
+                http.post(
+                    heartbeat_url,
+                    json={"uptime_s": 100 + i},
+                    headers={"Authorization": f"Bearer {identity.token()}"},
+                )
+                for i, identity in enumerate(identities)
+            )
+        )
+    assert [r.status_code for r in replies] == [204] * 20
+    assert registry.get_sample_value(name) - before < 20, "heartbeats are group-committed"
+    with server.store.session() as db:
+        stored = {d.id: d.health for d in db.scalars(select(Device))}
+    assert {stored[x.device_id]["uptime_s"] for x in identities} == set(range(100, 120))
+
+
+async def test_a_heartbeat_that_is_not_json_is_refused(
+    server: ProvisioningServer, tmp_path: Path
+) -> None:
+    identity = await enrolled(server, tmp_path)
+    async with httpx.AsyncClient() as http:
+        reply = await http.post(
+            f"{server.base_url}/v1/devices/heartbeat",
+            content=b"{not json",
+            headers={"Authorization": f"Bearer {identity.token()}"},
+        )
+    assert (reply.status_code, reply.json()["error"]["code"]) == (400, "bad_request")
+    with server.store.session() as db:
+        assert db.get_one(Device, identity.device_id).health in (None, {})
 
 
 async def test_the_standard_key_never_leaks(

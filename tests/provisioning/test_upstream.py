@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -53,9 +55,9 @@ def _self_signed(tmp_path: Path) -> tuple[str, str]:
     return str(cert_file), str(key_file)
 
 
-async def _refused(base_url: str) -> UpstreamError:
+async def _refused(base_url: str, timeout_s: float = 5.0) -> UpstreamError:
     """The error a mint through ``base_url`` ends in."""
-    upstream = Upstream(base_url, KEY, ttl_s=60)
+    upstream = Upstream(base_url, KEY, ttl_s=60, timeout_s=timeout_s)
     try:
         with pytest.raises(UpstreamError) as caught:
             await upstream.mint("dev_1", PROFILE)
@@ -125,3 +127,18 @@ async def test_a_garbled_answer_is_an_upstream_error(body: bytes) -> None:
 
     async with Served(garbled) as served:
         assert (await _refused(served.base_url)).status in (0, 502)
+
+
+async def test_an_upstream_that_never_answers_times_out() -> None:
+    answer = asyncio.Event()
+
+    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
+        await answer.wait()  # far too late: the client gave up long ago
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async with Served(silent) as served:
+        started = time.monotonic()
+        assert (await _refused(served.base_url, timeout_s=0.3)).status == 0
+        assert time.monotonic() - started < 5, "the request gave up at its timeout"
+        answer.set()
