@@ -1,8 +1,9 @@
-"""The database side of minting, group-committed: admission (device, JWT, replay, limits) and
-the mints' audit trail.
+"""The database side of every device request, group-committed: admission (device, JWT,
+replay, and for a mint its limits), heartbeats' reports, and the mints' audit trail.
 
 Every mint needs the device and its group, a used-JWT-id insert, three rate counters and an
-audit row. One transaction per request costs several statements and a commit each, all queued
+audit row; a heartbeat the same JWT checks and an update. Heartbeats and key rotations are
+authenticated here too, so a JWT is single use across all of them. One transaction per request costs several statements and a commit each, all queued
 behind SQLite's single writer on the event loop. The ledger instead runs the database work on
 one thread, one transaction per *batch*: requests that arrive while a batch is being written
 go into the next one. At low load a batch is one request (about a millisecond); under load it
