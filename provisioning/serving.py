@@ -54,7 +54,8 @@ def header(scope: Scope, name: bytes) -> str:
 class FastPath:
     """An ASGI app in front of ``app`` that answers the hot routes itself, straight in ASGI,
     ahead of the framework's middlewares, routing, dependency solving and request/response
-    objects (on the mint route those were a third of the server's CPU per request). Declare
+    objects (FastAPI's part was a quarter of the server's CPU per mint, Starlette's objects
+    another 32 µs a request on a bare uvicorn). Declare
     each handler as a framework route too, through ``endpoint``, so the OpenAPI schema (and
     ``app`` alone) still serve it. Everything else, lifespan included, goes to ``app``."""
 
