@@ -3,8 +3,9 @@ replay, and for a mint its limits), heartbeats' reports, and the mints' audit tr
 
 Every mint needs the device and its group, a used-JWT-id insert, three rate counters and an
 audit row; a heartbeat the same JWT checks and an update. Heartbeats and key rotations are
-authenticated here too, so a JWT is single use across all of them. One transaction per request costs several statements and a commit each, all queued
-behind SQLite's single writer on the event loop. The ledger instead runs the database work on
+authenticated here too, so a JWT is single use across all of them. One transaction per
+request costs several statements and a commit each, all queued behind SQLite's single
+writer on the event loop. The ledger instead runs the database work on
 one thread, one transaction per *batch*: requests that arrive while a batch is being written
 go into the next one. At low load a batch is one request (about a millisecond); under load it
 holds tens, and the SQL per mint shrinks to microseconds. The event loop never waits on the
