@@ -110,8 +110,9 @@ class SodiumEd25519(Algorithm):
 
 def _decoder() -> jwt.PyJWT:
     """A PyJWT of our own whose only algorithm is ``EdDSA`` through libsodium. PyJWT has no
-    public per-instance registry, so this sets its ``PyJWS`` (``_jws``, there since 2.11); if
-    a later PyJWT stopped using it, decoding would fall back to its own EdDSA, correct still."""
+    public per-instance registry, so this sets its ``PyJWS`` (``_jws``, there since 2.11). A
+    later PyJWT that stopped using it would fail closed: its own EdDSA refuses a ``VerifyKey``,
+    so every device JWT would be refused, and every mint test would say so."""
     decoder = jwt.PyJWT(options={"require": REQUIRED_CLAIMS})
     jws = jwt.PyJWS(algorithms=[])
     jws.register_algorithm("EdDSA", SodiumEd25519())
