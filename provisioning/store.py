@@ -188,15 +188,16 @@ class Store:
 
         parsed = make_url(url)
         path = parsed.database if parsed.get_backend_name() == "sqlite" else None
-        in_file = path not in (None, "", ":memory:")
-        self.autocheckpoint = not (in_file and checkpoint_every_s is not None)
+        wal_file = path if path not in ("", ":memory:") else None
+        """The SQLite database file (with a WAL next to it), if there is one."""
+        self.autocheckpoint = wal_file is None or checkpoint_every_s is None
         """Whether commits checkpoint the WAL themselves (SQLite's default)."""
         self.engine = make_engine(url, autocheckpoint=self.autocheckpoint)
         upgrade(self.engine)  # Alembic: creates or upgrades the schema (see migrations/)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
         self.checkpointer: Checkpointer | None = None
-        if path and not self.autocheckpoint and checkpoint_every_s is not None:
-            self.checkpointer = Checkpointer(path, checkpoint_every_s)
+        if wal_file is not None and checkpoint_every_s is not None:
+            self.checkpointer = Checkpointer(wal_file, checkpoint_every_s)
 
     def close(self) -> None:
         if self.checkpointer is not None:
