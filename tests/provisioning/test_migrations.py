@@ -15,7 +15,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Integer, MetaData, Table, inspect, text
+from sqlalchemy import Column, Integer, MetaData, Table, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from provisioning import migrations
@@ -23,7 +23,7 @@ from provisioning.__main__ import main as cli
 from provisioning.store import Base, Device, Store, make_engine
 from tests.conftest import require
 
-HEAD = "0002"
+HEAD = "models_1"
 TABLES = {
     "admin_keys",
     "audit",
@@ -222,3 +222,75 @@ def test_mints_logged_before_the_counters_still_count(empty_url: str) -> None:
         assert totals == {"d:dev_a": 3, "q:dev_a": 3, "g:default": 3}
     finally:
         engine.dispose()
+
+
+def test_groups_on_models_with_a_shutdown_date_are_moved(
+    empty_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """0002 → models_1: every group's profile leaves the models that shut down in 2027
+    (speech and transcription), a realtime profile without a model gets the default; each
+    move is audited and logged; other fields and other models stay as they were."""
+    engine = make_engine(empty_url)
+    profiles = {
+        "old": {
+            "type": "realtime",
+            "model": "gpt-realtime",
+            "instructions": "Be brief.",
+            "audio": {
+                "input": {"transcription": {"model": "gpt-4o-mini-transcribe", "language": "en"}},
+                "output": {"voice": "marin"},
+            },
+        },
+        "mini": {"type": "realtime", "model": "gpt-realtime-mini-2025-12-15"},
+        "unnamed": {"type": "realtime"},
+        "current": {"type": "realtime", "model": "gpt-realtime-2"},
+        "dictation": {
+            "type": "transcription",
+            "audio": {"input": {"transcription": {"model": "whisper-1"}}},
+        },
+        "diarize": {
+            "type": "transcription",
+            "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe-diarize"}}},
+        },
+    }
+    try:
+        migrations.upgrade(engine, "0002")
+        groups = Table("groups", MetaData(), autoload_with=engine)
+        with engine.begin() as conn:
+            conn.execute(
+                groups.insert(),
+                [{"name": n, "profile": p, "limits": {}} for n, p in profiles.items()],
+            )
+        with caplog.at_level("WARNING"):
+            assert migrations.upgrade(engine) == HEAD
+        with engine.connect() as conn:
+            after = {n: p for n, p in conn.execute(select(groups.c.name, groups.c.profile))}
+            audit = Table("audit", MetaData(), autoload_with=engine)
+            moves = [d for (d,) in conn.execute(select(audit.c.detail))]
+    finally:
+        engine.dispose()
+    old = after["old"]
+    assert old["model"] == "gpt-realtime-2.1"
+    assert old["audio"]["input"]["transcription"] == {
+        "model": "gpt-realtime-whisper",
+        "language": "en",
+    }
+    assert (old["instructions"], old["audio"]["output"]) == ("Be brief.", {"voice": "marin"})
+    assert after["mini"]["model"] == "gpt-realtime-2.1-mini"
+    assert after["unnamed"]["model"] == "gpt-realtime-2.1"
+    assert after["current"] == profiles["current"]
+    assert after["dictation"]["audio"]["input"]["transcription"]["model"] == (
+        "gpt-realtime-whisper"
+    )
+    assert "model" not in after["dictation"], "a transcription session names no model"
+    assert after["diarize"] == profiles["diarize"], "no replacement: left alone, flagged"
+    by_group = {d["group"]: d for d in moves}
+    assert set(by_group) == {"old", "mini", "unnamed", "dictation"}
+    assert by_group["old"]["before"] == {
+        "model": "gpt-realtime",
+        "transcription": "gpt-4o-mini-transcribe",
+    }
+    assert by_group["old"]["by"] == "migration"
+    logged = caplog.text
+    assert "group 'old' moved" in logged
+    assert "'diarize' keeps gpt-4o-transcribe-diarize" in logged
