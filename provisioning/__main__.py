@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("name", nargs="?", default="default")
     group.add_argument("--profile", default=None, help="JSON session profile")
     group.add_argument("--limits", default=None, help='JSON limits, e.g. {"device_per_minute": 20}')
+    group.add_argument("--model", default=None, help="the group's Realtime model (docs/models.md)")
+    group.add_argument("--transcription-model", default=None, help="its input transcription model")
+    group.add_argument("--all", action="store_true", help="with set --model: every group")
+    group.add_argument("--force", action="store_true", help="set a model this server does not know")
     schema = sub.add_parser("db", help="database schema (Alembic migrations)")
     schema.add_argument("action", choices=["upgrade", "current"])
     schema.add_argument("--revision", default="head", help="upgrade to this revision")
@@ -69,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     # alembic names each of its plugins at INFO on every start; the migrations it runs stay
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    settings = Settings.from_env()
+    from provisioning.models import SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"provisioning: bad setting {exc}", file=sys.stderr)
+        return 78
     if args.database_url:
         settings = Settings(**{**settings.__dict__, "database_url": args.database_url})
     if args.command == "serve":
@@ -115,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         print(store.create_admin(args.label))
     elif args.command == "token":
         print(store.create_token(args.group, args.uses, args.ttl))
+    elif (
+        args.command == "group"
+        and args.action == "set"
+        and (args.model or args.transcription_model or args.all)
+    ):
+        return _move_groups(store, settings, args)
     elif args.command == "group" and args.action == "set":
         store.ensure_group(
             args.name,
@@ -128,9 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"provisioning: cannot delete group {args.name!r}: {why}", file=sys.stderr)
             return 1
     elif args.command == "group":
+        from provisioning.models import group_findings
+
         with store.session() as db:
             for g in db.scalars(select(Group)):
                 print(g.name, json.dumps(g.profile))
+        for name, findings in group_findings(store, settings.lifecycle()).items():
+            for finding in findings:
+                print(f"provisioning: WARNING: {finding.describe(name)}", file=sys.stderr)
     elif args.action == "add":
         secret = store.create_token(args.group, 1, 86400, label=args.name)
         print(f"appliance enroll --server {args.server_url} --token {secret} --name {args.name}")
@@ -148,6 +169,40 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             print(f"provisioning: no device {args.name!r}", file=sys.stderr)
             return 1
+    return 0
+
+
+def _move_groups(store: Any, settings: Any, args: argparse.Namespace) -> int:
+    """``group set [NAME | --all] --model M [--transcription-model T]``: one transaction."""
+    from provisioning.models import move_groups
+
+    if args.profile or args.limits:
+        print("provisioning: --model/--all do not combine with --profile/--limits", file=sys.stderr)
+        return 2
+    if not (args.model or args.transcription_model):
+        print("provisioning: --all needs --model and/or --transcription-model", file=sys.stderr)
+        return 2
+    lifecycle = settings.lifecycle()
+    for model in filter(None, (args.model, args.transcription_model)):
+        shutdown = lifecycle.shutdown_date(model)
+        if shutdown is not None and shutdown <= lifecycle.today():
+            print(f"provisioning: {model} was shut down on {shutdown}", file=sys.stderr)
+            return 1
+        if not lifecycle.known(model) and not args.force:
+            print(
+                f"provisioning: unknown model {model!r} (a typo would silence the group); "
+                "add --force to set it anyway",
+                file=sys.stderr,
+            )
+            return 1
+    try:
+        changed = move_groups(
+            store, None if args.all else [args.name], args.model, args.transcription_model
+        )
+    except KeyError as exc:
+        print(f"provisioning: no group {exc.args[0]!r}", file=sys.stderr)
+        return 1
+    print(f"moved {len(changed)} group(s){': ' + ', '.join(changed) if changed else ''}")
     return 0
 
 

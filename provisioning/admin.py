@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from provisioning.models import ModelLifecycle
 from provisioning.store import Audit, Device, Group, Store
 
 JSON = dict[str, Any]
@@ -64,9 +65,11 @@ def install(
     store: Store,
     metrics: Metrics,
     flush: Callable[[], Awaitable[None]] | None = None,
+    lifecycle: ModelLifecycle | None = None,
 ) -> None:
     """Mount the admin API. ``flush`` writes this process's pending mint records (last seen,
-    audit) before the device list and the audit log are read."""
+    audit) before the device list and the audit log are read; ``lifecycle`` adds each
+    group's model warnings to the group list."""
     router = APIRouter(prefix="/v1/admin")
 
     async def admin(request: Request) -> str | None:
@@ -141,7 +144,17 @@ def install(
         def read() -> list[dict[str, Any]]:
             with store.session() as db:
                 rows = db.scalars(select(Group)).all()
-                return [{"name": g.name, "profile": g.profile, "limits": g.limits} for g in rows]
+                return [
+                    {
+                        "name": g.name,
+                        "profile": g.profile,
+                        "limits": g.limits,
+                        "model_warnings": [f.as_json() for f in lifecycle.findings(g.profile or {})]
+                        if lifecycle is not None
+                        else [],
+                    }
+                    for g in rows
+                ]
 
         return JSONResponse({"groups": await run_in_threadpool(read)})
 
@@ -195,7 +208,9 @@ def install(
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        # in a thread: a collector reads the groups from the database
+        body = await run_in_threadpool(generate_latest, metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/dashboard", response_class=HTMLResponse)
     async def dashboard() -> HTMLResponse:

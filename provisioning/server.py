@@ -8,12 +8,13 @@ group's session profile. See docs/contracts.md for the wire contract.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,6 +31,7 @@ from provisioning import admin
 from provisioning.admin import Metrics
 from provisioning.auth import AuthError, b64d, bearer_kid
 from provisioning.ledger import Admitted, MintLedger, Refused
+from provisioning.models import DEFAULT_MODEL, ModelLifecycle, ModelWatch
 from provisioning.serving import FastPath, Reply, Served, header
 from provisioning.store import Device, EnrollmentToken, Store, hash_token
 from provisioning.upstream import Upstream, UpstreamError
@@ -51,6 +53,13 @@ class Settings:
     """After a key rotation the old device key keeps working this long."""
     host: str = "127.0.0.1"
     port: int = 8080
+    model_shutdown_dates: Mapping[str, dt.date | None] = field(default_factory=dict)
+    """Shutdown dates that override the built-in table and the upstream's (docs/models.md)."""
+    model_warn_days: int = 60
+    """Warn about groups whose model shuts down within this many days."""
+    retired_model: str = "substitute"
+    """A mint for a model past its shutdown date: ``substitute`` its replacement, or
+    ``refuse`` (503 ``model_retired``)."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -63,12 +72,22 @@ class Settings:
         )
         if not key and key_file and Path(key_file).exists():
             key = Path(key_file).read_text().strip()
+        models = ModelLifecycle.from_env(env)  # SettingsError names a bad variable
         return cls(
             database_url=env.get("PROVISIONING_DATABASE_URL", cls.database_url),
             upstream_url=env.get("PROVISIONING_UPSTREAM_URL", cls.upstream_url),
             openai_api_key=key,
             realtime_base=env.get("PROVISIONING_REALTIME_BASE", ""),
             key_ttl_s=int(env.get("PROVISIONING_KEY_TTL_S", cls.key_ttl_s)),
+            model_shutdown_dates=models.overrides,
+            model_warn_days=models.warn_days,
+            retired_model=models.policy,
+        )
+
+    def lifecycle(self, clock: Callable[[], float] = time.time) -> ModelLifecycle:
+        """The model lifecycle these settings describe, judged against ``clock``."""
+        return ModelLifecycle(
+            self.model_shutdown_dates, self.model_warn_days, self.retired_model, clock
         )
 
 
@@ -81,6 +100,9 @@ def error_reply(status: int, code: str, message: str, retry_after: float | None 
 def error(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
     return error_reply(status, code, message, retry_after).response()
 
+
+MODEL_RETIRED_RETRY_S = 300.0
+"""Retry-After of a mint refused because the group's model was shut down."""
 
 WAL_CHECKPOINT_EVERY_S = 0.1
 """How often the server checkpoints a SQLite WAL, off the hot path (see ``Checkpointer``)."""
@@ -107,15 +129,20 @@ def serve_app(settings: Settings) -> ASGIApp:
     return asgi
 
 
-def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, store: Store | None = None, clock: Callable[[], float] = time.time
+) -> FastAPI:
+    """The app; ``clock`` is what the model lifecycle guard calls today (tests inject it)."""
     owns_store = store is None
     store = store or server_store(settings.database_url)
     upstream = Upstream(settings.upstream_url, settings.openai_api_key, settings.key_ttl_s)
     metrics = Metrics()
     ledger = MintLedger(store, on_transaction=metrics.ledger_transactions.inc)
+    models = ModelWatch(store, settings.lifecycle(clock), upstream, metrics.registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        models.start()
         yield
         await shutdown(_app)
 
@@ -125,8 +152,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.upstream = upstream
     app.state.ledger = ledger
     app.state.metrics = metrics
+    app.state.models = models
     store.ensure_group("default")
-    admin.install(app, store, metrics, flush=ledger.flush)
+    admin.install(app, store, metrics, flush=ledger.flush, lifecycle=models.lifecycle)
 
     def enroll_device(token: str, public_key: str, name: str) -> Device | Reply:
         """The enrollment transaction (in a worker thread: never on the event loop)."""
@@ -206,8 +234,18 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             return error_reply(
                 admitted.status, admitted.code, admitted.message, retry_after=admitted.retry_after
             )
+        guarded = models.guard(admitted.group, admitted.profile)
+        if guarded.refused is not None:
+            ledger.record("key.mint", admitted.device_id, outcome="model_retired")
+            return error_reply(
+                503,
+                "model_retired",
+                f"the group's {guarded.refused.field} {guarded.refused.model} was shut down "
+                f"on {guarded.refused.shutdown}; the operator must move the group",
+                retry_after=MODEL_RETIRED_RETRY_S,
+            )
         try:
-            minted = await upstream.mint(admitted.device_id, admitted.profile)
+            minted = await upstream.mint(admitted.device_id, guarded.profile)
         except UpstreamError as exc:
             minted_upstream_error.inc()
             ledger.record(
@@ -292,6 +330,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
 async def shutdown(app: FastAPI) -> None:
     """Write the ledger's pending audit rows, close the upstream client, and the database if
     ``create_app`` opened it (a last WAL checkpoint)."""
+    await app.state.models.stop()
     await app.state.ledger.close()
     await app.state.upstream.close()
     if app.state.owns_store:
@@ -301,10 +340,10 @@ async def shutdown(app: FastAPI) -> None:
 class ProvisioningServer:
     """Serves ``create_app(settings)`` with uvicorn on the running loop (tests, demo)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = server_store(settings.database_url)
-        self.app = create_app(settings, self.store)
+        self.app = create_app(settings, self.store, clock)
         self._served = Served(self.app.state.asgi, settings.host, settings.port)
 
     @property
@@ -313,6 +352,7 @@ class ProvisioningServer:
 
     async def __aenter__(self) -> ProvisioningServer:
         await self._served.start()
+        self.app.state.models.start()  # what the lifespan does under `provisioning serve`
         return self
 
     async def __aexit__(
@@ -332,7 +372,7 @@ def profile_for(
     """A group profile: the session config minted into every key of the group."""
     session: dict[str, Any] = {
         "type": "realtime",
-        "model": "gpt-realtime",
+        "model": DEFAULT_MODEL,
         "audio": {"output": {"voice": voice}},
     }
     if instructions:

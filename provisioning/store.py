@@ -31,6 +31,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from provisioning.models import DEFAULT_MODEL
+
 log = logging.getLogger(__name__)
 
 NAMING_CONVENTION = {
@@ -225,7 +227,7 @@ class Store:
             if group is None:
                 group = Group(
                     name=name,
-                    profile=profile or {"type": "realtime"},
+                    profile=profile or {"type": "realtime", "model": DEFAULT_MODEL},
                     limits={**DEFAULT_LIMITS, **(limits or {})},
                 )
                 db.add(group)

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from pydantic_core import from_json, to_json
@@ -109,6 +109,25 @@ class Upstream:
         except (AttributeError, TypeError, KeyError, ValueError):
             log.warning("upstream answered 200 without a key (request id %s)", request_id or "-")
             raise UpstreamError(502, 5.0) from None
+
+    async def shutdown_dates(self) -> dict[str, date | None]:
+        """``GET /v1/models``: each model's announced ``shutdown_date`` (``UpstreamError`` if
+        the upstream cannot say)."""
+        from provisioning.models import parse_models_list
+
+        try:
+            request = (
+                self._session()
+                .get(f"{self.base_url.rstrip('/')}/v1/models")
+                .header("Authorization", f"Bearer {self.api_key}", is_sensitive=True)
+                .build()
+            )
+            response = await request.send()
+            if response.status != 200:
+                raise UpstreamError(response.status, _retry_after(None, response.status))
+            return parse_models_list(from_json(bytes(await response.bytes())))
+        except (PyreqwestError, ValueError):
+            raise UpstreamError(0, 5.0) from None
 
     async def close(self) -> None:
         if self._client is not None:

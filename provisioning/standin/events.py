@@ -11,6 +11,8 @@ import secrets
 import time
 from typing import Any
 
+from provisioning.models import DEFAULT_MODEL, DEFAULT_TRANSCRIPTION_MODEL
+
 JSON = dict[str, Any]
 
 
@@ -33,7 +35,7 @@ DEFAULT_TURN_DETECTION: JSON = {
 }
 
 
-def default_session(model: str = "gpt-realtime") -> JSON:
+def default_session(model: str = DEFAULT_MODEL) -> JSON:
     """The full session object a new realtime session starts with (reference §2)."""
     return {
         "type": "realtime",
@@ -76,7 +78,7 @@ def default_transcription_session() -> JSON:
             "input": {
                 "format": {"type": "audio/pcm", "rate": 24000},
                 "transcription": {
-                    "model": "gpt-4o-mini-transcribe",
+                    "model": DEFAULT_TRANSCRIPTION_MODEL,
                     "language": None,
                     "prompt": "",
                 },

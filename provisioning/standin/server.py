@@ -22,6 +22,7 @@ from pydantic_core import from_json, to_json
 from starlette.types import Scope
 
 from appliance.realtime.ice import allow_loopback
+from provisioning.models import DEFAULT_MODEL, SHUTDOWN_DATES
 from provisioning.serving import FastPath, Reply, Served, header
 from provisioning.standin import events as ev
 from provisioning.standin.call import Call, SessionUpdateError, apply_session_update
@@ -52,7 +53,7 @@ class StandInConfig:
     """``auto`` (espeak-ng when installed), ``espeak`` or ``assets``."""
     allow_loopback: bool = True
     """Offer 127.0.0.1 ICE candidates (needed when everything runs on one host)."""
-    default_model: str = "gpt-realtime"
+    default_model: str = DEFAULT_MODEL
 
 
 @dataclass
@@ -132,6 +133,10 @@ class StandIn:
         self.calls: dict[str, Call] = {}
         self.finished_calls: list[Call] = []
         self.keys: dict[str, _Key] = {}
+        self.models: dict[str, str | None] = {
+            m: None if d is None else d.isoformat() for m, d in SHUTDOWN_DATES.items()
+        }
+        """What ``GET /v1/models`` lists: model id → ``shutdown_date`` (change it in tests)."""
         self._prune_at = KEEP_KEYS
         self._sessions: dict[bytes, bytes] = {}
         """Minted sessions as JSON, by the requested session as JSON."""
@@ -364,6 +369,19 @@ class StandIn:
             log.info("call %s created", call_id)
             location = f"/v1/realtime/calls/{call_id}".encode()
             return Reply(201, answer.encode(), ((b"location", location),), b"application/sdp")
+
+        @app.get("/v1/models")
+        @replies
+        async def list_models(request: Request) -> Reply:
+            """The models list with each model's ``shutdown_date`` (the lifecycle guard's
+            refresh reads it)."""
+            if not self._standard_key_ok(request.scope):
+                return openai_error(401, bad_key, code="invalid_api_key")
+            data = [
+                {"id": m, "object": "model", "created": 0, "owned_by": "system", "shutdown_date": d}
+                for m, d in self.models.items()
+            ]
+            return Reply(200, to_json({"object": "list", "data": data}))
 
         @app.post("/v1/realtime/calls/{call_id}/hangup")
         @replies
