@@ -24,7 +24,7 @@ from appliance.audio.base import AudioFormat, AudioSink, AudioSource, SinkWrappe
 from appliance.audio.earcons import cue_frames
 from appliance.audio.frontend import DSP_FORMAT, FrontEnd, Heard
 from appliance.camera import data_url, jpeg_budget, jpeg_that_fits, make_camera
-from appliance.config import Config
+from appliance.config import DEFAULT_TRANSCRIPTION_MODEL, Config
 from appliance.devicetools import GainSink, Timers, Volume, register_device_tools
 from appliance.errors import (
     AudioDeviceError,
@@ -383,7 +383,7 @@ class App:
                 "prefix_padding_ms": rt.prefix_padding_ms,
             }
         if rt.mode == "transcription":
-            model = rt.transcription_model or "gpt-4o-mini-transcribe"
+            model = rt.transcription_model or DEFAULT_TRANSCRIPTION_MODEL
             return {
                 "type": "transcription",
                 "audio": {"input": {"turn_detection": turn, "transcription": {"model": model}}},

@@ -18,6 +18,12 @@ from appliance.errors import ConfigError
 
 DEFAULT_PATH = Path("/etc/appliance/appliance.toml")
 
+DEFAULT_MODEL = "gpt-realtime-2.1"
+"""The Realtime model (the provisioning server's default too; a fleet's group names it)."""
+DEFAULT_MINI_MODEL = "gpt-realtime-2.1-mini"
+DEFAULT_TRANSCRIPTION_MODEL = "gpt-realtime-whisper"
+"""Input transcription: streaming, made for Realtime sessions (docs/models.md)."""
+
 
 def _choice(*values: str) -> dict[str, Any]:
     return {"choices": values}
@@ -55,6 +61,11 @@ class ProvisioningConfig:
 
 @dataclass(frozen=True, slots=True)
 class RealtimeConfig:
+    """The session as this device wants it. The model is not among these: the provisioning
+    server picks it per group and mints it into the key (docs/models.md); a device that
+    named one in ``session.update`` would have the whole update refused once its group
+    moved to another model."""
+
     voice: str = field(
         default="marin",
         metadata=_choice(
@@ -81,7 +92,7 @@ class RealtimeConfig:
     device transcribes what it hears, logs it and posts it to ``transcript_url``)."""
     transcript_url: str = ""
     """With ``mode = "transcription"``: POST each transcript here as JSON (empty: log only)."""
-    transcription_model: str = "gpt-4o-mini-transcribe"
+    transcription_model: str = DEFAULT_TRANSCRIPTION_MODEL
     """Transcribe the user's speech with this model (journal, heartbeat, carry-over after a
     reconnect); empty disables input transcription."""
 

@@ -28,7 +28,13 @@ from appliance.app import App, Stats, make_frontend, make_gpio
 from appliance.audio.base import AudioFormat
 from appliance.audio.frames import Pcm
 from appliance.audio.wav import WavSink, WavSource
-from appliance.config import ActivationConfig, AudioConfig, Config, DeviceConfig
+from appliance.config import (
+    DEFAULT_TRANSCRIPTION_MODEL,
+    ActivationConfig,
+    AudioConfig,
+    Config,
+    DeviceConfig,
+)
 from appliance.identity import enroll
 from appliance.leds import PATTERNS
 from appliance.realtime.keys import CachedKeySource
@@ -89,7 +95,8 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
         )
         async with ProvisioningServer(settings) as server:
             profile = profile_for(voice="marin")
-            profile["audio"]["input"] = {"transcription": {"model": "gpt-4o-mini-transcribe"}}
+            transcription = {"model": DEFAULT_TRANSCRIPTION_MODEL}
+            profile["audio"]["input"] = {"transcription": transcription}
             server.store.ensure_group("default", profile)
             say(
                 f"stand-in on {standin.base_url} (voice: {standin.voice.engine}); "

@@ -406,3 +406,22 @@ def test_cli_group_set_refuses_a_shut_down_or_unknown_model(
     args = ["group", "set", "default", "--model", "gpt-realtime-9", "--force"]
     assert cli(["--database-url", url, *args]) == 0
     assert cli(["--database-url", url, "group", "set", "--all"]) == 2
+
+
+def test_device_and_server_agree_on_the_defaults() -> None:
+    """One constant per package (the device does not import the server): they must match."""
+    from appliance import config
+    from provisioning import models
+
+    assert (config.DEFAULT_MODEL, config.DEFAULT_MINI_MODEL) == (DEFAULT_MODEL, DEFAULT_MINI_MODEL)
+    assert config.DEFAULT_TRANSCRIPTION_MODEL == models.DEFAULT_TRANSCRIPTION_MODEL
+    assert config.RealtimeConfig().transcription_model == DEFAULT_TRANSCRIPTION_MODEL
+    assert models.SHUTDOWN_DATES[DEFAULT_TRANSCRIPTION_MODEL] is None
+    assert models.SHUTDOWN_DATES[DEFAULT_MODEL] is None
+    store = Store("sqlite://")
+    try:
+        store.ensure_group("default")
+        with store.session() as db:
+            assert db.get_one(Group, "default").profile["model"] == DEFAULT_MODEL
+    finally:
+        store.close()

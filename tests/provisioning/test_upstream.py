@@ -21,7 +21,7 @@ from provisioning.standin import StandIn, StandInConfig
 from provisioning.upstream import Upstream, UpstreamError
 
 KEY = "sk-standin-upstream-test"
-PROFILE = {"type": "realtime", "model": "gpt-realtime"}
+PROFILE = {"type": "realtime", "model": "gpt-realtime-2.1"}
 
 
 def _self_signed(tmp_path: Path) -> tuple[str, str]:
@@ -79,7 +79,7 @@ async def test_mints_through_the_standin(standin: StandIn) -> None:
     finally:
         await upstream.close()
     assert minted.value in standin.keys
-    assert minted.session["model"] == "gpt-realtime"
+    assert minted.session["model"] == "gpt-realtime-2.1"
     assert "ek_" not in repr(minted), "the key value stays out of logs and reprs"
 
 

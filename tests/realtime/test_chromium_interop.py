@@ -41,7 +41,7 @@ async function answer(offer) {
     const dc = e.channel;
     const send = (x) => { window.sent.push(x); dc.send(JSON.stringify(x)); };
     const session = {type: "realtime", object: "realtime.session", id: "sess_chromium",
-                     model: "gpt-realtime", output_modalities: ["audio"], tools: [],
+                     model: "gpt-realtime-2.1", output_modalities: ["audio"], tools: [],
                      audio: {output: {voice: "marin"}}};
     dc.onopen = () => send(ev("session.created", {session}));
     if (dc.readyState === "open") send(ev("session.created", {session}));

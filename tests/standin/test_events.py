@@ -258,7 +258,7 @@ async def test_transcription_and_idle_timeout(standin: StandIn) -> None:
             "type": "realtime",
             "audio": {
                 "input": {
-                    "transcription": {"model": "gpt-4o-mini-transcribe"},
+                    "transcription": {"model": "gpt-realtime-whisper"},
                     "turn_detection": {"type": "server_vad", "idle_timeout_ms": 5000},
                 }
             },

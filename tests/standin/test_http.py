@@ -36,7 +36,7 @@ async def test_client_secret_has_the_ga_shape(standin: StandIn) -> None:
         "expires_after": {"anchor": "created_at", "seconds": 120},
         "session": {
             "type": "realtime",
-            "model": "gpt-realtime",
+            "model": "gpt-realtime-2.1",
             "instructions": "Be brief.",
             "audio": {"output": {"voice": "cedar"}},
         },
@@ -68,7 +68,7 @@ async def test_client_secret_has_the_ga_shape(standin: StandIn) -> None:
             {"expires_after": {"anchor": "now"}, "session": {"type": "realtime"}},
             "expires_after.anchor",
         ),
-        ({"session": {"model": "gpt-realtime"}}, "session.type"),
+        ({"session": {"model": "gpt-realtime-2.1"}}, "session.type"),
         (
             {"session": {"type": "realtime", "audio": {"output": {"voice": "nope"}}}},
             "session.audio.output.voice",
@@ -135,7 +135,11 @@ async def test_one_key_opens_several_calls_and_hangup(standin: StandIn) -> None:
 
 async def test_multipart_call_with_the_standard_key(standin: StandIn) -> None:
     peer = GaPeer(standin.base_url, API_KEY)
-    session = {"type": "realtime", "model": "gpt-realtime", "audio": {"output": {"voice": "ash"}}}
+    session = {
+        "type": "realtime",
+        "model": "gpt-realtime-2.1",
+        "audio": {"output": {"voice": "ash"}},
+    }
     assert (await peer.connect(multipart_session=session)).status_code == 201
     created = await peer.wait_for("session.created")
     assert created["session"]["audio"]["output"]["voice"] == "ash"
@@ -161,7 +165,7 @@ async def test_the_openai_sdk_works_against_the_stand_in(standin: StandIn) -> No
     client = OpenAI(api_key=API_KEY, base_url=f"{standin.base_url}/v1", max_retries=0)
     secret = await asyncio.to_thread(
         client.realtime.client_secrets.create,
-        session={"type": "realtime", "model": "gpt-realtime"},
+        session={"type": "realtime", "model": "gpt-realtime-2.1"},
         expires_after={"anchor": "created_at", "seconds": 60},
     )
     assert secret.value.startswith("ek_")
@@ -172,7 +176,7 @@ async def test_the_openai_sdk_works_against_the_stand_in(standin: StandIn) -> No
     answer = await asyncio.to_thread(
         client.realtime.calls.create,
         sdp=pc.localDescription.sdp,
-        session={"type": "realtime", "model": "gpt-realtime"},
+        session={"type": "realtime", "model": "gpt-realtime-2.1"},
     )
     text = answer.read().decode() if hasattr(answer, "read") else str(answer)
     assert text.startswith("v=0")
