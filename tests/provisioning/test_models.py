@@ -425,3 +425,34 @@ def test_device_and_server_agree_on_the_defaults() -> None:
             assert db.get_one(Group, "default").profile["model"] == DEFAULT_MODEL
     finally:
         store.close()
+
+
+async def test_dashboard_shows_groups_on_retiring_models(standin: StandIn, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright
+
+    from tests.browser import CHROMIUM, chromium_args
+
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    async with ProvisioningServer(settings(url, standin), clock=day("2026-12-05")) as server:
+        server.store.ensure_group("kitchen", OLD)
+        admin = server.store.create_admin()
+        silence = tmp_path / "silence.wav"
+        silence.write_bytes(
+            b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80>\x00\x00"
+            b"\x00}\x00\x00\x02\x00\x10\x00data\x00\x00\x00\x00"
+        )
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(
+                executable_path=CHROMIUM, args=chromium_args(silence)
+            )
+            page = await browser.new_page()
+            await page.goto(f"{server.base_url}/dashboard")
+            await page.fill("#token", admin)
+            await page.click("button[type=submit]")
+            await page.wait_for_selector("#models li[data-group='kitchen']")
+            items = await page.locator("#models li").all_inner_texts()
+            await browser.close()
+    assert items == [
+        "Group kitchen: model gpt-realtime shuts down on 2027-01-20 (in 46 days) — move it: "
+        "provisioning group set kitchen --model gpt-realtime-2.1"
+    ]
