@@ -100,7 +100,8 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
             server.store.ensure_group("default", profile)
             say(
                 f"stand-in on {standin.base_url} (voice: {standin.voice.engine}); "
-                f"provisioning server on {server.base_url}"
+                f"provisioning server on {server.base_url}; model {profile['model']}, "
+                f"transcription {DEFAULT_TRANSCRIPTION_MODEL}"
             )
             token = server.store.create_token("default", label="demo")
             identity = await enroll(server.base_url, token, work / "state", "demo-device")
