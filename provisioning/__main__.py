@@ -132,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     ):
         return _move_groups(store, settings, args)
     elif args.command == "group" and args.action == "set":
-        store.ensure_group(
+        saved = store.ensure_group(
             args.name,
             json.loads(args.profile) if args.profile else None,
             json.loads(args.limits) if args.limits else None,
         )
+        for finding in settings.lifecycle().findings(saved.profile or {}):
+            print(f"provisioning: WARNING: {finding.describe(args.name)}", file=sys.stderr)
     elif args.command == "group" and args.action == "delete":
         outcome = store.delete_group(args.name)
         if outcome != "deleted":

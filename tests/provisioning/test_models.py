@@ -23,6 +23,7 @@ from provisioning.models import (
     DEFAULT_MODEL,
     DEFAULT_TRANSCRIPTION_MODEL,
     ModelLifecycle,
+    ModelWatch,
     SettingsError,
     group_findings,
     move_groups,
@@ -146,6 +147,44 @@ def test_models_list_parsing_tolerates_odd_entries() -> None:
     }
     assert parse_models_list(body) == {"a": dt.date(2027, 1, 20), "b": None, "c": None, "d": None}
     assert parse_models_list(["not", "an", "object"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("today", "warned"), [("2026-10-01", False), ("2026-12-05", True), ("2027-02-01", True)]
+)
+def test_the_log_and_metrics_warn_by_the_injected_clock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, today: str, warned: bool
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    store = Store(f"sqlite:///{tmp_path / 'p.db'}")
+    try:
+        store.ensure_group("default")
+        store.ensure_group("kitchen", {"type": "realtime", "model": "gpt-realtime"})
+        registry = CollectorRegistry()
+        watch = ModelWatch(store, ModelLifecycle(clock=day(today)), None, registry)
+        with caplog.at_level(logging.WARNING, logger="provisioning.models"):
+            found = watch.check()
+        metrics = generate_latest(registry).decode()
+    finally:
+        store.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "provisioning.models"]
+    gauge = (
+        'provisioning_group_model_shutdown_days{field="model",group="kitchen",'
+        'model="gpt-realtime",replacement="gpt-realtime-2.1"}'
+    )
+    if not warned:
+        assert (found, lines) == ({}, [])
+        assert gauge not in metrics
+        assert "provisioning_groups_on_retiring_models 0.0" in metrics
+        return
+    days = (dt.date(2027, 1, 20) - dt.date.fromisoformat(today)).days
+    assert list(found) == ["kitchen"], "the default group is on gpt-realtime-2.1"
+    assert len(lines) == 1
+    assert "group 'kitchen': model gpt-realtime" in lines[0]
+    assert "provisioning group set kitchen --model gpt-realtime-2.1" in lines[0]
+    assert f"{gauge} {float(days)}" in metrics
+    assert "provisioning_groups_on_retiring_models 1.0" in metrics
 
 
 # ---------------------------------------------------------------------- the mint path's guard
@@ -371,7 +410,7 @@ def test_cli_group_list_warns_and_group_set_moves_the_fleet(
     ]:
         profile = json.dumps({"type": "realtime", "model": model})
         assert cli(["--database-url", url, "group", "set", name, "--profile", profile]) == 0
-    capsys.readouterr()
+    assert "group 'lab': model gpt-realtime-mini shuts down" in capsys.readouterr().err
     assert cli(["--database-url", url, "group", "list"]) == 0
     out, err = capsys.readouterr()
     assert "kitchen" in out
