@@ -173,8 +173,9 @@ def install(
                 raise ValueError
         except (ValueError, TypeError, AttributeError):
             return _error(400, "bad_request", "profile must be a session object with a type")
-        await run_in_threadpool(store.ensure_group, name[:64], profile, limits)
-        return JSONResponse({"name": name})
+        saved = await run_in_threadpool(store.ensure_group, name[:64], profile, limits)
+        found = lifecycle.findings(saved.profile or {}) if lifecycle is not None else []
+        return JSONResponse({"name": name, "model_warnings": [f.as_json() for f in found]})
 
     @router.delete("/groups/{name}")
     async def delete_group(name: str, request: Request) -> Response:

@@ -319,11 +319,18 @@ async def test_refresh_from_the_stand_ins_models_list(
                     headers={"Authorization": f"Bearer {admin}"},
                 )
             ).json()["groups"]
+            put = await http.put(
+                f"{server.base_url}/v1/admin/groups/old",
+                headers={"Authorization": f"Bearer {admin}"},
+                json={"profile": {"type": "realtime", "model": "gpt-realtime"}},
+            )
         assert (
             'provisioning_group_model_shutdown_days{field="model",group="default",'
             f'model="{DEFAULT_MODEL}",replacement=""}} 30.0'
         ) in metrics
         assert "provisioning_groups_on_retiring_models 1.0" in metrics
+        assert put.status_code == 200
+        assert [w["model"] for w in put.json()["model_warnings"]] == ["gpt-realtime"]
         warnings = {g["name"]: g["model_warnings"] for g in groups}
         assert warnings["new"] == []
         assert warnings["default"][0]["shutdown_date"] == "2027-01-04"
