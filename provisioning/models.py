@@ -226,7 +226,6 @@ class ModelLifecycle:
         self.overrides = dict(overrides or {})
         self.upstream: dict[str, dt.date | None] = {}
         """What the last ``GET /v1/models`` said (empty until a refresh)."""
-        self.refreshed_at: float | None = None
         self.warn_days, self.policy, self.clock = warn_days, policy, clock
         self._retired: tuple[int, frozenset[str]] | None = None
         """(day, models past their shutdown date on that day): the mint path's lookup."""
@@ -267,7 +266,6 @@ class ModelLifecycle:
             m for m, d in dates.items() if self.shutdown_date(m) != d and m not in self.overrides
         ]
         self.upstream = dict(dates)
-        self.refreshed_at = self.clock()
         self._retired = None
         return changed
 
@@ -311,6 +309,10 @@ class ModelLifecycle:
         if isinstance(audio, dict) and isinstance(audio.get("input"), dict):
             tr = audio["input"].get("transcription")
             tr_model = tr.get("model") if isinstance(tr, dict) else None
+        if not isinstance(model, str):
+            model = None  # not a model name: the upstream will say what it thinks of it
+        if not isinstance(tr_model, str):
+            tr_model = None
         if model not in retired and tr_model not in retired:
             return Guarded(profile)
         gone = [f for f in self.findings(profile) if f.retired]

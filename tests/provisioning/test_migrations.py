@@ -248,6 +248,7 @@ def test_groups_on_models_with_a_shutdown_date_are_moved(
             "type": "transcription",
             "audio": {"input": {"transcription": {"model": "whisper-1"}}},
         },
+        "odd": {"type": "realtime", "model": ["?"], "audio": {"input": {"transcription": 1}}},
         "diarize": {
             "type": "transcription",
             "audio": {"input": {"transcription": {"model": "gpt-4o-transcribe-diarize"}}},
@@ -284,6 +285,7 @@ def test_groups_on_models_with_a_shutdown_date_are_moved(
     )
     assert "model" not in after["dictation"], "a transcription session names no model"
     assert after["diarize"] == profiles["diarize"], "no replacement: left alone, flagged"
+    assert after["odd"] == profiles["odd"], "not a model name: left alone"
     by_group = {d["group"]: d for d in moves}
     assert set(by_group) == {"old", "mini", "unnamed", "dictation"}
     assert by_group["old"]["before"] == {

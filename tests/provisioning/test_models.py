@@ -217,6 +217,8 @@ def test_guard_passes_substitutes_or_refuses() -> None:
     assert no_replacement.replacement is None
     assert after.guard({"type": "realtime"}).profile["model"] == DEFAULT_MODEL
     assert "model" not in after.guard({"type": "transcription"}).profile
+    odd = {"model": {"not": "a name"}, "audio": {"input": {"transcription": []}}}
+    assert after.guard(odd).profile is odd, "an odd profile passes; the upstream judges it"
 
 
 # ---------------------------------------------------------------------- server, stand-in

@@ -56,21 +56,25 @@ LEFT_ALONE = {"gpt-4o-transcribe-diarize"}
 def moved(profile: dict[str, Any]) -> dict[str, Any]:
     """The profile with its models replaced (a copy; equal to it when nothing moves)."""
     out: dict[str, Any] = json.loads(json.dumps(profile))
-    if out.get("type", "realtime") == "realtime":
-        model = out.get("model")
+    model = out.get("model")
+    if out.get("type", "realtime") == "realtime" and (model is None or isinstance(model, str)):
         out["model"] = DEFAULT if model is None else MOVES.get(model, model)
-    tr = ((out.get("audio") or {}).get("input") or {}).get("transcription")
-    if isinstance(tr, dict) and tr.get("model") in TRANSCRIPTION_MOVES:
-        tr["model"] = TRANSCRIPTION_MOVES[tr["model"]]
+    audio = out.get("audio")
+    inp = audio.get("input") if isinstance(audio, dict) else None
+    tr = inp.get("transcription") if isinstance(inp, dict) else None
+    if isinstance(tr, dict) and isinstance(tr.get("model"), str):
+        tr["model"] = TRANSCRIPTION_MOVES.get(tr["model"], tr["model"])
     return out
 
 
 def _models(profile: dict[str, Any]) -> dict[str, Any]:
-    tr = ((profile.get("audio") or {}).get("input") or {}).get("transcription")
+    audio = profile.get("audio")
+    inp = audio.get("input") if isinstance(audio, dict) else None
+    tr = inp.get("transcription") if isinstance(inp, dict) else None
     found = {"model": profile.get("model")}
     if isinstance(tr, dict):
         found["transcription"] = tr.get("model")
-    return {k: v for k, v in found.items() if v is not None}
+    return {k: v for k, v in found.items() if isinstance(v, str)}
 
 
 def upgrade() -> None:
