@@ -414,6 +414,8 @@ class ModelWatch:
             registry=registry,
         )
         registry.register(_FindingsCollector(self))
+        self.refreshed_at = 0.0
+        """When the dates were last read from the upstream (0: never)."""
         self._task: asyncio.Task[None] | None = None
         self._told: dict[tuple[str, str], float] = {}
         """When each (group, model) was last logged by the mint path."""
@@ -430,6 +432,7 @@ class ModelWatch:
             log.warning("model shutdown dates not refreshed: %s", exc)
             return False
         changed = self.lifecycle.update_from_upstream(dates)
+        self.refreshed_at = time.time()
         log.info(
             "model shutdown dates refreshed from the upstream: %d models, %d changed%s",
             len(dates),
@@ -525,4 +528,9 @@ class _FindingsCollector:
             "provisioning_groups_on_retiring_models",
             "Groups whose model shuts down within the warning window",
             value=len(found),
+        )
+        yield GaugeMetricFamily(
+            "provisioning_model_dates_refreshed_timestamp_seconds",
+            "When the shutdown dates were last read from the upstream's /v1/models (0: never)",
+            value=self.watch.refreshed_at,
         )

@@ -177,6 +177,7 @@ def test_the_log_and_metrics_warn_by_the_injected_clock(
         assert (found, lines) == ({}, [])
         assert gauge not in metrics
         assert "provisioning_groups_on_retiring_models 0.0" in metrics
+        assert "provisioning_model_dates_refreshed_timestamp_seconds 0.0" in metrics
         return
     days = (dt.date(2027, 1, 20) - dt.date.fromisoformat(today)).days
     assert list(found) == ["kitchen"], "the default group is on gpt-realtime-2.1"
@@ -331,6 +332,7 @@ async def test_refresh_from_the_stand_ins_models_list(
             f'model="{DEFAULT_MODEL}",replacement=""}} 30.0'
         ) in metrics
         assert "provisioning_groups_on_retiring_models 1.0" in metrics
+        assert "provisioning_model_dates_refreshed_timestamp_seconds 0.0" not in metrics
         assert put.status_code == 200
         assert [w["model"] for w in put.json()["model_warnings"]] == ["gpt-realtime"]
         warnings = {g["name"]: g["model_warnings"] for g in groups}
