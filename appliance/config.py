@@ -94,7 +94,8 @@ class RealtimeConfig:
     """With ``mode = "transcription"``: POST each transcript here as JSON (empty: log only)."""
     transcription_model: str = DEFAULT_TRANSCRIPTION_MODEL
     """Transcribe the user's speech with this model (journal, heartbeat, carry-over after a
-    reconnect); empty disables input transcription."""
+    reconnect); empty disables input transcription. A group profile on the server that
+    names a transcription model wins over this one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,7 +108,7 @@ class RealtimeSession:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         await self._wait(self._created, "session.created")
         self.timings["created_s"] = time.perf_counter() - started
-        config = self._session
+        config = defer_to_group(self._session, key.session)
         if self._manual_turns:
             audio = config.get("audio", {})
             config = {
@@ -404,6 +404,25 @@ class RealtimeSession:
             self._updated.set()  # the update was refused; do not hold the uplink for 5 s
         elif code == "session_expired":
             self._lose("session_expired")
+
+
+def defer_to_group(session: JSON, minted: JSON) -> JSON:
+    """The device's ``session.update`` without its transcription model when the key's
+    session (the group's profile on the server) names one: the server chooses the models per
+    group, so moving a fleet is one command there (docs/models.md)."""
+    audio = minted.get("audio")
+    inp = audio.get("input") if isinstance(audio, dict) else None
+    theirs = inp.get("transcription") if isinstance(inp, dict) else None
+    mine = (session.get("audio") or {}).get("input") or {}
+    if (
+        not isinstance(theirs, dict)
+        or not theirs.get("model")
+        or "transcription" not in mine
+        or session.get("type") != minted.get("type")
+    ):
+        return session
+    rest = {k: v for k, v in mine.items() if k != "transcription"}
+    return {**session, "audio": {**session["audio"], "input": rest}}
 
 
 def ask_for_opus_fec(sdp: str) -> str:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from openai.types import Model
 
-from provisioning.models import DEFAULT_MODEL
+from provisioning.models import DEFAULT_MODEL, DEFAULT_TRANSCRIPTION_MODEL
 from provisioning.standin import StandIn
 from tests.standin.conftest import API_KEY
 from tests.standin.test_events import GET_TIME, connect
@@ -104,3 +104,46 @@ async def test_session_update_changing_the_model_is_refused_whole(standin: Stand
         assert session["instructions"] != "Be brief.", "nothing of the refused update applied"
     finally:
         await peer.close()
+
+
+async def test_the_groups_transcription_model_beats_the_devices(standin: StandIn) -> None:
+    """A group moved to another transcription model on the server: the device's own
+    (its config default) must not override it in ``session.update``; a group that names
+    none leaves the device's in place."""
+    from appliance.audio.base import AudioFormat
+    from appliance.audio.wav import WavSink
+    from appliance.realtime.keys import EphemeralKey, StaticKeySource
+    from appliance.realtime.media import MicTrack
+    from appliance.realtime.webrtc import RealtimeSession
+
+    def transcribing(model: str) -> dict[str, Any]:
+        return {"type": "realtime", "audio": {"input": {"transcription": {"model": model}}}}
+
+    device_wants = transcribing(DEFAULT_TRANSCRIPTION_MODEL)
+    for group, expected in [
+        (transcribing("gpt-live-transcribe"), "gpt-live-transcribe"),
+        ({"type": "realtime"}, DEFAULT_TRANSCRIPTION_MODEL),
+    ]:
+        async with httpx.AsyncClient() as http:
+            minted = (
+                await http.post(
+                    f"{standin.base_url}/v1/realtime/client_secrets",
+                    headers={"Authorization": f"Bearer {API_KEY}"},
+                    json={"session": group},
+                )
+            ).json()
+        value, expires_at = minted["value"], minted["expires_at"]
+        key = EphemeralKey(value, expires_at, standin.base_url, minted["session"])
+        session = RealtimeSession(
+            keys=StaticKeySource(key),
+            session=device_wants,
+            mic=MicTrack(AudioFormat(16_000)),
+            sink=WavSink(None, AudioFormat(48_000)),
+            on_event=lambda _event: None,
+        )
+        await session.connect()
+        try:
+            call = standin.calls[session.call_id or ""]
+            assert call.session["audio"]["input"]["transcription"]["model"] == expected
+        finally:
+            await session.close()
