@@ -190,6 +190,8 @@ def _move_groups(store: Any, settings: Any, args: argparse.Namespace) -> int:
         if shutdown is not None and shutdown <= lifecycle.today():
             print(f"provisioning: {model} was shut down on {shutdown}", file=sys.stderr)
             return 1
+        if shutdown is not None and (shutdown - lifecycle.today()).days <= lifecycle.warn_days:
+            print(f"provisioning: WARNING: {model} shuts down on {shutdown}", file=sys.stderr)
         if not lifecycle.known(model) and not args.force:
             print(
                 f"provisioning: unknown model {model!r} (a typo would silence the group); "

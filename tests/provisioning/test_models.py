@@ -429,6 +429,8 @@ def test_cli_group_list_warns_and_group_set_moves_the_fleet(
     assert f"group 'kitchen': model gpt-realtime shuts down on {soon} (in 10 days)" in err
     assert "provisioning group set lab --model gpt-realtime-2.1-mini" in err
     assert "'default'" not in err
+    assert cli(["--database-url", url, "group", "set", "hall", "--model", "gpt-realtime-mini"]) == 0
+    assert f"WARNING: gpt-realtime-mini shuts down on {soon}" in capsys.readouterr().err
     assert cli(["--database-url", url, "group", "set", "lab", "--model", DEFAULT_MINI_MODEL]) == 0
     assert "moved 1 group(s): lab" in capsys.readouterr().out
     assert cli(["--database-url", url, "group", "set", "--all", "--model", DEFAULT_MODEL]) == 0
