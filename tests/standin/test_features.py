@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from provisioning.standin import StandIn, StandInConfig
+from provisioning.standin import StandIn
 from tests.peer import GaPeer
 from tests.speech import speech
-from tests.standin.conftest import API_KEY
+from tests.standin.conftest import scripted
 from tests.standin.test_events import GET_TIME, connect
 from tests.wire import extras, validate_client, validate_server
 
@@ -54,9 +54,7 @@ GET_WEATHER = {
 
 @pytest.fixture
 async def standin(tmp_path: Path) -> AsyncIterator[StandIn]:
-    script = tmp_path / "script.toml"
-    script.write_text(SCRIPT)
-    async with StandIn(StandInConfig(api_key=API_KEY, script=script)) as server:
+    async with scripted(tmp_path, SCRIPT) as server:
         yield server
 
 
