@@ -450,6 +450,8 @@ class Call:
             self._speaking = False
             self._speech_run = 0
             self._silence_ms = 0
+            if self._response is None and not self.track.pending():
+                self._arm_idle_timeout()  # idle from now on (e.g. VAD back after push-to-talk)
         self._send(ev.event("session.updated", session=self.session))
 
     def _append(self, data: JSON, event_id: str | None) -> None:
@@ -795,10 +797,11 @@ class Call:
 
     def _arm_idle_timeout(self) -> None:
         td = self.turn_detection
-        if not td or td.get("type") != "server_vad" or not td.get("idle_timeout_ms"):
-            return
         if self._idle_handle:
             self._idle_handle.cancel()
+            self._idle_handle = None
+        if not td or td.get("type") != "server_vad" or not td.get("idle_timeout_ms"):
+            return
         loop = asyncio.get_running_loop()
         self._idle_handle = loop.call_later(int(td["idle_timeout_ms"]) / 1000, self._idle_fired)
 

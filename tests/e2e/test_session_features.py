@@ -51,6 +51,15 @@ def received(standin: StandIn) -> list[dict[str, Any]]:
     return events
 
 
+def turn_detections(events: list[dict[str, Any]]) -> list[Any]:
+    """The turn detection of every session.update that set one, in order."""
+    return [
+        e["session"]["audio"]["input"]["turn_detection"]
+        for e in events
+        if e["type"] == "session.update" and "input" in e["session"].get("audio", {})
+    ]
+
+
 def server_errors(standin: StandIn) -> list[dict[str, Any]]:
     calls = standin.finished_calls + list(standin.calls.values())
     return [e["error"] for call in calls for e in call.sent if e["type"] == "error"]
@@ -126,11 +135,7 @@ async def test_after_a_local_barge_in_in_push_to_talk_server_vad_ends_the_next_t
         thinking = await dev.seen(m.State.THINKING, mark)
         await dev.seen(m.State.IDLE, thinking, within=30)
     events = received(standin)
-    turns = [
-        e["session"]["audio"]["input"]["turn_detection"]
-        for e in events
-        if e["type"] == "session.update" and "input" in e["session"].get("audio", {})
-    ]
+    turns = turn_detections(events)
     assert turns[-2] is None, "push-to-talk switched server VAD off"
     assert turns[-1]["type"] == "server_vad", "the barge-in switched it back on"
     assert [e["type"] for e in events].count("input_audio_buffer.commit") == 1, "only the PTT turn"
@@ -165,3 +170,31 @@ async def test_a_barge_in_during_an_announcement_truncates_nothing(
     assert "response.cancel" in kinds, "the announcement was cut"
     assert "conversation.item.truncate" not in kinds
     assert server_errors(standin) == []
+
+
+async def test_an_idle_timeout_reply_opens_a_hands_free_turn(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """server_vad's idle_timeout_ms: after a reply, silence makes the service commit it
+    (``input_audio_buffer.timeout_triggered``) and ask "are you still there?"; the device
+    shows it and then listens for the answer without a press."""
+    realtime = RealtimeConfig(idle_timeout_ms=5000)
+    async with device(standin, tmp_path, realtime=realtime, no_speech_s=1.0) as dev:
+        await dev.push_to_talk()
+        first_idle = await dev.seen(m.State.IDLE, 1)
+        speaking = await dev.seen(m.State.SPEAKING, first_idle, within=20)
+        listening = await dev.seen(m.State.LISTENING, speaking)
+        await dev.seen(m.State.IDLE, listening)
+        said = [text for role, text in dev.app.stats.transcripts if role == "assistant"]
+    assert dev.states()[first_idle:][:5] == [
+        m.State.IDLE,
+        m.State.THINKING,
+        m.State.SPEAKING,
+        m.State.LISTENING,
+        m.State.IDLE,  # nobody answered
+    ]
+    assert said[-1] == "Are you still there?"
+    turns = turn_detections(received(standin))
+    assert turns[-1]["idle_timeout_ms"] == 5000, "server VAD back on after push-to-talk"
+    calls = standin.finished_calls + list(standin.calls.values())
+    assert any(e["type"] == "input_audio_buffer.timeout_triggered" for c in calls for e in c.sent)
