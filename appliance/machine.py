@@ -362,6 +362,9 @@ class Snapshot:
     follow_up: bool = False
     """The service spoke up on its own (idle timeout): after its reply, listen hands-free
     so the user can answer without pressing."""
+    nudged: bool = False
+    """The service's idle timeout already asked once and nobody has spoken since: the next
+    one closes the session instead of asking again (nobody is there)."""
     audio_fault: bool = False
     """The mic/speaker is gone: ERROR is shown until it is back, activations are ignored."""
     heard_user: bool = False
@@ -439,7 +442,13 @@ def _end_turn(snap: Snapshot) -> Result:
 
 def _new_turn(snap: Snapshot, mode: Mode) -> Result:
     """Start a user turn: straight to LISTENING on a warm session, else connect first."""
-    fresh = {"mode": mode, "resume": False, "heard_user": False, "announcing": False}
+    fresh = {
+        "mode": mode,
+        "resume": False,
+        "heard_user": False,
+        "announcing": False,
+        "nudged": False,
+    }
     if snap.session_open:
         return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), **fresh)
     return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), **fresh)
@@ -693,9 +702,9 @@ def step(snap: Snapshot, event: Event) -> Result:
         # ---------------------------------------------------------- the conversation
         case State.LISTENING, SpeechStarted() if mode is Mode.HANDS_FREE:
             # user is talking: no-speech timer → turn cap
-            return _go(snap, State.LISTENING, heard_user=True)
+            return _go(snap, State.LISTENING, heard_user=True, nudged=False)
         case State.LISTENING, SpeechStarted():
-            return _stay(snap, heard_user=True)
+            return _stay(snap, heard_user=True, nudged=False)
         case State.LISTENING, SpeechStopped() if mode is Mode.HANDS_FREE:
             return _go(snap, State.THINKING, CloseUplink(), mode=Mode.NONE)
         case State.LISTENING, ResponseStarted() if mode is not Mode.PUSH_TO_TALK:
@@ -708,9 +717,12 @@ def step(snap: Snapshot, event: Event) -> Result:
                 responding=True,
                 reply_heard=False,
             )
+        case State.IDLE, InputTimedOut() if snap.session_open and snap.nudged:
+            # asked once already and nobody answered: stop, rather than ask forever
+            return _stay(snap, CloseSession(), session_open=False, **_QUIET)
         case State.IDLE, InputTimedOut() if snap.session_open:
             # the service answers the silence on its own; let the user reply afterwards
-            return _go(snap, State.THINKING, mode=Mode.NONE, follow_up=True)
+            return _go(snap, State.THINKING, mode=Mode.NONE, follow_up=True, nudged=True)
         case State.LISTENING, InputTimedOut() if mode is Mode.HANDS_FREE:
             return _go(snap, State.THINKING, CloseUplink(), mode=Mode.NONE, follow_up=True)
         case _, ResponseStarted():

@@ -601,16 +601,20 @@ def test_a_wake_word_or_a_tap_over_a_push_to_talk_reply_switches_server_vad_back
     assert not s.manual_turns
 
 
+TIMEOUT_REPLY: list[m.Event] = [
+    m.InputTimedOut(),
+    m.ResponseStarted("r1"),
+    m.ReplyAudioStarted("r1"),
+    m.ResponseDone("r1", "completed", True),
+    m.ReplyAudioStopped("r1"),
+]
+"""The service's idle timeout fires and its reply plays."""
+
+
 def test_an_idle_timeout_reply_is_followed_by_a_hands_free_turn() -> None:
     s, states, effects = run(
         m.Snapshot(session_open=True),
-        [
-            m.InputTimedOut(),
-            m.ResponseStarted("r1"),
-            m.ReplyAudioStarted("r1"),
-            m.ResponseDone("r1", "completed", True),
-            m.ReplyAudioStopped("r1"),
-        ],
+        TIMEOUT_REPLY,
     )
     assert states[:4] == [State.THINKING, State.THINKING, State.SPEAKING, State.SPEAKING]
     assert (s.state, s.mode) == (State.LISTENING, Mode.HANDS_FREE)
@@ -618,3 +622,19 @@ def test_an_idle_timeout_reply_is_followed_by_a_hands_free_turn() -> None:
     s, _ = m.step(s, m.TimerFired(TimerName.NO_SPEECH, s.epoch))
     assert s.state is State.IDLE
     assert not s.follow_up
+
+
+def test_a_second_idle_timeout_without_an_answer_closes_the_session() -> None:
+    s, _, _ = run(
+        m.Snapshot(session_open=True),
+        TIMEOUT_REPLY,
+    )
+    s, _ = m.step(s, m.TimerFired(TimerName.NO_SPEECH, s.epoch))
+    s, out = m.step(s, m.InputTimedOut())
+    assert (s.state, kinds(out)) == (State.IDLE, ["CloseSession"])
+    assert not s.session_open
+    answered, _, _ = run(
+        replace(s, session_open=True, nudged=True),
+        [m.ButtonPressed(), m.ButtonReleased(), m.SpeechStarted()],
+    )
+    assert not answered.nudged, "the user is back: the next timeout may ask again"
