@@ -263,3 +263,24 @@ async def test_good_feature_values_are_applied_and_echoed(standin: StandIn) -> N
     assert updated["audio"]["input"]["turn_detection"]["idle_timeout_ms"] == 6000
     no_extras(peer)
     await peer.close()
+
+
+def test_script_rules_for_parallel_calls_and_preambles() -> None:
+    from provisioning.standin.script import Rule, Script, _normalise
+
+    rule = Rule(**_normalise({"when_contains": "x", "calls": [{"name": "a"}, {"name": "b"}]}))
+    script = Script(rules=(rule,))
+    decision = script.decide(1, "x", {"a", "b"})
+    assert decision.calls == (("a", "{}"), ("b", "{}"))
+    assert decision.preamble is None, "left to the session's reasoning setting"
+    assert script.decide(1, "x", {"a"}).calls == (), "every tool must be declared"
+    both = Script.after_tool("{a} and {b}: {output}", '{"a": 1}', '{"b": 2}')
+    assert both == '1 and 2: {"a": 1}; {"b": 2}'
+    bad: dict[str, Any]
+    for bad in (
+        {"calls": []},
+        {"calls": [{"name": "a"}], "call": "b"},
+        {"calls": [{"arguments": {}}]},
+    ):
+        with pytest.raises(ValueError, match="calls"):
+            _normalise(dict(bad))
