@@ -24,7 +24,7 @@ from appliance.audio.base import AudioFormat, AudioSink, AudioSource, SinkWrappe
 from appliance.audio.earcons import cue_frames
 from appliance.audio.frontend import DSP_FORMAT, FrontEnd, Heard
 from appliance.camera import data_url, jpeg_budget, jpeg_that_fits, make_camera
-from appliance.config import DEFAULT_TRANSCRIPTION_MODEL, Config
+from appliance.config import Config
 from appliance.devicetools import GainSink, Timers, Volume, register_device_tools
 from appliance.errors import (
     AudioDeviceError,
@@ -37,6 +37,7 @@ from appliance.errors import (
 )
 from appliance.leds import PATTERNS, LedDriver
 from appliance.realtime import messages as msg
+from appliance.realtime import session_config
 from appliance.realtime.keys import KeySource
 from appliance.realtime.media import MicTrack
 from appliance.realtime.tools import Tool, ToolRegistry
@@ -374,31 +375,7 @@ class App:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
 
     def session_config(self) -> dict[str, Any]:
-        rt = self.config.realtime
-        turn: dict[str, Any] = {"type": rt.turn_detection}
-        if rt.turn_detection == "server_vad":
-            turn |= {
-                "threshold": rt.vad_threshold,
-                "silence_duration_ms": rt.silence_ms,
-                "prefix_padding_ms": rt.prefix_padding_ms,
-            }
-        if rt.mode == "transcription":
-            model = rt.transcription_model or DEFAULT_TRANSCRIPTION_MODEL
-            return {
-                "type": "transcription",
-                "audio": {"input": {"turn_detection": turn, "transcription": {"model": model}}},
-            }
-        session: dict[str, Any] = {
-            "type": "realtime",
-            "audio": {"input": {"turn_detection": turn}, "output": {"voice": rt.voice}},
-        }
-        if rt.transcription_model:
-            session["audio"]["input"]["transcription"] = {"model": rt.transcription_model}
-        if rt.instructions:
-            session["instructions"] = rt.instructions
-        if rt.tools:
-            session["tools"] = self.tools.schemas()
-        return session
+        return session_config.build(self.config, self.tools.schemas())
 
     async def _open_session(self) -> None:
         await self._close_session()

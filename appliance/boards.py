@@ -26,17 +26,23 @@ class BoardProfile:
     """Number of APA102 LEDs on SPI0 (ReSpeaker HATs)."""
     led_power_pin: int | None = None
     """BCM pin that powers the LED ring (ReSpeaker 4-mic: GPIO5)."""
+    mic_field: str = "near_field"
+    """Where the mic usually is, for the service's noise reduction: ``near_field`` (a USB
+    or headset mic close to the speaker's mouth) or ``far_field`` (a HAT's mic array
+    hearing the room from across it)."""
 
 
 PROFILES: dict[str, BoardProfile] = {
     "generic": BoardProfile("generic", button_pin=17, led_pin=25),
     "generic-rgb": BoardProfile("generic-rgb", button_pin=17, rgb_pins=(5, 6, 13)),
     "mock": BoardProfile("mock", button_pin=17, led_pin=25),
-    "respeaker-2mic": BoardProfile("respeaker-2mic", button_pin=17, apa102_count=3),
-    "respeaker-4mic": BoardProfile(
-        "respeaker-4mic", button_pin=None, apa102_count=12, led_power_pin=5
+    "respeaker-2mic": BoardProfile(
+        "respeaker-2mic", button_pin=17, apa102_count=3, mic_field="far_field"
     ),
-    "aiy-voice": BoardProfile("aiy-voice", button_pin=23, led_pin=25),
+    "respeaker-4mic": BoardProfile(
+        "respeaker-4mic", button_pin=None, apa102_count=12, led_power_pin=5, mic_field="far_field"
+    ),
+    "aiy-voice": BoardProfile("aiy-voice", button_pin=23, led_pin=25, mic_field="far_field"),
 }
 
 

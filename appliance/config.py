@@ -96,6 +96,50 @@ class RealtimeConfig:
     """Transcribe the user's speech with this model (journal, heartbeat, carry-over after a
     reconnect); empty disables input transcription. A group profile on the server that
     names a transcription model wins over this one."""
+    eagerness: str = field(default="auto", metadata=_choice("auto", "low", "medium", "high"))
+    """With ``turn_detection = "semantic_vad"``: how soon the model takes its turn (``low``
+    waits up to 8 s for the user to go on, ``medium``/``auto`` 4 s, ``high`` 2 s)."""
+    idle_timeout_ms: int = 0
+    """With ``server_vad``: after a reply has played, if the user says nothing for this long
+    (5000–30000 ms) the model speaks up on its own ("are you still there?") and the device
+    listens for the answer; 0: never."""
+    noise_reduction: str = field(
+        default="board", metadata=_choice("board", "near_field", "far_field", "off")
+    )
+    """The service's input noise reduction: ``near_field`` (a mic close to the mouth),
+    ``far_field`` (a mic across the room, e.g. a ReSpeaker array), ``off``, or ``board``:
+    what ``device.board``'s profile says."""
+    reasoning_effort: str = field(
+        default="", metadata=_choice("", "minimal", "low", "medium", "high", "xhigh")
+    )
+    """Reasoning models (``gpt-realtime-2`` and later) only: how hard the model thinks before
+    answering; empty keeps the fleet profile's (or the model's default, ``low``). Other
+    models refuse the setting."""
+    parallel_tool_calls: bool | None = None
+    """Reasoning models only: may the model call several tools in one response (the device
+    runs them together)? Unset keeps the fleet profile's."""
+    max_output_tokens: int = 0
+    """Cap on one reply, tool calls included (1–4096 tokens); 0 keeps the profile's (no cap)."""
+    truncation: str = field(default="", metadata=_choice("", "auto", "disabled", "retention_ratio"))
+    """What the service does when the conversation outgrows the context: ``auto`` (drop the
+    oldest items), ``disabled`` (fail instead), ``retention_ratio`` (drop down to
+    ``retention_ratio`` of the limit at once, which keeps the prompt cache longer); empty
+    keeps the profile's."""
+    retention_ratio: float = 0.8
+    """With ``truncation = "retention_ratio"``: the fraction of the conversation kept, 0–1."""
+    truncation_token_limit: int = 0
+    """With ``truncation = "retention_ratio"``: truncate once the conversation after the
+    instructions exceeds this many tokens (0: the model's own limit)."""
+
+    def __post_init__(self) -> None:
+        if self.idle_timeout_ms and not 5000 <= self.idle_timeout_ms <= 30000:
+            raise ConfigError("realtime.idle_timeout_ms", "must be 0 or 5000–30000")
+        if self.idle_timeout_ms and self.turn_detection != "server_vad":
+            raise ConfigError("realtime.idle_timeout_ms", "works with server_vad only")
+        if self.max_output_tokens > 4096:
+            raise ConfigError("realtime.max_output_tokens", "must be 0 (no cap) or 1–4096")
+        if not 0.0 <= self.retention_ratio <= 1.0:
+            raise ConfigError("realtime.retention_ratio", "must be between 0 and 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,6 +168,12 @@ class ToolFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class InputTimedOut:
+    """``input_audio_buffer.timeout_triggered``: the service's idle timeout committed the
+    silence and is answering on its own (e.g. "are you still there?")."""
+
+
+@dataclass(frozen=True, slots=True)
 class AnnouncementDue:
     """Something must be said out of band (a timer fired): connect if needed, then say it
     once the device is idle."""
@@ -208,6 +214,7 @@ Event = (
     | ResponseDone
     | ToolCallRequested
     | ToolFinished
+    | InputTimedOut
     | AnnouncementDue
     | AudioFault
     | AudioRestored
@@ -344,6 +351,20 @@ class Snapshot:
     """How long OFFLINE waits before going back to IDLE (from back-off or ``Retry-After``)."""
     awaiting_reply: bool = False
     """A ``response.create`` was asked for and its ``response.created`` has not come yet."""
+    responding: bool = False
+    """A response is under way (``response.created`` seen, its ``response.done`` not yet):
+    its audio may pause (a spoken preamble before a tool call) without the reply being over."""
+    outputs_due: bool = False
+    """Tool outputs were sent that still need their one ``response.create``: it goes out
+    once every tool of the response has answered and the response is done."""
+    reply_heard: bool = False
+    """The current response's audio has started (so a done response is not waiting for it)."""
+    follow_up: bool = False
+    """The service spoke up on its own (idle timeout): after its reply, listen hands-free
+    so the user can answer without pressing."""
+    nudged: bool = False
+    """The service's idle timeout already asked once and nobody has spoken since: the next
+    one closes the session instead of asking again (nobody is there)."""
     audio_fault: bool = False
     """The mic/speaker is gone: ERROR is shown until it is back, activations are ignored."""
     heard_user: bool = False
@@ -396,7 +417,17 @@ def _stay(snap: Snapshot, *effects: Effect, **changes: object) -> Result:
 
 
 def _end_turn(snap: Snapshot) -> Result:
-    """Back to IDLE after a reply; the session stays warm for a while."""
+    """Back to IDLE after a reply; the session stays warm for a while. After a reply the
+    service started on its own (idle timeout), listen hands-free for the user's answer."""
+    if snap.follow_up and snap.session_open:
+        return _go(
+            snap,
+            State.LISTENING,
+            OpenUplink(),
+            mode=Mode.HANDS_FREE,
+            heard_user=False,
+            follow_up=False,
+        )
     if snap.manual_turns:
         return _go(
             snap,
@@ -411,10 +442,40 @@ def _end_turn(snap: Snapshot) -> Result:
 
 def _new_turn(snap: Snapshot, mode: Mode) -> Result:
     """Start a user turn: straight to LISTENING on a warm session, else connect first."""
-    fresh = {"mode": mode, "resume": False, "heard_user": False, "announcing": False}
+    fresh = {
+        "mode": mode,
+        "resume": False,
+        "heard_user": False,
+        "announcing": False,
+        "nudged": False,
+    }
     if snap.session_open:
         return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), **fresh)
     return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), **fresh)
+
+
+def _vad_back(snap: Snapshot) -> tuple[tuple[Effect, ...], dict[str, object]]:
+    """A hands-free turn needs the service's VAD: switch it back on if push-to-talk had
+    switched it off (effects, snapshot changes)."""
+    if snap.manual_turns:
+        return (SetTurnDetection(server_vad=True),), {"manual_turns": False}
+    return (), {}
+
+
+def _reply_over(snap: Snapshot) -> bool:
+    """Nothing more is coming for this turn: no response under way, no tool running, no
+    tool output or response request waiting."""
+    return not (snap.responding or snap.pending_tools or snap.outputs_due or snap.awaiting_reply)
+
+
+_QUIET = {
+    "pending_tools": 0,
+    "awaiting_reply": False,
+    "responding": False,
+    "outputs_due": False,
+    "follow_up": False,
+}
+"""Nothing in flight any more (a session closed or was lost)."""
 
 
 def _hang_up(snap: Snapshot) -> tuple[Effect, ...]:
@@ -443,10 +504,9 @@ def _offline(
         mode=Mode.NONE,
         manual_turns=False,
         session_open=False,
-        pending_tools=0,
-        awaiting_reply=False,
         announcing=False,
         failures=failures,
+        **_QUIET,
         retry_s=max(backoff, retry_after or 0.0),
         **changes,
     )
@@ -498,9 +558,7 @@ def step(snap: Snapshot, event: Event) -> Result:
                 awaiting_reply=True,
             )
         case State.THINKING | State.SPEAKING, TimerFired(name=TimerName.REPLY):
-            return _go(
-                snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE, pending_tools=0
-            )
+            return _go(snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE, **_QUIET)
         case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD) if snap.audio_fault:
             return snap, ()  # stays until the device is back
         case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD):
@@ -512,7 +570,7 @@ def step(snap: Snapshot, event: Event) -> Result:
         case State.OFFLINE, TimerFired(name=TimerName.RETRY):
             return _go(snap, State.IDLE)
         case State.IDLE, TimerFired(name=TimerName.SESSION_IDLE):
-            return _stay(snap, CloseSession(), session_open=False)
+            return _stay(snap, CloseSession(), session_open=False, **_QUIET)
 
         # ---------------------------------------------------------- audio device
         case State.MUTED, AudioFault():
@@ -525,9 +583,9 @@ def step(snap: Snapshot, event: Event) -> Result:
                 PlayCue("error"),
                 mode=Mode.NONE,
                 session_open=False,
-                pending_tools=0,
                 resume=False,
                 audio_fault=True,
+                **_QUIET,
             )
         case State.ERROR, AudioRestored() if snap.audio_fault:
             return _go(snap, State.IDLE, audio_fault=False)
@@ -548,7 +606,7 @@ def step(snap: Snapshot, event: Event) -> Result:
                 *_hang_up(snap),
                 mode=Mode.NONE,
                 session_open=False,
-                pending_tools=0,
+                **_QUIET,
             )
         case State.MUTED, _:
             return snap, ()
@@ -563,7 +621,8 @@ def step(snap: Snapshot, event: Event) -> Result:
                 snap, SetTurnDetection(server_vad=False), mode=Mode.PUSH_TO_TALK, manual_turns=True
             )
         case State.CONNECTING | State.LISTENING, ButtonReleased() if mode is Mode.PRESSED:
-            return _stay(snap, mode=Mode.HANDS_FREE)  # a tap: server VAD ends the turn
+            vad, changes = _vad_back(snap)  # a tap: server VAD ends the turn
+            return _stay(snap, *vad, mode=Mode.HANDS_FREE, **changes)
         case State.CONNECTING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
             return _go(snap, State.IDLE, CloseSession(), mode=Mode.NONE)  # let go before it was up
         case State.LISTENING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
@@ -578,15 +637,19 @@ def step(snap: Snapshot, event: Event) -> Result:
             )
         case State.THINKING | State.SPEAKING, ButtonPressed() | WakeDetected():
             # interrupt the model and start a new user turn at once
-            new_mode = Mode.PRESSED if isinstance(event, ButtonPressed) else Mode.HANDS_FREE
+            # (a press may turn into a tap: the release switches server VAD back on then)
+            hands_free = isinstance(event, WakeDetected)
+            vad, changes = _vad_back(snap) if hands_free else ((), {})
             return _go(
                 snap,
                 State.LISTENING,
                 CancelReply(),
+                *vad,
                 PlayCue("wake"),
                 OpenUplink(),
-                mode=new_mode,
-                pending_tools=0,
+                mode=Mode.HANDS_FREE if hands_free else Mode.PRESSED,
+                heard_user=False,
+                **{**_QUIET, "responding": snap.responding, **changes},
             )
 
         # ---------------------------------------------------------- session
@@ -628,7 +691,7 @@ def step(snap: Snapshot, event: Event) -> Result:
                 resume=False,
             )
         case State.IDLE, SessionLost():
-            return _stay(snap, session_open=False)
+            return _stay(snap, session_open=False, **_QUIET)
         case State.CONNECTING, SessionLost():
             return _offline(snap, CloseSession())
         case State.LISTENING | State.THINKING | State.SPEAKING, SessionLost():
@@ -639,46 +702,83 @@ def step(snap: Snapshot, event: Event) -> Result:
         # ---------------------------------------------------------- the conversation
         case State.LISTENING, SpeechStarted() if mode is Mode.HANDS_FREE:
             # user is talking: no-speech timer → turn cap
-            return _go(snap, State.LISTENING, heard_user=True)
+            return _go(snap, State.LISTENING, heard_user=True, nudged=False)
         case State.LISTENING, SpeechStarted():
-            return _stay(snap, heard_user=True)
+            return _stay(snap, heard_user=True, nudged=False)
         case State.LISTENING, SpeechStopped() if mode is Mode.HANDS_FREE:
             return _go(snap, State.THINKING, CloseUplink(), mode=Mode.NONE)
         case State.LISTENING, ResponseStarted() if mode is not Mode.PUSH_TO_TALK:
-            return _go(snap, State.THINKING, CloseUplink(), mode=Mode.NONE, awaiting_reply=False)
-        case State.THINKING | State.SPEAKING, ResponseStarted():
-            return _stay(snap, awaiting_reply=False)
+            return _go(
+                snap,
+                State.THINKING,
+                CloseUplink(),
+                mode=Mode.NONE,
+                awaiting_reply=False,
+                responding=True,
+                reply_heard=False,
+            )
+        case State.IDLE, InputTimedOut() if snap.session_open and snap.nudged:
+            # asked once already and nobody answered: stop, rather than ask forever
+            return _stay(snap, CloseSession(), session_open=False, **_QUIET)
+        case State.IDLE, InputTimedOut() if snap.session_open:
+            # the service answers the silence on its own; let the user reply afterwards
+            return _go(snap, State.THINKING, mode=Mode.NONE, follow_up=True, nudged=True)
+        case State.LISTENING, InputTimedOut() if mode is Mode.HANDS_FREE:
+            return _go(snap, State.THINKING, CloseUplink(), mode=Mode.NONE, follow_up=True)
+        case _, ResponseStarted():
+            return _stay(snap, awaiting_reply=False, responding=True, reply_heard=False)
         case State.THINKING, ReplyAudioStarted():
-            return _go(snap, State.SPEAKING)
+            return _go(snap, State.SPEAKING, reply_heard=True)
         case State.IDLE, ReplyAudioStarted() if snap.session_open:
-            return _go(snap, State.SPEAKING)  # an announcement (timer, reconnect)
+            return _go(snap, State.SPEAKING, reply_heard=True)  # an announcement (timer, …)
         case State.SPEAKING, SpeechStarted():
             # barge-in detected by the service (or locally): stop talking, listen
-            return _go(snap, State.LISTENING, CancelReply(), OpenUplink(), mode=Mode.HANDS_FREE)
+            vad, changes = _vad_back(snap)
+            return _go(
+                snap,
+                State.LISTENING,
+                CancelReply(),
+                *vad,
+                OpenUplink(),
+                mode=Mode.HANDS_FREE,
+                heard_user=False,
+                **{**_QUIET, "responding": snap.responding, **changes},
+            )
         case State.SPEAKING, ReplyAudioStopped():
-            if snap.pending_tools or snap.awaiting_reply:
-                return _go(snap, State.THINKING)
-            return _end_turn(snap)
-        case State.THINKING, ResponseDone(had_audio=False) if not (
-            snap.pending_tools or snap.awaiting_reply
-        ):
-            return _end_turn(snap)  # a reply without audio (e.g. failed or text-only)
+            if _reply_over(snap):
+                return _end_turn(snap)
+            # a preamble ("let me check") before a tool call, or more to come
+            return _go(snap, State.THINKING)
+        case _, ResponseDone():
+            return _response_done(snap, event)
         case State.THINKING | State.SPEAKING | State.LISTENING, ToolCallRequested():
             call = RunTool(event.call_id, event.name, event.arguments)
             return _stay(snap, call, pending_tools=snap.pending_tools + 1)
         case State.THINKING | State.SPEAKING, ToolFinished():
             pending = max(0, snap.pending_tools - 1)
             output = SendToolOutput(event.call_id, event.output)
+            if pending or snap.responding:
+                # parallel calls: answer each now, ask for the reply once, after the last
+                return _stay(snap, output, pending_tools=pending, outputs_due=True)
+            asked = {"pending_tools": 0, "outputs_due": False, "awaiting_reply": True}
             if state is State.THINKING:
-                return _go(
-                    snap,
-                    State.THINKING,
-                    output,
-                    RequestResponse(),
-                    pending_tools=pending,
-                    awaiting_reply=True,
-                )
-            return _stay(
-                snap, output, RequestResponse(), pending_tools=pending, awaiting_reply=True
-            )
+                return _go(snap, State.THINKING, output, RequestResponse(), **asked)
+            return _stay(snap, output, RequestResponse(), **asked)
+    return snap, ()
+
+
+def _response_done(snap: Snapshot, event: ResponseDone) -> Result:
+    """``response.done``: ask for the answer to tool outputs now if the response was the
+    last thing they waited for; end a turn whose audio already finished."""
+    snap = replace(snap, responding=False)
+    if snap.state not in (State.THINKING, State.SPEAKING):
+        return snap, ()
+    if snap.outputs_due and not snap.pending_tools:
+        asked = {"outputs_due": False, "awaiting_reply": True}
+        if snap.state is State.THINKING:
+            return _go(snap, State.THINKING, RequestResponse(), **asked)
+        return _stay(snap, RequestResponse(), **asked)
+    audio_to_come = event.had_audio and not snap.reply_heard
+    if snap.state is State.THINKING and _reply_over(snap) and not audio_to_come:
+        return _end_turn(snap)  # no audio (text-only, failed), or it already finished
     return snap, ()

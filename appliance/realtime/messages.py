@@ -144,6 +144,8 @@ def to_machine_event(data: JSON) -> m.Event | None:
                 return m.SpeechStarted()
             case "input_audio_buffer.speech_stopped":
                 return m.SpeechStopped()
+            case "input_audio_buffer.timeout_triggered":
+                return m.InputTimedOut()
             case "response.created":
                 return m.ResponseStarted(str(data["response"]["id"]))
             case "output_audio_buffer.started":

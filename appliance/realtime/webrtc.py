@@ -82,6 +82,12 @@ class RealtimeSession:
         self._response_active = False
         self._response_wanted = False
         self._reply_item: str | None = None
+        """The assistant message whose audio is playing (of the current response)."""
+        self.conversation: set[str] = set()
+        """Ids of the items in the conversation (``conversation.item.added`` … ``.deleted``);
+        out-of-band responses add none, so their items are never truncated."""
+        self._segments: dict[str, list[str]] = {}
+        """Diarized transcription segments by user item, until its transcript completes."""
         self.timings: dict[str, float] = {}
         self.server_events = 0
         self.last_server_event = time.monotonic()
@@ -298,8 +304,9 @@ class RealtimeSession:
             self.send(msg.response_cancel())
         self.send(msg.output_audio_clear())
         self.playout.interrupt()
-        if self._reply_item is not None and played > 0:
-            self.send(msg.truncate(self._reply_item, played))
+        if self._reply_item in self.conversation and played > 0:
+            # an out-of-band announcement's item is in no conversation: nothing to truncate
+            self.send(msg.truncate(str(self._reply_item), played))
         self._response_wanted = False
 
     # ------------------------------------------------------------------ receiving
@@ -348,20 +355,25 @@ class RealtimeSession:
         elif kind == "response.created":
             self._response_active = True
             self.partial_reply = ""
+            self._reply_item = None
             response = data["response"]
             if (response.get("metadata") or {}).get("kind"):
                 self._announcements.add(str(response["id"]))
         elif kind == "response.done":
             self._response_active = False
-            if self._response_wanted:
-                self._response_wanted = False
-                self.request_response()
+            self._response_done(data["response"])
         elif kind == "response.output_item.added":
             item = data["item"]
             if item.get("type") == "message" and item.get("role") == "assistant":
                 self._reply_item = str(item["id"])
+        elif kind in ("conversation.item.added", "conversation.item.done"):
+            self.conversation.add(str(data["item"]["id"]))
+        elif kind == "conversation.item.deleted":
+            self.conversation.discard(str(data["item_id"]))
         elif kind == "output_audio_buffer.started":
             self.playout.reply_started()
+        elif kind == "output_audio_buffer.cleared":
+            self.playout.interrupt()  # the service cut its audio: drop what is queued here
         elif kind == "response.output_audio_transcript.delta":
             self.partial_reply += str(data["delta"])
         elif kind == "response.output_audio_transcript.done":
@@ -370,15 +382,37 @@ class RealtimeSession:
             if self._on_transcript:  # announcements are not part of the conversation
                 role = "announcement" if announcement else "assistant"
                 self._on_transcript(role, str(data["transcript"]))
+        elif kind == "conversation.item.input_audio_transcription.segment":
+            self._segments.setdefault(str(data["item_id"]), []).append(str(data["text"]))
         elif kind == "conversation.item.input_audio_transcription.completed":
+            self._segments.pop(str(data["item_id"]), None)
             if self._on_transcript:
                 self._on_transcript("user", str(data["transcript"]))
+        elif kind == "conversation.item.input_audio_transcription.failed":
+            # the final transcript failed: what the diarized segments said is the best left
+            heard = " ".join(self._segments.pop(str(data["item_id"]), []))
+            log.warning("transcription failed: %s", (data.get("error") or {}).get("message"))
+            if heard and self._on_transcript:
+                self._on_transcript("user", heard)
         elif kind == "error":
             self._on_error(data["error"])
         elif kind == "rate_limits.updated":
             self._on_rate_limits(list(data["rate_limits"]))
         elif kind not in _KNOWN:
             log.info("ignoring unknown server event %r", kind)
+
+    def _response_done(self, response: JSON) -> None:
+        details = response.get("status_details") or {}
+        if response.get("status") == "incomplete":
+            log.warning(
+                "reply incomplete: %s (max_output_tokens %s)",
+                details.get("reason"),
+                response.get("max_output_tokens"),
+                extra={"call_id": self.call_id},
+            )
+        if self._response_wanted:
+            self._response_wanted = False
+            self.request_response()
 
     def _on_error(self, error: JSON) -> None:
         code = error.get("code")
@@ -446,21 +480,16 @@ def _error_detail(response: httpx.Response) -> tuple[str, str | None]:
 
 
 _KNOWN = {
-    "conversation.item.added",
-    "conversation.item.done",
     "conversation.item.created",
     "conversation.item.truncated",
-    "conversation.item.deleted",
     "conversation.item.retrieved",
     "conversation.item.input_audio_transcription.delta",
-    "conversation.item.input_audio_transcription.failed",
     "input_audio_buffer.speech_started",
     "input_audio_buffer.speech_stopped",
     "input_audio_buffer.committed",
     "input_audio_buffer.cleared",
     "input_audio_buffer.timeout_triggered",
     "output_audio_buffer.stopped",
-    "output_audio_buffer.cleared",
     "response.output_item.done",
     "response.content_part.added",
     "response.content_part.done",

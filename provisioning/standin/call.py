@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from pydantic_core import from_json, to_json
 from appliance.audio.frames import Resampler
 from provisioning.standin import events as ev
 from provisioning.standin.media import RATE, ReplyTrack, make_track
-from provisioning.standin.script import Script
+from provisioning.standin.script import Decision, Script
 
 if TYPE_CHECKING:
     from provisioning.standin.server import Faults
@@ -35,8 +35,17 @@ JSON = dict[str, Any]
 VAD_RATE = 16_000
 VAD_FRAME = 320  # 20 ms
 SEMANTIC_SILENCE_MS = {"low": 1200, "medium": 700, "auto": 700, "high": 400}
+DEFAULT_THEN_SAY = "Done: {output}."
+DEFAULT_PREAMBLE = "Let me check."
+"""Said before a tool call when the session asks for reasoning (a reasoning model's habit)."""
+SEGMENT_WORDS = 4
+"""Words per diarized transcription segment (a word taken as 0.4 s of speech)."""
+TOKENS_PER_WORD = 5
+"""What a spoken word costs under ``max_output_tokens`` (its text and ~200 ms of audio)."""
 SESSION_KEYS = {
     "type",
+    "reasoning",
+    "parallel_tool_calls",
     "model",
     "output_modalities",
     "instructions",
@@ -116,6 +125,7 @@ def apply_session_update(current: JSON, update: JSON, voice_locked: bool) -> JSO
         raise SessionUpdateError("speed must be between 0.25 and 1.5", "session.audio.output.speed")
     if "input" in audio and audio["input"] and "turn_detection" in audio["input"]:
         validate_turn_detection(audio["input"]["turn_detection"])
+    validate_features(update)
     modalities = update.get("output_modalities")
     if modalities is not None and modalities not in (["audio"], ["text"]):
         raise SessionUpdateError(
@@ -126,6 +136,51 @@ def apply_session_update(current: JSON, update: JSON, voice_locked: bool) -> JSO
     if isinstance(td, dict) and td.get("type") == "server_vad":
         merged["audio"]["input"]["turn_detection"] = {**ev.DEFAULT_TURN_DETECTION, **td}
     return merged
+
+
+EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
+
+
+def validate_features(update: JSON) -> None:
+    """The 2.x session features, with the ranges of the ``openai`` types' docstrings."""
+    reasoning = update.get("reasoning")
+    if reasoning is not None and (
+        not isinstance(reasoning, dict) or reasoning.get("effort", "low") not in EFFORTS
+    ):
+        raise SessionUpdateError(
+            f"reasoning.effort must be one of {', '.join(EFFORTS)}", "session.reasoning.effort"
+        )
+    parallel = update.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise SessionUpdateError(
+            "parallel_tool_calls must be a boolean", "session.parallel_tool_calls"
+        )
+    cap = update.get("max_output_tokens")
+    if cap is not None and cap != "inf" and not (isinstance(cap, int) and 1 <= cap <= 4096):
+        raise SessionUpdateError(
+            "max_output_tokens must be 1-4096 or 'inf'", "session.max_output_tokens"
+        )
+    truncation = update.get("truncation")
+    if truncation is not None and truncation not in ("auto", "disabled"):
+        ratio = truncation.get("retention_ratio") if isinstance(truncation, dict) else None
+        if (
+            not isinstance(truncation, dict)
+            or truncation.get("type") != "retention_ratio"
+            or not isinstance(ratio, int | float)
+            or not 0.0 <= ratio <= 1.0
+        ):
+            raise SessionUpdateError(
+                "truncation must be 'auto', 'disabled' or a retention_ratio between 0 and 1",
+                "session.truncation",
+            )
+    noise = ((update.get("audio") or {}).get("input") or {}).get("noise_reduction")
+    if noise is not None and (
+        not isinstance(noise, dict) or noise.get("type") not in ("near_field", "far_field")
+    ):
+        raise SessionUpdateError(
+            "noise_reduction.type must be near_field or far_field",
+            "session.audio.input.noise_reduction.type",
+        )
 
 
 def validate_turn_detection(td: Any) -> None:
@@ -167,6 +222,10 @@ class Response:
     audio_samples: int = 0
     played_at_start: int = 0
     output: list[JSON] = field(default_factory=list)
+    budget: int | None = None
+    """Output tokens left under ``max_output_tokens`` (``None``: no cap)."""
+    cut_short: bool = False
+    """The cap cut the response short: it ends ``incomplete`` (``max_output_tokens``)."""
 
 
 class Call:
@@ -205,7 +264,7 @@ class Call:
         self._audio_turn = 0
         self._last_text = ""
         self._last_was_audio = False
-        self._pending_calls: dict[str, str] = {}  # call_id -> then_say template
+        self._pending_calls: dict[str, tuple[str, str]] = {}  # call_id -> (response, then_say)
         self._tool_outputs: list[tuple[str, str]] = []  # (call_id, output) awaiting a response
         # input audio buffer / VAD
         self._audio_ms = 0
@@ -391,6 +450,8 @@ class Call:
             self._speaking = False
             self._speech_run = 0
             self._silence_ms = 0
+            if self._response is None and not self.track.pending():
+                self._arm_idle_timeout()  # idle from now on (e.g. VAD back after push-to-talk)
         self._send(ev.event("session.updated", session=self.session))
 
     def _append(self, data: JSON, event_id: str | None) -> None:
@@ -695,7 +756,10 @@ class Call:
             ev.event("input_audio_buffer.committed", previous_item_id=previous, item_id=item_id)
         )
         self._add_item(ev.user_audio_item(item_id, None))
-        if self.session.get("audio", {}).get("input", {}).get("transcription"):
+        transcription = self.session.get("audio", {}).get("input", {}).get("transcription")
+        if transcription and "diarize" in str(transcription.get("model")):
+            self._send_segments(item_id, transcript)
+        if transcription:
             self._send(
                 ev.event(
                     "conversation.item.input_audio_transcription.delta",
@@ -714,12 +778,30 @@ class Call:
                 )
             )
 
+    def _send_segments(self, item_id: str, transcript: str) -> None:
+        """A diarizing transcription model's segments: one per few words, one speaker."""
+        words = transcript.split()
+        for n, start in enumerate(range(0, len(words), SEGMENT_WORDS)):
+            self._send(
+                ev.event(
+                    "conversation.item.input_audio_transcription.segment",
+                    item_id=item_id,
+                    content_index=0,
+                    id=f"seg_{n}",
+                    speaker="A",
+                    start=start * 0.4,
+                    end=min(len(words), start + SEGMENT_WORDS) * 0.4,
+                    text=" ".join(words[start : start + SEGMENT_WORDS]),
+                )
+            )
+
     def _arm_idle_timeout(self) -> None:
         td = self.turn_detection
-        if not td or td.get("type") != "server_vad" or not td.get("idle_timeout_ms"):
-            return
         if self._idle_handle:
             self._idle_handle.cancel()
+            self._idle_handle = None
+        if not td or td.get("type") != "server_vad" or not td.get("idle_timeout_ms"):
+            return
         loop = asyncio.get_running_loop()
         self._idle_handle = loop.call_later(int(td["idle_timeout_ms"]) / 1000, self._idle_fired)
 
@@ -765,23 +847,34 @@ class Call:
         if response.task is not None:
             response.task.cancel()
 
-    def _say_what(self, params: JSON) -> tuple[str | None, str | None, str, str]:
-        """(text to say, tool to call, arguments, then_say) for this response."""
+    def _say_what(self, params: JSON) -> Decision:
+        """What this response says, or which tools it calls (with what preamble)."""
         instructions = params.get("instructions")
         if (isinstance(instructions, str) and params.get("conversation") == "none") or (
             isinstance(instructions, str) and instructions.lower().startswith("say")
         ):
             match = re.match(r"(?is)^\s*say[:\s]+(.*)$", str(instructions))
-            return (match.group(1).strip() if match else str(instructions)), None, "{}", ""
+            return Decision(say=match.group(1).strip() if match else str(instructions))
         if self._tool_outputs:
-            call_id, output = self._tool_outputs.pop(0)
-            then_say = self._pending_calls.pop(call_id, "Done: {output}.")
-            return Script.after_tool(then_say, output), None, "{}", ""
+            # every output that has come in for the response that asked for the first one
+            asked = self._pending_calls.get(self._tool_outputs[0][0], ("", DEFAULT_THEN_SAY))
+            mine = [o for o in self._tool_outputs if self._pending_calls.get(o[0]) == asked]
+            self._tool_outputs = [o for o in self._tool_outputs if o not in mine]
+            for call_id, _ in mine:
+                self._pending_calls.pop(call_id, None)
+            return Decision(say=Script.after_tool(asked[1], *(output for _, output in mine)))
         tools = {str(t.get("name")) for t in self.session.get("tools", []) if isinstance(t, dict)}
         decision = self.script.decide(
             self._turn, self._last_text, tools, audio=self._last_was_audio
         )
-        return decision.say, decision.call, decision.arguments, decision.then_say
+        calls = decision.calls
+        if self.session.get("parallel_tool_calls") is False:
+            calls = calls[:1]
+        preamble = decision.preamble
+        effort = (self.session.get("reasoning") or {}).get("effort")
+        if preamble is None and effort not in (None, "minimal"):
+            preamble = DEFAULT_PREAMBLE
+        return replace(decision, calls=calls, preamble=preamble or None)
 
     async def _run_response(self, response: Response, params: JSON) -> None:
         session = self.session
@@ -790,12 +883,15 @@ class Call:
             (params.get("audio") or {}).get("output", {}).get("voice")
             or session["audio"]["output"].get("voice", "alloy")
         )
+        cap = params.get("max_output_tokens", session.get("max_output_tokens", "inf"))
+        response.budget = int(cap) if isinstance(cap, int) else None
         conversation_id = None if response.oob else "conv_standin"
         base = {
             "conversation_id": conversation_id,
             "metadata": response.metadata,
             "voice": voice,
             "modalities": modalities,
+            "max_output_tokens": cap,
         }
         self._send(
             ev.event(
@@ -804,14 +900,22 @@ class Call:
             )
         )
         self._send(ev.rate_limits(1200))
-        say, call, arguments, then_say = self._say_what(params)
-        output_tokens = 0
+        decision = self._say_what(params)
+        used = 0
         try:
-            if call is not None:
-                await self._function_call(response, call, arguments, then_say)
-                output_tokens = len(arguments) // 4 + 5
-            else:
-                output_tokens = await self._speak(response, say or "", voice, modalities)
+            if decision.calls and decision.preamble:
+                used += await self._speak(response, decision.preamble, voice, modalities)
+            for name, arguments in decision.calls:
+                cost = len(arguments) // 4 + 5
+                if response.budget is not None and cost > response.budget:
+                    response.cut_short = True
+                    break
+                await self._function_call(response, name, arguments, decision.then_say)
+                used += cost
+                if response.budget is not None:
+                    response.budget -= cost
+            if not decision.calls:
+                used += await self._speak(response, decision.say or "", voice, modalities)
         except asyncio.CancelledError:
             reason = response.cancel_reason or "client_cancelled"
             self._finish_cancelled(response)
@@ -824,7 +928,7 @@ class Call:
                         status="cancelled",
                         output=response.output,
                         status_reason=reason,
-                        usage=ev.usage(200, 5, output_tokens),
+                        usage=ev.usage(200, 5, used),
                         **base,
                     ),
                 )
@@ -836,14 +940,16 @@ class Call:
                 self._spawn(self._await_drain(response))
             return
         self._response = None
+        status = "incomplete" if response.cut_short else "completed"
         self._send(
             ev.event(
                 "response.done",
                 response=ev.response_object(
                     response.id,
-                    status="completed",
+                    status=status,
                     output=response.output,
-                    usage=ev.usage(200, output_tokens // 4, output_tokens),
+                    status_reason="max_output_tokens" if response.cut_short else None,
+                    usage=ev.usage(200, used // 4, used),
                     **base,
                 ),
             )
@@ -871,9 +977,10 @@ class Call:
             item.audio_ms = int(
                 (self.track.played_samples - response.played_at_start) * 1000 / RATE
             )
+        index = next((i for i, out in enumerate(response.output) if out is data), 0)
         self._send(
             ev.event(
-                "response.output_item.done", response_id=response.id, output_index=0, item=data
+                "response.output_item.done", response_id=response.id, output_index=index, item=data
             )
         )
         if not response.oob:
@@ -886,10 +993,11 @@ class Call:
         item_id, call_id = ev.new_id("item"), ev.new_id("call")
         response.item_id = item_id
         item = ev.function_call_item(item_id, call_id, name, "", "in_progress")
-        response.output = [item]
+        response.output.append(item)
+        index = len(response.output) - 1
         self._send(
             ev.event(
-                "response.output_item.added", response_id=response.id, output_index=0, item=item
+                "response.output_item.added", response_id=response.id, output_index=index, item=item
             )
         )
         if not response.oob:
@@ -903,7 +1011,7 @@ class Call:
                     "response.function_call_arguments.delta",
                     response_id=response.id,
                     item_id=item_id,
-                    output_index=0,
+                    output_index=index,
                     call_id=call_id,
                     delta=arguments[i : i + 8],
                 )
@@ -913,17 +1021,17 @@ class Call:
                 "response.function_call_arguments.done",
                 response_id=response.id,
                 item_id=item_id,
-                output_index=0,
+                output_index=index,
                 call_id=call_id,
                 name=name,
                 arguments=arguments,
             )
         )
         item.update(arguments=arguments, status="completed")
-        self._pending_calls[call_id] = then_say
+        self._pending_calls[call_id] = (response.id, then_say)
         self._send(
             ev.event(
-                "response.output_item.done", response_id=response.id, output_index=0, item=item
+                "response.output_item.done", response_id=response.id, output_index=index, item=item
             )
         )
         if not response.oob:
@@ -931,15 +1039,24 @@ class Call:
             self._send(ev.event("conversation.item.done", previous_item_id=previous, item=item))
 
     async def _speak(self, response: Response, text: str, voice: str, modalities: list[str]) -> int:
+        """Say ``text`` as the response's next output item, within the response's token
+        budget (cut short: the item and the response end ``incomplete``); returns the
+        tokens it used."""
         audio = modalities == ["audio"]
         item_id = ev.new_id("item")
         response.item_id = item_id
         item = ev.assistant_item(item_id, "in_progress", None)
         item["content"] = []
-        response.output = [item]
+        response.output.append(item)
+        index = len(response.output) - 1
+        words = text.split()
+        if response.budget is not None and len(words) * TOKENS_PER_WORD > response.budget:
+            words = words[: response.budget // TOKENS_PER_WORD]
+            text = " ".join(words)
+            response.cut_short = True
         self._send(
             ev.event(
-                "response.output_item.added", response_id=response.id, output_index=0, item=item
+                "response.output_item.added", response_id=response.id, output_index=index, item=item
             )
         )
         record = Item(item)
@@ -953,12 +1070,11 @@ class Call:
                 "response.content_part.added",
                 response_id=response.id,
                 item_id=item_id,
-                output_index=0,
+                output_index=index,
                 content_index=0,
                 part=part,
             )
         )
-        words = text.split()
         if audio:
             speed = float(self.session["audio"]["output"].get("speed", 1.0))
             samples = await asyncio.to_thread(self.voice.speak, text, voice, speed)
@@ -967,14 +1083,14 @@ class Call:
             self._voice_locked = True
             item["content"] = [{"type": "output_audio", "transcript": None}]
             self._send(ev.event("output_audio_buffer.started", response_id=response.id))
-            await self._stream_audio(response, samples, words, item_id)
+            await self._stream_audio(response, samples, words, item_id, index)
             record.audio_ms = int(samples.size * 1000 / RATE)
             self._send(
                 ev.event(
                     "response.output_audio_transcript.done",
                     response_id=response.id,
                     item_id=item_id,
-                    output_index=0,
+                    output_index=index,
                     content_index=0,
                     transcript=text,
                 )
@@ -989,7 +1105,7 @@ class Call:
                         "response.output_text.delta",
                         response_id=response.id,
                         item_id=item_id,
-                        output_index=0,
+                        output_index=index,
                         content_index=0,
                         delta=("" if i == 0 else " ") + word,
                     )
@@ -999,36 +1115,39 @@ class Call:
                     "response.output_text.done",
                     response_id=response.id,
                     item_id=item_id,
-                    output_index=0,
+                    output_index=index,
                     content_index=0,
                     text=text,
                 )
             )
             part = {"type": "text", "text": text}
             item["content"] = [{"type": "output_text", "text": text}]
-        item["status"] = "completed"
+        item["status"] = "incomplete" if response.cut_short else "completed"
         self._send(
             ev.event(
                 "response.content_part.done",
                 response_id=response.id,
                 item_id=item_id,
-                output_index=0,
+                output_index=index,
                 content_index=0,
                 part=part,
             )
         )
         self._send(
             ev.event(
-                "response.output_item.done", response_id=response.id, output_index=0, item=item
+                "response.output_item.done", response_id=response.id, output_index=index, item=item
             )
         )
         if not response.oob:
             previous = self.items[-2].data["id"] if len(self.items) > 1 else None
             self._send(ev.event("conversation.item.done", previous_item_id=previous, item=item))
-        return len(words) * 4 + (samples.size // 2400 if audio else 0)
+        used = len(words) * TOKENS_PER_WORD
+        if response.budget is not None:
+            response.budget -= used
+        return used
 
     async def _stream_audio(
-        self, response: Response, samples: Any, words: list[str], item_id: str
+        self, response: Response, samples: Any, words: list[str], item_id: str, index: int
     ) -> None:
         """Generate audio a little ahead of playback, with transcript deltas in step."""
         lead = RATE // 5  # 200 ms generated ahead of what is played
@@ -1052,7 +1171,7 @@ class Call:
                         "response.output_audio_transcript.delta",
                         response_id=response.id,
                         item_id=item_id,
-                        output_index=0,
+                        output_index=index,
                         content_index=0,
                         delta=delta,
                     )

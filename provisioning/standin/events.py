@@ -158,6 +158,7 @@ def response_object(
     modalities: list[str],
     status_reason: str | None = None,
     usage: JSON | None = None,
+    max_output_tokens: int | str = "inf",
 ) -> JSON:
     obj: JSON = {
         "id": response_id,
@@ -167,7 +168,7 @@ def response_object(
         "output": output,
         "conversation_id": conversation_id,
         "output_modalities": modalities,
-        "max_output_tokens": "inf",
+        "max_output_tokens": max_output_tokens,
         "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24000}, "voice": voice}},
         "usage": usage,
         "metadata": metadata,

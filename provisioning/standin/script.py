@@ -24,6 +24,11 @@ class Rule:
     say: str | None = None
     call: str | None = None
     arguments: dict[str, Any] = field(default_factory=dict)
+    calls: tuple[tuple[str, dict[str, Any]], ...] = ()
+    """Several tools called in one response (parallel tool calls): (name, arguments)."""
+    preamble: str | None = None
+    """Said in the same response before the tool call(s), e.g. "Let me check." (``None``:
+    only when the session asks for reasoning; ``""``: never)."""
     then_say: str = "Done: {output}."
 
     def matches(self, turn: int, text: str, *, audio: bool = False) -> bool:
@@ -44,9 +49,19 @@ class Rule:
 @dataclass(frozen=True, slots=True)
 class Decision:
     say: str | None = None
-    call: str | None = None
-    arguments: str = "{}"
+    calls: tuple[tuple[str, str], ...] = ()
+    """Tools to call, in one response: (name, JSON arguments)."""
+    preamble: str | None = None
     then_say: str = ""
+
+    @property
+    def call(self) -> str | None:
+        """The (first) tool to call, if any."""
+        return self.calls[0][0] if self.calls else None
+
+    @property
+    def arguments(self) -> str:
+        return self.calls[0][1] if self.calls else "{}"
 
 
 class _Safe(string.Formatter):
@@ -95,28 +110,32 @@ class Script:
 
     def decide(self, turn: int, text: str, tools: set[str], *, audio: bool = False) -> Decision:
         for rule in self.rules:
-            if rule.say is None and rule.call is None and not rule.default:
+            wanted = ((rule.call, rule.arguments),) if rule.call is not None else rule.calls
+            if rule.say is None and not wanted and not rule.default:
                 continue  # a transcript-only rule decides nothing
             if not rule.matches(turn, text, audio=audio):
                 continue
-            if rule.call is not None:
-                if rule.call not in tools:
+            if wanted:
+                if any(name not in tools for name, _ in wanted):
                     continue  # the session did not declare this tool
-                return Decision(
-                    call=rule.call, arguments=json.dumps(rule.arguments), then_say=rule.then_say
-                )
+                calls = tuple((name, json.dumps(args)) for name, args in wanted)
+                return Decision(calls=calls, preamble=rule.preamble, then_say=rule.then_say)
             return Decision(say=render(rule.say or "", text=text))
         return Decision(say=render("I heard you say: {text}.", text=text) if text else "Okay.")
 
     @staticmethod
-    def after_tool(then_say: str, output: str) -> str:
-        try:
-            fields = json.loads(output)
-        except ValueError:
-            fields = {}
-        values = fields if isinstance(fields, dict) else {}
+    def after_tool(then_say: str, *outputs: str) -> str:
+        """The answer once the tools' ``outputs`` are in: fields of every JSON output can
+        be used (a later output's field wins); ``{output}`` is all of them."""
+        values: dict[str, Any] = {}
+        for output in outputs:
+            try:
+                fields = json.loads(output)
+            except ValueError:
+                fields = {}
+            values |= fields if isinstance(fields, dict) else {}
         extra = {k: v for k, v in values.items() if k not in ("output", "output_fields")}
-        return render(then_say, output=output, output_fields=values, **extra)
+        return render(then_say, output="; ".join(outputs), output_fields=values, **extra)
 
 
 _ALIASES = {"when_text_contains": "when_contains", "after_tool_say": "then_say"}
@@ -139,6 +158,13 @@ def _normalise(raw: dict[str, Any]) -> dict[str, Any]:
             raise ValueError('script rule `call` must be {name = "...", arguments = {...}}')
         raw["call"] = call["name"]
         raw["arguments"] = call.get("arguments", {})
+    calls = raw.get("calls")
+    if calls is not None:
+        if "call" in raw or not isinstance(calls, list) or not calls:
+            raise ValueError("script rule `calls` must be a non-empty list, without `call`")
+        if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
+            raise ValueError('script rule `calls` items must be {name = "...", arguments = {...}}')
+        raw["calls"] = tuple((c["name"], dict(c.get("arguments", {}))) for c in calls)
     unknown = set(raw) - set(Rule.__dataclass_fields__)
     if unknown:
         raise ValueError(f"script rule has unknown keys: {sorted(unknown)}")

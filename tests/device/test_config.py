@@ -38,6 +38,19 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ("", {"APPLIANCE_SESSION_REPLY_S": "-1"}, "session.reply_s"),
         ('[realtime]\nvoice = "hal9000"\n', {}, "realtime.voice"),
         ("[session]\nmax_turn_s = true\n", {}, "session.max_turn_s"),
+        ('[realtime]\nreasoning_effort = "extreme"\n', {}, "realtime.reasoning_effort"),
+        ("", {"APPLIANCE_REALTIME_MAX_OUTPUT_TOKENS": "5000"}, "realtime.max_output_tokens"),
+        ('[realtime]\ntruncation = "sometimes"\n', {}, "realtime.truncation"),
+        ("[realtime]\nretention_ratio = 1.5\n", {}, "realtime.retention_ratio"),
+        ('[realtime]\neagerness = "eager"\n', {}, "realtime.eagerness"),
+        ("[realtime]\nidle_timeout_ms = 100\n", {}, "realtime.idle_timeout_ms"),
+        (
+            '[realtime]\nturn_detection = "semantic_vad"\nidle_timeout_ms = 6000\n',
+            {},
+            "realtime.idle_timeout_ms",
+        ),
+        ('[realtime]\nnoise_reduction = "mid_field"\n', {}, "realtime.noise_reduction"),
+        ('[realtime]\nparallel_tool_calls = "often"\n', {}, "realtime.parallel_tool_calls"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], key: str) -> None:
@@ -57,9 +70,16 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         load(tmp_path / "missing.toml", {})
 
 
-def test_cli_exits_78_naming_the_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[audio]\ncapture_rate = 44100\n", "audio.capture_rate"),
+        ("[realtime]\nidle_timeout_ms = 40000\n", "realtime.idle_timeout_ms"),
+    ],
+)
+def test_cli_exits_78_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
     path = tmp_path / "appliance.toml"
-    path.write_text("[audio]\ncapture_rate = 44100\n")
+    path.write_text(toml)
     result = subprocess.run(
         [sys.executable, "-m", "appliance", "run", "--config", str(path)],
         capture_output=True,
@@ -68,7 +88,7 @@ def test_cli_exits_78_naming_the_key(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == EX_CONFIG
-    assert "audio.capture_rate" in result.stderr
+    assert key in result.stderr
 
 
 def test_cli_exits_78_when_the_device_never_enrolled(tmp_path: Path) -> None:

@@ -460,3 +460,181 @@ def test_dictation_keeps_listening_until_silence_or_a_press() -> None:
     long, effects = m.step(long, m.TimerFired(TimerName.MAX_TURN, long.epoch))
     assert long.state is State.LISTENING
     assert kinds(effects) == ["CommitInput", "StartTimer"], "a long dictation is committed"
+
+
+def run(s: m.Snapshot, events: list[m.Event]) -> tuple[m.Snapshot, list[State], list[m.Effect]]:
+    """Feed ``events``; return the last snapshot, the state after each, and all effects."""
+    states: list[State] = []
+    effects: list[m.Effect] = []
+    for event in events:
+        s, out = m.step(s, event)
+        states.append(s.state)
+        effects.extend(e for e in out if not isinstance(e, m.StartTimer))
+    return s, states, effects
+
+
+WARM_THINKING = snap(State.THINKING, session_open=True)
+
+
+def test_parallel_tool_calls_run_together_then_one_response_create() -> None:
+    s, states, effects = run(
+        WARM_THINKING,
+        [
+            m.ResponseStarted("r1"),
+            m.ToolCallRequested("c1", "get_time", "{}"),
+            m.ToolFinished("c1", '{"time": "10:42"}'),  # before the second call even arrives
+            m.ToolCallRequested("c2", "list_timers", "{}"),
+            m.ToolFinished("c2", '{"timers": []}'),
+            m.ResponseDone("r1", "completed"),
+        ],
+    )
+    assert kinds(tuple(effects)) == [
+        "RunTool",
+        "SendToolOutput",
+        "RunTool",
+        "SendToolOutput",
+        "RequestResponse",
+    ]
+    assert set(states) == {State.THINKING}
+    assert s.awaiting_reply
+    assert not s.outputs_due
+
+
+def test_the_response_is_asked_for_after_the_last_tool_when_the_response_is_done() -> None:
+    s, _, effects = run(
+        WARM_THINKING,
+        [
+            m.ResponseStarted("r1"),
+            m.ToolCallRequested("c1", "a", "{}"),
+            m.ToolCallRequested("c2", "b", "{}"),
+            m.ResponseDone("r1", "completed"),
+            m.ToolFinished("c2", "{}"),
+        ],
+    )
+    assert kinds(tuple(effects)).count("RequestResponse") == 0
+    s, out = m.step(s, m.ToolFinished("c1", "{}"))
+    assert kinds(out) == ["SendToolOutput", "RequestResponse", "StartTimer"]
+    assert s.state is State.THINKING
+
+
+@pytest.mark.parametrize("stopped_first", [False, True], ids=["done-then-stopped", "stopped-first"])
+def test_a_spoken_preamble_before_a_tool_call_does_not_end_the_reply(stopped_first: bool) -> None:
+    """ "Let me check" plays, then a tool runs: the turn stays THINKING/SPEAKING until the
+    answer after the tool has played, in either order of ``response.done`` and the end
+    of the preamble's audio."""
+    end_of_preamble: list[m.Event] = [
+        m.ResponseDone("r1", "completed", True),
+        m.ReplyAudioStopped("r1"),
+    ]
+    if stopped_first:
+        end_of_preamble.reverse()
+    s, states, effects = run(
+        WARM_THINKING,
+        [
+            m.ResponseStarted("r1"),
+            m.ReplyAudioStarted("r1"),
+            m.ToolCallRequested("c1", "get_time", "{}"),
+            *end_of_preamble,
+            m.ToolFinished("c1", "{}"),
+        ],
+    )
+    assert State.IDLE not in states
+    assert kinds(tuple(effects)) == ["RunTool", "SendToolOutput", "RequestResponse"]
+    assert s.state is State.THINKING
+    s, states, _ = run(
+        s,
+        [
+            m.ResponseStarted("r2"),
+            m.ReplyAudioStarted("r2"),
+            m.ResponseDone("r2", "completed", True),
+            m.ReplyAudioStopped("r2"),
+        ],
+    )
+    assert states == [State.THINKING, State.SPEAKING, State.SPEAKING, State.IDLE]
+
+
+def test_a_reply_whose_audio_pauses_mid_response_waits_for_the_response() -> None:
+    s, states, _ = run(
+        WARM_THINKING,
+        [m.ResponseStarted("r1"), m.ReplyAudioStarted("r1"), m.ReplyAudioStopped("r1")],
+    )
+    assert states[-1] is State.THINKING, "the response is still under way"
+    s, _ = m.step(s, m.ResponseDone("r1", "completed", True))
+    assert s.state is State.IDLE
+
+
+def ptt_reply() -> m.Snapshot:
+    s, _, effects = run(
+        m.Snapshot(session_open=True),
+        [
+            m.ButtonPressed(),
+            m.ButtonHeld(),
+            m.ButtonReleased(),
+            m.ResponseStarted("r1"),
+            m.ReplyAudioStarted("r1"),
+        ],
+    )
+    assert s.state is State.SPEAKING
+    assert s.manual_turns
+    assert m.SetTurnDetection(server_vad=False) in effects
+    return s
+
+
+def test_a_local_barge_in_after_push_to_talk_switches_server_vad_back_on() -> None:
+    s, out = m.step(ptt_reply(), m.SpeechStarted())
+    assert (s.state, s.mode) == (State.LISTENING, Mode.HANDS_FREE)
+    assert m.SetTurnDetection(server_vad=True) in out
+    assert not s.manual_turns
+    s, _, effects = run(s, [m.SpeechStarted(), m.SpeechStopped()])
+    assert s.state is State.THINKING, "the service's VAD ended the hands-free turn"
+    assert not any(isinstance(e, m.SetTurnDetection) for e in effects)
+
+
+def test_a_wake_word_or_a_tap_over_a_push_to_talk_reply_switches_server_vad_back_on() -> None:
+    s, out = m.step(ptt_reply(), m.WakeDetected("okay_nabu"))
+    assert m.SetTurnDetection(server_vad=True) in out
+    assert not s.manual_turns
+    s, out = m.step(ptt_reply(), m.ButtonPressed())
+    assert m.SetTurnDetection(server_vad=True) not in out, "a press may become a hold"
+    s, out = m.step(s, m.ButtonReleased())
+    assert (s.mode, kinds(out)) == (Mode.HANDS_FREE, ["SetTurnDetection"])
+    assert not s.manual_turns
+
+
+TIMEOUT_REPLY: list[m.Event] = [
+    m.InputTimedOut(),
+    m.ResponseStarted("r1"),
+    m.ReplyAudioStarted("r1"),
+    m.ResponseDone("r1", "completed", True),
+    m.ReplyAudioStopped("r1"),
+]
+"""The service's idle timeout fires and its reply plays."""
+
+
+def test_an_idle_timeout_reply_is_followed_by_a_hands_free_turn() -> None:
+    s, states, effects = run(
+        m.Snapshot(session_open=True),
+        TIMEOUT_REPLY,
+    )
+    assert states[:4] == [State.THINKING, State.THINKING, State.SPEAKING, State.SPEAKING]
+    assert (s.state, s.mode) == (State.LISTENING, Mode.HANDS_FREE)
+    assert kinds(tuple(effects))[-1] == "OpenUplink"
+    s, _ = m.step(s, m.TimerFired(TimerName.NO_SPEECH, s.epoch))
+    assert s.state is State.IDLE
+    assert not s.follow_up
+
+
+def test_a_second_idle_timeout_without_an_answer_closes_the_session() -> None:
+    s, _, _ = run(
+        m.Snapshot(session_open=True),
+        TIMEOUT_REPLY,
+    )
+    s, _ = m.step(s, m.TimerFired(TimerName.NO_SPEECH, s.epoch))
+    s, out = m.step(s, m.InputTimedOut())
+    assert (s.state, kinds(out)) == (State.IDLE, ["CloseSession"])
+    assert not s.session_open
+    answered, _, _ = run(
+        replace(s, session_open=True, nudged=True),
+        [m.ButtonPressed(), m.ButtonReleased(), m.SpeechStarted()],
+    )
+    assert not answered.nudged, "the user is back: the next timeout may ask again"

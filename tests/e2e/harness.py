@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +28,7 @@ from appliance.config import (
 )
 from appliance.demo import asset
 from appliance.realtime.keys import EphemeralKey
-from appliance.realtime.tools import builtin_registry
+from appliance.realtime.tools import ToolRegistry, builtin_registry
 from provisioning.standin import StandIn
 from tests.standin.conftest import mint
 
@@ -54,19 +54,37 @@ class Device:
     source: Any
     sink: Any
     keys: StandInKeys
+    changed: asyncio.Event
+    """Set by the app's ``on_state`` callback at every state change."""
 
     def states(self) -> list[m.State]:
         return [state for _, state in self.app.stats.states]
 
+    async def _until(self, done: Callable[[], bool], what: str, within: float) -> None:
+        """Wait (on state changes, not on a clock) until ``done()``."""
+        deadline = time.monotonic() + within
+        while not done():
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                seen = [state.name for state in self.states()]
+                raise AssertionError(f"{what} within {within:g} s; states {seen}") from None
+
     async def wait(self, wanted: m.State, within: float = 20.0) -> float:
         """Wait for ``wanted``; returns when it was entered (monotonic)."""
-        deadline = time.monotonic() + within
-        while self.app.snapshot.state is not wanted:
-            if time.monotonic() > deadline:
-                seen = [state.name for state in self.states()]
-                raise AssertionError(f"no {wanted.name} within {within:g} s; states {seen}")
-            await asyncio.sleep(0.02)
+        await self._until(lambda: self.app.snapshot.state is wanted, f"no {wanted.name}", within)
         return self.app.stats.states[-1][0]
+
+    async def seen(self, wanted: m.State, since: int = 0, within: float = 20.0) -> int:
+        """Wait until ``wanted`` has been entered at or after state change number ``since``
+        (however briefly); returns its number."""
+
+        def found() -> bool:
+            return wanted in self.states()[since:]
+
+        await self._until(found, f"no {wanted.name} after change {since}", within)
+        return self.states().index(wanted, since)
 
     async def push_to_talk(self, question: str = "question-moon.wav") -> None:
         """Hold the button, say ``question``, release."""
@@ -95,6 +113,7 @@ async def device(
     activation: ActivationConfig | None = None,
     camera: str = "",
     realtime: RealtimeConfig | None = None,
+    tools: ToolRegistry | None = None,
     **session: Any,
 ) -> AsyncIterator[Device]:
     """The device on WAV files (or ``source``/``sink``), with its real audio front end."""
@@ -112,18 +131,20 @@ async def device(
         standin,
         {"type": "transcription"} if realtime and realtime.mode == "transcription" else None,
     )
+    changed = asyncio.Event()
     app = App(
         config,
         source=source,
         sink=sink,
         keys=keys,
-        tools=builtin_registry(),
+        tools=tools or builtin_registry(),
         frontend=make_frontend(config, source.format),
+        on_state=lambda _: changed.set(),
     )
     stop = asyncio.Event()
     runner = asyncio.create_task(app.run(stop))
     try:
-        yield Device(app, source, sink, keys)
+        yield Device(app, source, sink, keys, changed)
     finally:
         stop.set()
         await runner

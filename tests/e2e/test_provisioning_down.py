@@ -46,14 +46,16 @@ async def test_a_dead_provisioning_server_means_offline_then_it_heals(tmp_path: 
         )
         source = WavSource(None, AudioFormat(16_000))
         keys = CachedKeySource(ProvisioningKeySource(identity, timeout_s=2))
+        changed = asyncio.Event()
         app = App(
             config,
             source=source,
             sink=WavSink(None, AudioFormat(48_000)),
             keys=keys,
             tools=builtin_registry(),
+            on_state=lambda _: changed.set(),
         )
-        dev = Device(app, source, None, None)  # type: ignore[arg-type]
+        dev = Device(app, source, None, None, changed)  # type: ignore[arg-type]
         stop = asyncio.Event()
         runner = asyncio.create_task(app.run(stop))
         try:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,3 +30,12 @@ async def mint(base_url: str, session: dict[str, object] | None = None, seconds:
         )
     response.raise_for_status()
     return str(response.json()["value"])
+
+
+@asynccontextmanager
+async def scripted(folder: Path, script: str) -> AsyncIterator[StandIn]:
+    """A stand-in whose "model" follows ``script`` (the rules of script.toml)."""
+    path = folder / "script.toml"
+    path.write_text(script)
+    async with StandIn(StandInConfig(api_key=API_KEY, script=path)) as server:
+        yield server
