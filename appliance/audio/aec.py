@@ -370,6 +370,8 @@ class EchoSuppressor:
         """Level of the last capture frame before cleaning."""
         self.out_dbfs = -120.0
         """Level of the last cleaned frame."""
+        self.last_ref = b""
+        """The reference the last frame was cleaned with."""
 
     @property
     def name(self) -> str:
@@ -391,10 +393,12 @@ class EchoSuppressor:
         take = self.reference.take
         process = self.canceller.process
         n = self.canceller.frame_samples
+        refs = [take(n) for _ in range(count)]
         if count == 1:
-            out = process(frame, take(n))
+            out = process(frame, refs[0])
         else:
-            out = b"".join(process(frame[i * size : (i + 1) * size], take(n)) for i in range(count))
+            out = b"".join(process(frame[i * size : (i + 1) * size], refs[i]) for i in range(count))
+        self.last_ref = refs[0] if count == 1 else b"".join(refs)
         self.mic_dbfs = rms_dbfs(frame)
         self.out_dbfs = rms_dbfs(out)
         self.frames += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from appliance.audio.aec import (
     near_end_present,
 )
 from appliance.audio.base import AudioFormat, AudioSink, SinkWrapper
+from appliance.audio.echoguard import EchoGuard
 from appliance.audio.frames import Rechunker, Resampler, rms_dbfs
 from appliance.audio.vad import Gate, make_gate
 from appliance.audio.wake import WakeWord
@@ -42,6 +44,8 @@ ECHO_PRESENT_DBFS = -50.0
 USER_RUN_FRAMES = 3
 """Consecutive 20 ms frames of near-end speech that make a barge-in: one frame can be a
 residual-echo burst; three (60 ms) were never the device's own voice in the tests."""
+QUIET_FRAMES = 25
+"""Frames (0.5 s) without the user's voice that end their turn while the speaker plays."""
 SOUND_DBFS = -50.0
 ECHO_TAIL_S = 0.4
 """After the speaker falls silent its echo lingers this long (a room's RT60)."""
@@ -58,21 +62,27 @@ STATS_EVERY = 10
 class TapSink(SinkWrapper):
     """An ``AudioSink`` that also feeds what it plays to the echo canceller's reference."""
 
-    def __init__(self, sink: AudioSink, reference: ReferenceBuffer) -> None:
+    def __init__(
+        self,
+        sink: AudioSink,
+        reference: ReferenceBuffer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(sink)
         self.reference = reference
+        self._clock = clock
         self._resampler = Resampler(reference.rate)
         self.last_sound = float("-inf")
         """When audible audio was last written (monotonic)."""
 
     def playing(self, within_s: float) -> bool:
         """Audible audio was written within ``within_s`` (its echo may still be in the room)."""
-        return time.monotonic() - self.last_sound < within_s
+        return self._clock() - self.last_sound < within_s
 
     async def write(self, frame: bytes) -> None:
         samples = np.frombuffer(frame, dtype="<i2")
         if rms_dbfs(samples) > SOUND_DBFS:
-            self.last_sound = time.monotonic()
+            self.last_sound = self._clock()
         self.reference.played(self._resampler.pcm(samples, self.sink.format.rate).tobytes())
         await self.sink.write(frame)
 
@@ -97,9 +107,19 @@ class Heard:
 
 
 class FrontEnd:
-    def __init__(self, config: Config, capture: AudioFormat) -> None:
+    def __init__(
+        self,
+        config: Config,
+        capture: AudioFormat,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        guard: bool = True,
+    ) -> None:
         audio, act = config.audio, config.activation
+        self.guard = guard
         self.capture = capture
+        self.clock = clock
+        """Where ``TapSink`` reads the time (the bench passes stream time)."""
         self.reference = ReferenceBuffer(DSP_FORMAT.rate, audio.aec_delay_ms)
         self.echo = EchoSuppressor(
             make_canceller(audio.aec, DSP_FORMAT.rate, audio.aec_tail_ms), self.reference
@@ -118,6 +138,7 @@ class FrontEnd:
         self._chunker = Rechunker(DSP_FORMAT)
         self._user_speaking = False
         self._near_run = 0
+        self._quiet_run = 0
         self._mic_levels: deque[float] = deque(maxlen=2)
         self._echo_only: deque[tuple[float, float]] = deque(maxlen=150)
         self._since_stats = 0
@@ -133,6 +154,10 @@ class FrontEnd:
         the residual echo heard over the last 3 s of playback (its 90th percentile) by
         ``RESIDUAL_MARGIN_DB``, and never below ``NEAR_END_FLOOR_DBFS``."""
         self._tap: TapSink | None = None
+        self.echo_guard: EchoGuard | None = EchoGuard(DSP_FORMAT.frame_samples) if guard else None
+        """Band-wise echo model that tells divergence from the user (``echoguard``)."""
+        self.stream_s = 0.0
+        """Seconds of capture processed (the front end's own clock)."""
         log.info("echo suppression: %s", self.echo.name)
 
     @property
@@ -164,7 +189,7 @@ class FrontEnd:
         return self.converged
 
     def tap(self, sink: AudioSink) -> TapSink:
-        self._tap = TapSink(sink, self.reference)
+        self._tap = TapSink(sink, self.reference, self.clock)
         return self._tap
 
     def process(self, frame: bytes) -> list[Heard]:
@@ -190,21 +215,28 @@ class FrontEnd:
             audible = self.speaker_audible
             if audible and mic_db > ECHO_PRESENT_DBFS and not self._user_speaking:
                 self._learn_echo(mic_db - out_db, out_db)  # removed, and left over
-            near = (
-                voiced
-                and near_end_present(
-                    mic_db,
-                    out_db,
-                    floor_dbfs=self.floor_dbfs,
-                    max_attenuation_db=self.max_attenuation_db,
+            self.stream_s += DSP_FORMAT.frame_ms / 1000
+            if self.echo_guard is not None:
+                near = self._guarded(raw, clean) and voiced
+            else:
+                near = (
+                    voiced
+                    and near_end_present(
+                        mic_db,
+                        out_db,
+                        floor_dbfs=self.floor_dbfs,
+                        max_attenuation_db=self.max_attenuation_db,
+                    )
+                    and self._trusted()
                 )
-                and self._trusted()
-            )
             self._near_run = self._near_run + 1 if near else 0
+            self._quiet_run = 0 if near else self._quiet_run + 1
             started = self._near_run == USER_RUN_FRAMES and not self._user_speaking
             if started:
                 self._user_speaking = True
-            elif not voiced:
+            elif not voiced or (self.echo_guard is not None and self._quiet_run >= QUIET_FRAMES):
+                # with the guard, the residual echo can keep the gate open through a whole
+                # reply: the user has stopped when no frame was theirs for QUIET_FRAMES
                 self._user_speaking = False
             wake = self.wake.name if self.wake is not None and self.wake.process(clean) else None
             out.append(Heard(clean, started, wake, self._user_speaking))
@@ -226,6 +258,26 @@ class FrontEnd:
         echo tail and the gate's hangover), always; while it plays, or in a short pause,
         only behind a converged canceller (else it would be the device hearing itself)."""
         return self._tap is None or not self._tap.playing(TRUST_AFTER_S) or self.converged
+
+    def _guarded(self, raw: bytes, clean: bytes) -> bool:
+        """The echo guard's verdict on one frame (and it learns from it)."""
+        assert self.echo_guard is not None
+        ref = self.echo.last_ref
+        near = self.echo_guard.update(
+            np.frombuffer(raw, dtype="<i2"),
+            np.frombuffer(clean, dtype="<i2"),
+            np.frombuffer(ref, dtype="<i2") if ref else np.zeros(len(raw) // 2, np.int16),
+            self.stream_s,
+            self._user_speaking,
+        )
+        return near and self.echo.out_dbfs >= NEAR_END_FLOOR_DBFS
+
+    def volume_changed(self, step_db: float) -> None:
+        """The device changed its speaker's volume by ``step_db`` after the reference tap
+        (an amplifier or mixer control): the canceller's echo path is now wrong by that
+        much, which the echo guard is told rather than left to discover."""
+        if self.echo_guard is not None:
+            self.echo_guard.volume_step(step_db, self.stream_s)
 
     def close(self) -> None:
         self.echo.close()
