@@ -31,7 +31,6 @@ both gains at once and marks the canceller diverged, without waiting to discover
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections import deque
 
 import numpy as np
@@ -47,6 +46,10 @@ REVERB_DECAY = 10.0 ** (-0.2)
 HISTORY = 150
 """Echo-only frames the gains are learned from (3 s)."""
 MIN_HISTORY = 25
+LEARN_EVERY = 10
+"""Frames between refreshes of the learned gains (they describe seconds)."""
+UNHEARD = -30.0
+"""log10 gain recorded for a band the reference did not reach in a frame."""
 PERCENTILE = 95
 EXCESS = 4.0
 """6 dB: how far above a prediction a band must be to count as excess."""
@@ -54,6 +57,20 @@ EXCESS_SHARE = 0.5
 DIVERGED_REMOVAL_DB = 6.0
 """Median per-band removal below this with the reference playing: the canceller removes
 (almost) nothing."""
+MIC_SHARE = 0.0
+ONSET_RISE = 10.0
+"""A band whose reference envelope jumps 10 dB has new sound in it (a word after a pause,
+a new chord) that the adaptive filter has not heard lately: its residual is briefly loud."""
+FRESH_FRAMES = LEAD_FRAMES + 6
+"""... for this long after the jump (the echo's bulk delay plus 120 ms of re-adaptation)."""
+FRESH_GAP = 2.0
+"""... during which out excess there needs 20 dB more."""
+DIVERGED_MIC_SHARE = 0.2
+"""... and less than this share of the mic's energy is in excess bands (a user 6 dB under
+the echo still puts a fifth or more there; a diverged canceller's echo rarely does)."""
+ECHO_OVER_NOISE = 10.0
+"""The typical removal is learned from frames with echo 10 dB over the mic's noise floor
+(not the pauses between the reply's words, where there is nothing to remove)."""
 DIVERGED_HOLD_S = 1.0
 REMOVAL_MARGIN_DB = 10.0
 """The user's frames: the canceller takes at least this much less off than off its echo."""
@@ -98,6 +115,7 @@ class EchoGuard:
         self._window = np.hanning(frame_samples)
         self._refs: deque[Floats] = deque(maxlen=LEAD_FRAMES)
         self._envelope = np.zeros(BANDS)
+        self._fresh = np.zeros(BANDS, dtype=np.int64)
         self._last_mic = np.zeros(BANDS)
         self._out_floor = np.full(BANDS, 12.0)
         self._mic_floor = np.full(BANDS, 12.0)
@@ -139,9 +157,9 @@ class EchoGuard:
             self.echo_gain = self.echo_gain + shift
             self.residual_gain = self.residual_gain + shift
         self._history = deque(((m + shift, o + shift) for m, o in self._history), maxlen=HISTORY)
-        self._mark_diverged(now)
+        self.mark_diverged(now)
 
-    def _mark_diverged(self, now: float) -> None:
+    def mark_diverged(self, now: float) -> None:
         if not self.diverged(now):
             self.divergences += 1
         self.diverged_until = now + DIVERGED_HOLD_S
@@ -165,6 +183,8 @@ class EchoGuard:
         self._mic_floor = _track_floor(self._mic_floor, np.log10(m_now + 1.0))
         self._refs.append(self._bands(ref))
         peak = np.max(np.array(self._refs), axis=0)
+        rose = peak > self._envelope * ONSET_RISE
+        self._fresh = np.where(rose, FRESH_FRAMES, np.maximum(self._fresh - 1, 0))
         self._envelope = np.maximum(self._envelope * REVERB_DECAY, peak)
         s = self._envelope
         active = s > ACTIVE_REF
@@ -182,7 +202,7 @@ class EchoGuard:
         p = np.maximum(log_s + self.echo_gain, self._mic_floor)
         q = np.maximum(log_s + self.residual_gain, self._out_floor)
         gap = np.log10(EXCESS)
-        out_ex = log_e > q + gap
+        out_ex = log_e > q + gap + np.where(self._fresh > 0, FRESH_GAP, 0.0)
         mic_ex = log_m > p + gap
         self.out_share = float(e[out_ex].sum() / max(float(e.sum()), 1e-9))
         self.mic_share = float(m[mic_ex].sum() / max(float(m.sum()), 1e-9))
@@ -191,26 +211,27 @@ class EchoGuard:
         self.removal_limit_db = max(MIN_REMOVAL_LIMIT_DB, typical - REMOVAL_MARGIN_DB)
         out_excess = self.out_share >= EXCESS_SHARE and self.removal_db < self.removal_limit_db
         mic_excess = self.mic_share >= EXCESS_SHARE
-        if out_excess and not mic_excess and self.removal_db < DIVERGED_REMOVAL_DB:
-            self._mark_diverged(now)
-        near = out_excess and (mic_excess or not self.diverged(now))
+        quiet_mic = self.mic_share < DIVERGED_MIC_SHARE
+        if out_excess and quiet_mic and self.removal_db < DIVERGED_REMOVAL_DB:
+            self.mark_diverged(now)
+        some_mic = float(m[log_m > p].sum()) >= MIC_SHARE * float(m.sum())
+        near = out_excess and (mic_excess or (some_mic and not self.diverged(now)))
         if not user and not near:
             self._learn(log_m - log_s, log_e - log_s, active)
-            self._removals.append(self.removal_db)
+            if m.sum() > ECHO_OVER_NOISE * float(np.sum(10.0**self._mic_floor)):
+                self._removals.append(self.removal_db)  # echo, not a pause in the reply
         return near
 
     def _learn(self, mic_gain: Floats, out_gain: Floats, active: npt.NDArray[np.bool_]) -> None:
-        mic_gain = np.where(active, mic_gain, np.nan)
-        out_gain = np.where(active, out_gain, np.nan)
-        self._history.append((mic_gain, out_gain))
+        self._history.append(
+            (np.where(active, mic_gain, UNHEARD), np.where(active, out_gain, UNHEARD))
+        )
         self._since += 1
-        if len(self._history) < MIN_HISTORY or self._since < 5:
+        if len(self._history) < MIN_HISTORY or self._since < LEARN_EVERY:
             return
         self._since = 0
         hist = np.array(self._history)  # (frames, 2, bands)
-        with warnings.catch_warnings():  # a band never active: all-NaN, filled below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            gains = np.nanpercentile(hist, PERCENTILE, axis=0)
-        fallback = np.nanmax(np.where(np.isnan(gains), -np.inf, gains), axis=1, keepdims=True)
-        gains = np.where(np.isnan(gains), fallback, gains)
+        gains = np.percentile(hist, PERCENTILE, axis=0)
+        # a band the reference has (almost) never reached: assume the loudest band's gain
+        gains = np.where(gains < UNHEARD / 2, np.max(gains, axis=1, keepdims=True), gains)
         self.echo_gain, self.residual_gain = gains[0], gains[1]

@@ -25,6 +25,7 @@ from appliance.audio.aec import (
     near_end_present,
 )
 from appliance.audio.base import AudioFormat, AudioSink, SinkWrapper
+from appliance.audio.delay import DelayEstimator
 from appliance.audio.echoguard import EchoGuard
 from appliance.audio.frames import Rechunker, Resampler, rms_dbfs
 from appliance.audio.vad import Gate, make_gate
@@ -44,6 +45,12 @@ ECHO_PRESENT_DBFS = -50.0
 USER_RUN_FRAMES = 3
 """Consecutive 20 ms frames of near-end speech that make a barge-in: one frame can be a
 residual-echo burst; three (60 ms) were never the device's own voice in the tests."""
+SHORT_TURN_FRAMES = 8
+"""A barge-in with fewer near-end frames (160 ms) than this was probably echo."""
+DELAY_MARGIN_MS = 10
+"""Leave this much of the measured lead to the filter (the estimate's jitter)."""
+DELAY_STEP_MS = 10
+"""Move the reference's delay only for a change at least this large."""
 QUIET_FRAMES = 25
 """Frames (0.5 s) without the user's voice that end their turn while the speaker plays."""
 SOUND_DBFS = -50.0
@@ -106,6 +113,19 @@ class Heard:
     model speaks, only such frames go up to the service."""
 
 
+@dataclass(slots=True)
+class EchoHealth:
+    """How echo suppression is doing in this room, since start (for heartbeats)."""
+
+    playback_s: float = 0.0
+    """Seconds the speaker was audible (stream time)."""
+    barge_ins: int = 0
+    """Times the user was heard starting to speak while the speaker was audible."""
+    suspected_self_interruptions: int = 0
+    """Barge-ins whose "user" gave fewer than ``SHORT_TURN_FRAMES`` frames of near-end
+    voice before falling silent: most likely the device's own echo."""
+
+
 class FrontEnd:
     def __init__(
         self,
@@ -139,6 +159,9 @@ class FrontEnd:
         self._user_speaking = False
         self._near_run = 0
         self._quiet_run = 0
+        self._turn_frames = 0
+        self._turn_over_speaker = False
+        self.health = EchoHealth()
         self._mic_levels: deque[float] = deque(maxlen=2)
         self._echo_only: deque[tuple[float, float]] = deque(maxlen=150)
         self._since_stats = 0
@@ -158,6 +181,11 @@ class FrontEnd:
         """Band-wise echo model that tells divergence from the user (``echoguard``)."""
         self.stream_s = 0.0
         """Seconds of capture processed (the front end's own clock)."""
+        self.delay: DelayEstimator | None = None
+        """Measures the echo delay when ``audio.aec_delay_ms`` is 0 and a canceller runs."""
+        if audio.aec_delay_ms == 0 and self.echo.name in ("speex", "webrtc") and guard:
+            self.delay = DelayEstimator(DSP_FORMAT.rate)
+        self._dropped_seen = 0
         log.info("echo suppression: %s", self.echo.name)
 
     @property
@@ -216,6 +244,8 @@ class FrontEnd:
             if audible and mic_db > ECHO_PRESENT_DBFS and not self._user_speaking:
                 self._learn_echo(mic_db - out_db, out_db)  # removed, and left over
             self.stream_s += DSP_FORMAT.frame_ms / 1000
+            if self.delay is not None and self.echo.last_ref:
+                self._measure_delay(raw, self.echo.last_ref)
             if self.echo_guard is not None:
                 near = self._guarded(raw, clean) and voiced
             else:
@@ -232,12 +262,22 @@ class FrontEnd:
             self._near_run = self._near_run + 1 if near else 0
             self._quiet_run = 0 if near else self._quiet_run + 1
             started = self._near_run == USER_RUN_FRAMES and not self._user_speaking
+            if audible:
+                self.health.playback_s += DSP_FORMAT.frame_ms / 1000
             if started:
                 self._user_speaking = True
-            elif not voiced or (self.echo_guard is not None and self._quiet_run >= QUIET_FRAMES):
+                self._turn_frames = 0
+                self._turn_over_speaker = audible
+                self.health.barge_ins += audible
+            elif self._user_speaking and (
+                not voiced or (self.echo_guard is not None and self._quiet_run >= QUIET_FRAMES)
+            ):
                 # with the guard, the residual echo can keep the gate open through a whole
                 # reply: the user has stopped when no frame was theirs for QUIET_FRAMES
                 self._user_speaking = False
+                if self._turn_over_speaker and self._turn_frames < SHORT_TURN_FRAMES:
+                    self.health.suspected_self_interruptions += 1
+            self._turn_frames += near
             wake = self.wake.name if self.wake is not None and self.wake.process(clean) else None
             out.append(Heard(clean, started, wake, self._user_speaking))
         return out
@@ -271,6 +311,38 @@ class FrontEnd:
             self._user_speaking,
         )
         return near and self.echo.out_dbfs >= NEAR_END_FLOOR_DBFS
+
+    def _measure_delay(self, raw: bytes, ref: bytes) -> None:
+        assert self.delay is not None
+        lag = self.delay.push(np.frombuffer(raw, dtype="<i2"), np.frombuffer(ref, dtype="<i2"))
+        if lag is None:
+            return
+        lead = self.reference.delay_samples + lag
+        line = max(0, lead - DSP_FORMAT.rate * DELAY_MARGIN_MS // 1000)
+        if abs(line - self.reference.delay_samples) * 1000 < DSP_FORMAT.rate * DELAY_STEP_MS:
+            return
+        log.info(
+            "echo delay measured: %.0f ms; the reference is delayed %.0f ms",
+            lead * 1000 / DSP_FORMAT.rate,
+            line * 1000 / DSP_FORMAT.rate,
+        )
+        self.reference.set_delay(line)
+        self.delay.reset()
+        if self.echo_guard is not None:
+            self.echo_guard.mark_diverged(self.stream_s)
+
+    def capture_dropped(self, total_frames: int) -> None:
+        """The capture device has dropped ``total_frames`` 20 ms frames so far (overflow):
+        skip the reference of any new ones, so it stays aligned with the mic."""
+        new = total_frames - self._dropped_seen
+        if new > 0:
+            self.reference.skip(new * DSP_FORMAT.rate * self.capture.frame_ms // 1000)
+        self._dropped_seen = max(self._dropped_seen, total_frames)
+
+    @property
+    def divergences(self) -> int:
+        """Times the canceller was found (or told it was) diverged."""
+        return self.echo_guard.divergences if self.echo_guard is not None else 0
 
     def volume_changed(self, step_db: float) -> None:
         """The device changed its speaker's volume by ``step_db`` after the reference tap

@@ -88,6 +88,19 @@ class Condition:
     """Draw the voices from ``FAR_VOICES`` / ``NEAR_VOICES`` (else the bench's two)."""
 
 
+HARD = Condition(
+    "hard",
+    "RT60 0.3–0.6 s, delay 20–120 ms, clipping speaker, speaker 10 dB louder "
+    "than the user, ±3 dB mic gain drift",
+    rt60_s=(0.3, 0.6),
+    delay_ms=(20.0, 120.0),
+    drr_db=(0.0, 6.0),
+    near_to_echo_db=(-10.0, -10.0),
+    drive=(2.0, 3.0),
+    clip_dbfs=-4.0,
+    ref_dbfs=(-16.0, -12.0),
+    gain_drift_db=3.0,
+)
 CONDITIONS: dict[str, Condition] = {
     c.name: c
     for c in (
@@ -102,30 +115,12 @@ CONDITIONS: dict[str, Condition] = {
             "moderate",
             "rooms like the bench's, other voices, four noise types",
         ),
-        Condition(
-            "hard",
-            "RT60 0.3–0.6 s, delay 20–120 ms, clipping speaker, speaker 10 dB louder "
-            "than the user, ±3 dB mic gain drift",
-            rt60_s=(0.3, 0.6),
-            delay_ms=(20.0, 120.0),
-            drr_db=(0.0, 6.0),
-            near_to_echo_db=(-10.0, -10.0),
-            drive=(2.0, 3.0),
-            clip_dbfs=-4.0,
-            ref_dbfs=(-16.0, -12.0),
-            gain_drift_db=3.0,
-        ),
-        Condition(
-            "path change",
-            "hard, plus the device moved or the amplifier volume stepped ±6 dB mid-reply",
-            rt60_s=(0.3, 0.6),
-            delay_ms=(20.0, 120.0),
-            drr_db=(0.0, 6.0),
-            near_to_echo_db=(-10.0, -10.0),
-            drive=(2.0, 3.0),
-            clip_dbfs=-4.0,
-            ref_dbfs=(-16.0, -12.0),
-            gain_drift_db=3.0,
+        HARD,
+        replace(
+            HARD,
+            name="path change",
+            description="hard, plus the device moved or the amplifier volume stepped ±6 dB "
+            "mid-reply",
             path_change=True,
         ),
         Condition(

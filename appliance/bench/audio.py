@@ -57,7 +57,7 @@ RUNS: tuple[tuple[str, bool], ...] = (("speex", False), ("speex", True), ("webrt
 """(engine, divergence guard): ``speex`` without the guard is today's decision."""
 
 
-class _NullSink:
+class NullSink:
     """The speaker: takes 16 kHz frames and drops them (the room already has them)."""
 
     format = DSP_FORMAT
@@ -75,7 +75,7 @@ class _NullSink:
         return None
 
 
-class _StreamClock:
+class StreamClock:
     def __init__(self) -> None:
         self.now = 0.0
 
@@ -101,7 +101,7 @@ class _Tally:
     after_change_ms: list[float] = field(default_factory=list)
 
 
-def front_end(engine: str, guard: bool, clock: _StreamClock) -> FrontEnd:
+def front_end(engine: str, guard: bool, clock: StreamClock) -> FrontEnd:
     config = Config(
         audio=replace(AudioConfig(), aec=engine),
         activation=replace(ActivationConfig(), wake_word=""),
@@ -109,13 +109,13 @@ def front_end(engine: str, guard: bool, clock: _StreamClock) -> FrontEnd:
     return FrontEnd(config, AudioFormat(rate=RATE, frame_ms=20), clock=clock, guard=guard)
 
 
-async def _drive(
-    fe: FrontEnd, scene: roomset.HardScene, clock: _StreamClock
+async def play(
+    fe: FrontEnd, scene: roomset.HardScene, clock: StreamClock
 ) -> tuple[np.ndarray, list[int], int, float]:
     """Play ``scene`` through ``fe``; returns (uplink, frames where speech started,
     frames the speaker was audible, seconds of CPU in ``process``)."""
     s = scene.scene
-    tap = fe.tap(_NullSink())
+    tap = fe.tap(NullSink())
     count = len(s.mic) // FRAME
     mic = s.mic[: count * FRAME].astype("<i2").tobytes()
     ref = s.ref[: count * FRAME].astype("<i2").tobytes()
@@ -143,10 +143,10 @@ async def _drive(
 
 
 def _trial(engine: str, guard: bool, scene: roomset.HardScene, lag: int, t: _Tally) -> None:
-    clock = _StreamClock()
+    clock = StreamClock()
     fe = front_end(engine, guard, clock)
     t.engine = fe.echo.name
-    out, started, audible, cpu = asyncio.run(_drive(fe, scene, clock))
+    out, started, audible, cpu = asyncio.run(play(fe, scene, clock))
     fe.close()
     s = scene.scene
     t.trials += 1
