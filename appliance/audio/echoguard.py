@@ -58,6 +58,12 @@ DIVERGED_REMOVAL_DB = 6.0
 """Median per-band removal below this with the reference playing: the canceller removes
 (almost) nothing."""
 MIC_SHARE = 0.0
+BURST_MIC_SHARE = 0.02
+"""Out excess while the canceller still removes something and the mic shows (almost) no
+excess: a burst of nonlinear residual (a clipping speaker's loud onset), not the user."""
+BURST_BELOW_DB = 22.0
+"""... judged so only behind a canceller whose typical removal is below this (a clipping
+speaker; a clean one rarely bursts, and a user 6 dB under its echo shows little mic excess)."""
 ONSET_RISE = 10.0
 """A band whose reference envelope jumps 10 dB has new sound in it (a word after a pause,
 a new chord) that the adaptive filter has not heard lately: its residual is briefly loud."""
@@ -132,6 +138,8 @@ class EchoGuard:
         self.mic_share = 0.0
         self.removal_db = 0.0
         self.removal_limit_db = MIN_REMOVAL_LIMIT_DB
+        self.typical_removal_db = 0.0
+        """Median per-band removal over the last 3 s of echo."""
         """A frame the canceller took more than this off (band median) is its own echo."""
         self._removals: deque[float] = deque(maxlen=HISTORY)
         self.playing = False
@@ -208,6 +216,7 @@ class EchoGuard:
         self.mic_share = float(m[mic_ex].sum() / max(float(m.sum()), 1e-9))
         self.removal_db = float(np.median(10.0 * (log_m[active] - log_e[active])))
         typical = float(np.median(self._removals)) if self._removals else 0.0
+        self.typical_removal_db = typical
         self.removal_limit_db = max(MIN_REMOVAL_LIMIT_DB, typical - REMOVAL_MARGIN_DB)
         out_excess = self.out_share >= EXCESS_SHARE and self.removal_db < self.removal_limit_db
         mic_excess = self.mic_share >= EXCESS_SHARE
@@ -215,7 +224,12 @@ class EchoGuard:
         if out_excess and quiet_mic and self.removal_db < DIVERGED_REMOVAL_DB:
             self.mark_diverged(now)
         some_mic = float(m[log_m > p].sum()) >= MIC_SHARE * float(m.sum())
-        near = out_excess and (mic_excess or (some_mic and not self.diverged(now)))
+        burst = (
+            typical < BURST_BELOW_DB
+            and self.mic_share < BURST_MIC_SHARE
+            and self.removal_db >= DIVERGED_REMOVAL_DB
+        )
+        near = out_excess and not burst and (mic_excess or (some_mic and not self.diverged(now)))
         if not user and not near:
             self._learn(log_m - log_s, log_e - log_s, active)
             if m.sum() > ECHO_OVER_NOISE * float(np.sum(10.0**self._mic_floor)):

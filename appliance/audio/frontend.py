@@ -46,11 +46,14 @@ USER_RUN_FRAMES = 3
 """Consecutive 20 ms frames of near-end speech that make a barge-in: one frame can be a
 residual-echo burst; three (60 ms) were never the device's own voice in the tests."""
 SHORT_TURN_FRAMES = 8
+ECHO_LIKE_MIC_SHARE = 0.3
 """A barge-in with fewer near-end frames (160 ms) than this was probably echo."""
 DELAY_MARGIN_MS = 10
 """Leave this much of the measured lead to the filter (the estimate's jitter)."""
 DELAY_STEP_MS = 10
 """Move the reference's delay only for a change at least this large."""
+RESET_ON_DELAY = True
+MEASURE_DELAY = True
 QUIET_FRAMES = 25
 """Frames (0.5 s) without the user's voice that end their turn while the speaker plays."""
 SOUND_DBFS = -50.0
@@ -122,8 +125,8 @@ class EchoHealth:
     barge_ins: int = 0
     """Times the user was heard starting to speak while the speaker was audible."""
     suspected_self_interruptions: int = 0
-    """Barge-ins whose "user" gave fewer than ``SHORT_TURN_FRAMES`` frames of near-end
-    voice before falling silent: most likely the device's own echo."""
+    """Barge-ins that looked like the device's own echo once they ended
+    (``FrontEnd._echo_like_turn``): an estimate for the field, not a measurement."""
 
 
 class FrontEnd:
@@ -161,6 +164,7 @@ class FrontEnd:
         self._quiet_run = 0
         self._turn_frames = 0
         self._turn_over_speaker = False
+        self._turn_mic_peak = 0.0
         self.health = EchoHealth()
         self._mic_levels: deque[float] = deque(maxlen=2)
         self._echo_only: deque[tuple[float, float]] = deque(maxlen=150)
@@ -183,8 +187,13 @@ class FrontEnd:
         """Seconds of capture processed (the front end's own clock)."""
         self.delay: DelayEstimator | None = None
         """Measures the echo delay when ``audio.aec_delay_ms`` is 0 and a canceller runs."""
-        if audio.aec_delay_ms == 0 and self.echo.name in ("speex", "webrtc") and guard:
-            self.delay = DelayEstimator(DSP_FORMAT.rate)
+        if (
+            MEASURE_DELAY
+            and audio.aec_delay_ms == 0
+            and self.echo.name in ("speex", "webrtc")
+            and guard
+        ):
+            self.delay = DelayEstimator(DSP_FORMAT.rate, window_s=1.0, every_s=0.5)
         self._dropped_seen = 0
         log.info("echo suppression: %s", self.echo.name)
 
@@ -267,6 +276,7 @@ class FrontEnd:
             if started:
                 self._user_speaking = True
                 self._turn_frames = 0
+                self._turn_mic_peak = 0.0
                 self._turn_over_speaker = audible
                 self.health.barge_ins += audible
             elif self._user_speaking and (
@@ -275,9 +285,11 @@ class FrontEnd:
                 # with the guard, the residual echo can keep the gate open through a whole
                 # reply: the user has stopped when no frame was theirs for QUIET_FRAMES
                 self._user_speaking = False
-                if self._turn_over_speaker and self._turn_frames < SHORT_TURN_FRAMES:
+                if self._turn_over_speaker and self._echo_like_turn():
                     self.health.suspected_self_interruptions += 1
             self._turn_frames += near
+            if self.echo_guard is not None and self._user_speaking:
+                self._turn_mic_peak = max(self._turn_mic_peak, self.echo_guard.mic_share)
             wake = self.wake.name if self.wake is not None and self.wake.process(clean) else None
             out.append(Heard(clean, started, wake, self._user_speaking))
         return out
@@ -312,6 +324,14 @@ class FrontEnd:
         )
         return near and self.echo.out_dbfs >= NEAR_END_FLOOR_DBFS
 
+    def _echo_like_turn(self) -> bool:
+        """Did the turn that just ended look like the device's own echo? With the echo
+        guard: the mic never held clearly more than the echo model explains (a user, even
+        10 dB under the speaker, does in some frames); without it: the turn was short."""
+        if self.echo_guard is not None:
+            return self._turn_mic_peak < ECHO_LIKE_MIC_SHARE
+        return self._turn_frames < SHORT_TURN_FRAMES
+
     def _measure_delay(self, raw: bytes, ref: bytes) -> None:
         assert self.delay is not None
         lag = self.delay.push(np.frombuffer(raw, dtype="<i2"), np.frombuffer(ref, dtype="<i2"))
@@ -327,6 +347,8 @@ class FrontEnd:
             line * 1000 / DSP_FORMAT.rate,
         )
         self.reference.set_delay(line)
+        if RESET_ON_DELAY:
+            self.echo.reset()
         self.delay.reset()
         if self.echo_guard is not None:
             self.echo_guard.mark_diverged(self.stream_s)

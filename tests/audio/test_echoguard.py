@@ -44,7 +44,7 @@ def test_a_moved_device_does_not_take_its_own_echo_for_the_user(seed: int) -> No
     today, _ = _own_starts(scene, guard=False)
     assert any(0 <= f <= 10 for f in today)  # the room is hard enough to show the bug
     guarded, divergences = _own_starts(scene, guard=True)
-    assert guarded == []
+    assert [f for f in guarded if f >= 0] == []  # nothing from the change to the user
     assert divergences >= 1
 
 
