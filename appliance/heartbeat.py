@@ -70,6 +70,7 @@ def echo_health(app: App, uptime_s: float) -> dict[str, Any]:
     report.update(
         aec_erle_db=round(fe.erle_db, 1),
         aec_divergences=fe.divergences,
+        aec_delay_ms=None if fe.measured_delay_ms is None else round(fe.measured_delay_ms),
         playback_min=round(health.playback_s / 60.0, 1),
         local_barge_ins=health.barge_ins,
         self_interruptions=health.suspected_self_interruptions,
