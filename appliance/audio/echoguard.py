@@ -61,6 +61,9 @@ MIC_SHARE = 0.0
 BURST_MIC_SHARE = 0.02
 """Out excess while the canceller still removes something and the mic shows (almost) no
 excess: a burst of nonlinear residual (a clipping speaker's loud onset), not the user."""
+CLEAN_BURST_DB = 18.0
+"""Behind a well-converged canceller, the same holds for frames it still took this much
+off: a user 6 dB under the echo leaves the removal near 6–16 dB."""
 BURST_BELOW_DB = 22.0
 """... judged so only behind a canceller whose typical removal is below this (a clipping
 speaker; a clean one rarely bursts, and a user 6 dB under its echo shows little mic excess)."""
@@ -224,11 +227,8 @@ class EchoGuard:
         if out_excess and quiet_mic and self.removal_db < DIVERGED_REMOVAL_DB:
             self.mark_diverged(now)
         some_mic = float(m[log_m > p].sum()) >= MIC_SHARE * float(m.sum())
-        burst = (
-            typical < BURST_BELOW_DB
-            and self.mic_share < BURST_MIC_SHARE
-            and self.removal_db >= DIVERGED_REMOVAL_DB
-        )
+        burst_removal = DIVERGED_REMOVAL_DB if typical < BURST_BELOW_DB else CLEAN_BURST_DB
+        burst = self.mic_share < BURST_MIC_SHARE and self.removal_db >= burst_removal
         near = out_excess and not burst and (mic_excess or (some_mic and not self.diverged(now)))
         if not user and not near:
             self._learn(log_m - log_s, log_e - log_s, active)
