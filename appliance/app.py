@@ -483,6 +483,8 @@ class App:
                 continue
             self.last_audio = time.monotonic()
             self.audio_flowing.set()
+            if self.frontend is not None:  # frames lost to an overflow: keep the reference aligned
+                self.frontend.capture_dropped(getattr(self.source, "dropped_frames", 0))
             heard = self.frontend.process(frame) if self.frontend is not None else [Heard(frame)]
             for h in heard:
                 if h.wake is not None:

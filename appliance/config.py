@@ -165,8 +165,8 @@ class AudioConfig:
     aec_tail_ms: int = 200
     """Echo tail the canceller models, in ms (room reverberation it can remove)."""
     aec_delay_ms: int = 0
-    """Known extra delay between a playback write and its echo in the mic, in ms (0: use
-    the device's reported latencies)."""
+    """Known extra delay between a playback write and its echo in the mic, in ms (0:
+    measured by cross-correlating the mic with the speaker's signal, docs/audio.md)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ def health(app: App, started: float, transcripts: bool = True) -> dict[str, Any]
         "barge_ins": app.barge_ins,
         "tool_calls": stats.tool_calls,
         "aec": app.frontend.echo.name if app.frontend is not None else "none",
+        **echo_health(app, time.monotonic() - started),
         "last_error": app.last_error,
     }
     if transcripts:
@@ -53,6 +54,28 @@ def health(app: App, started: float, transcripts: bool = True) -> dict[str, Any]
             if role in ("user", "assistant") and role not in last:
                 last[role] = text[:SUMMARY_CHARS]
         report["last_turn"] = last
+    return report
+
+
+def echo_health(app: App, uptime_s: float) -> dict[str, Any]:
+    """Echo suppression in this room: the canceller's ERLE, how often it diverged, barge-ins
+    that were probably the device's own echo, and false wakes, per hour of uptime (an
+    operator compares rooms and HATs by these)."""
+    hours = max(uptime_s, 1.0) / 3600.0
+    report: dict[str, Any] = {"false_wakes_per_hour": round(app.stats.false_wakes / hours, 2)}
+    fe = app.frontend
+    if fe is None:
+        return report
+    health = fe.health
+    report.update(
+        aec_erle_db=round(fe.erle_db, 1),
+        aec_divergences=fe.divergences,
+        aec_delay_ms=None if fe.measured_delay_ms is None else round(fe.measured_delay_ms),
+        playback_min=round(health.playback_s / 60.0, 1),
+        local_barge_ins=health.barge_ins,
+        self_interruptions=health.suspected_self_interruptions,
+        self_interruptions_per_hour=round(health.suspected_self_interruptions / hours, 2),
+    )
     return report
 
 

@@ -340,6 +340,27 @@ class ReferenceBuffer:
         del self._line[:size]
         return out
 
+    @property
+    def delay_ms(self) -> float:
+        return len(self._line) / SAMPLE_WIDTH * 1000.0 / self.rate
+
+    def set_delay(self, delay_samples: int) -> None:
+        """Move the delay line to ``delay_samples``: longer inserts silence (the reference
+        pauses), shorter skips reference samples; either way the canceller must re-learn."""
+        if delay_samples < 0:
+            raise ValueError("delay must be ≥ 0")
+        current = len(self._line) // SAMPLE_WIDTH
+        if delay_samples > current:
+            self._line[:0] = bytes((delay_samples - current) * SAMPLE_WIDTH)
+        else:
+            del self._line[: (current - delay_samples) * SAMPLE_WIDTH]
+        self.delay_samples = delay_samples
+
+    def skip(self, n_samples: int) -> None:
+        """Capture lost ``n_samples`` (an overflow): drop the reference they would have
+        been cleaned with, so the next mic frame still meets its own."""
+        self.take(n_samples)
+
     def flush(self) -> None:
         """Playback was interrupted: drop what the speaker will now never play."""
         with self._lock:
@@ -370,6 +391,8 @@ class EchoSuppressor:
         """Level of the last capture frame before cleaning."""
         self.out_dbfs = -120.0
         """Level of the last cleaned frame."""
+        self.last_ref = b""
+        """The reference the last frame was cleaned with."""
 
     @property
     def name(self) -> str:
@@ -391,10 +414,12 @@ class EchoSuppressor:
         take = self.reference.take
         process = self.canceller.process
         n = self.canceller.frame_samples
+        refs = [take(n) for _ in range(count)]
         if count == 1:
-            out = process(frame, take(n))
+            out = process(frame, refs[0])
         else:
-            out = b"".join(process(frame[i * size : (i + 1) * size], take(n)) for i in range(count))
+            out = b"".join(process(frame[i * size : (i + 1) * size], refs[i]) for i in range(count))
+        self.last_ref = refs[0] if count == 1 else b"".join(refs)
         self.mic_dbfs = rms_dbfs(frame)
         self.out_dbfs = rms_dbfs(out)
         self.frames += 1

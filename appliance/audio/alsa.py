@@ -72,6 +72,9 @@ class AlsaSource:
         self._stream: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.overruns = 0
+        self.dropped_frames = 0
+        """Captured frames thrown away because the reader fell behind (the front end
+        skips their reference: ``FrontEnd.capture_dropped``)."""
 
     @property
     def format(self) -> AudioFormat:
@@ -110,6 +113,7 @@ class AlsaSource:
         if self._queue.full():
             self._queue.get_nowait()
             self.overruns += 1
+            self.dropped_frames += 1
             log.warning("capture overrun: %d frames lost so far", self.overruns)
         self._queue.put_nowait(data)
 
