@@ -14,10 +14,16 @@ from typing import Any
 import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-MAX_FAST_BODY = 64 * 1024
-"""Largest request body a fast-path route reads (its requests are small JSON objects)."""
+MAX_BODY = 64 * 1024
+"""Largest request body the server reads (device requests are small JSON objects)."""
+MAX_ADMIN_BODY = 1024 * 1024
+"""Largest body of an admin request (a group's profile holds instructions and tools)."""
+MAX_HEADERS = 16 * 1024
+"""Largest sum of a request's header names and values (a device's are about 500 bytes)."""
+BODY_TIMEOUT_S = 10.0
+"""How long a request body may take to arrive, all of it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,10 @@ Handler = Callable[[Scope, bytes], Awaitable[Reply]]
 """A fast-path route: the request's ASGI scope and its whole body in, the reply out."""
 
 TOO_LARGE = Reply(413, b'{"error":{"code":"request_too_large","message":"request body too large"}}')
+HEADERS_TOO_LARGE = Reply(
+    431, b'{"error":{"code":"headers_too_large","message":"request headers too large"}}'
+)
+TOO_SLOW = Reply(408, b'{"error":{"code":"request_timeout","message":"request body too slow"}}')
 
 
 def header(scope: Scope, name: bytes) -> str:
@@ -52,12 +62,18 @@ def header(scope: Scope, name: bytes) -> str:
 
 
 class FastPath:
-    """An ASGI app in front of ``app`` that answers the hot routes itself, straight in ASGI,
-    ahead of the framework's middlewares, routing, dependency solving and request/response
-    objects (FastAPI's part was a quarter of the server's CPU per mint, Starlette's objects
-    another 32 µs a request on a bare uvicorn). Declare
-    each handler as a framework route too, through ``endpoint``, so the OpenAPI schema (and
-    ``app`` alone) still serve it. Everything else, lifespan included, goes to ``app``."""
+    """An ASGI app in front of ``app`` that enforces the request limits on every route, and
+    answers the hot routes itself, straight in ASGI, ahead of the framework's middlewares,
+    routing, dependency solving and request/response objects (FastAPI's part was a quarter of
+    the server's CPU per mint, Starlette's objects another 32 µs a request on a bare
+    uvicorn). Declare each handler as a framework route too, through ``endpoint``, so the
+    OpenAPI schema (and ``app`` alone) still serve it. Everything else, lifespan included,
+    goes to ``app``, with its body already read.
+
+    The limits, on every HTTP request: headers up to ``MAX_HEADERS`` (else 431), a body up
+    to ``MAX_BODY`` (``MAX_ADMIN_BODY`` under ``/v1/admin/``; else 413, judged from
+    ``Content-Length`` before reading when it is given) that arrives within
+    ``BODY_TIMEOUT_S`` (else 408)."""
 
     def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], Handler]) -> None:
         self.app = app
@@ -65,31 +81,31 @@ class FastPath:
         """Handlers by ``(method, path)``."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        http = scope["type"] == "http"
-        handler = self.routes.get((scope["method"], scope["path"])) if http else None
-        if handler is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > MAX_FAST_BODY:
-                break
-        reply = TOO_LARGE if len(body) > MAX_FAST_BODY else await handler(scope, body)
-        if reply.status in (204, 304):  # no body, so no Content-Length (RFC 9110)
-            headers = list(reply.headers)
-        else:
-            length = str(len(reply.body)).encode()
-            headers = [(b"content-type", reply.content_type), (b"content-length", length)]
-            headers += reply.headers
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": b"" if reply.status == 204 else reply.body}
-        )
+        path: str = scope["path"]
+        limit = MAX_ADMIN_BODY if path.startswith("/v1/admin/") else MAX_BODY
+        body = await _read(scope, receive, limit)
+        if body is None:  # the client went away
+            return
+        if isinstance(body, Reply):
+            await _send(send, body)
+            return
+        handler = self.routes.get((scope["method"], path))
+        if handler is not None:
+            await _send(send, await handler(scope, body))
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     @staticmethod
     def endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -97,11 +113,50 @@ class FastPath:
 
         async def endpoint(request: Request) -> Response:
             body = await request.body()
-            too_large = len(body) > MAX_FAST_BODY
+            too_large = len(body) > MAX_BODY
             return (TOO_LARGE if too_large else await handler(request.scope, body)).response()
 
         endpoint.__name__, endpoint.__doc__ = handler.__name__, handler.__doc__  # for the schema
         return endpoint
+
+
+async def _read(scope: Scope, receive: Receive, limit: int) -> bytes | Reply | None:
+    """A request's whole body, or the reply refusing it, or ``None`` if the client left."""
+    size = 0
+    length = b""
+    for key, value in scope["headers"]:
+        size += len(key) + len(value)
+        if key == b"content-length":
+            length = value
+    if size > MAX_HEADERS:
+        return HEADERS_TOO_LARGE
+    if length and (not length.isdigit() or int(length) > limit):
+        return TOO_LARGE
+    body, more = b"", True
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return None
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > limit:
+                    return TOO_LARGE
+    except TimeoutError:
+        return TOO_SLOW
+    return body
+
+
+async def _send(send: Send, reply: Reply) -> None:
+    if reply.status in (204, 304):  # no body, so no Content-Length (RFC 9110)
+        headers = list(reply.headers)
+    else:
+        length = str(len(reply.body)).encode()
+        headers = [(b"content-type", reply.content_type), (b"content-length", length)]
+        headers += reply.headers
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if reply.status == 204 else reply.body})
 
 
 def listener(host: str, port: int) -> socket.socket:
