@@ -15,6 +15,7 @@ import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_BODY = 64 * 1024
 """Largest request body the server reads (device requests are small JSON objects)."""
@@ -24,6 +25,10 @@ MAX_HEADERS = 16 * 1024
 """Largest sum of a request's header names and values (a device's are about 500 bytes)."""
 BODY_TIMEOUT_S = 10.0
 """How long a request body may take to arrive, all of it."""
+MAX_HEAD = 128 * 1024
+"""Largest request head (request line and headers, as sent) the connection buffers."""
+HEAD_TIMEOUT_S = 10.0
+"""How long a request head may take to arrive, from its first byte."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +164,57 @@ async def _send(send: Send, reply: Reply) -> None:
     await send({"type": "http.response.body", "body": b"" if reply.status == 204 else reply.body})
 
 
+class BoundedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the request head bounded: refused with 431 past
+    ``MAX_HEAD`` bytes and with 408 if it is not complete ``HEAD_TIMEOUT_S`` after its first
+    byte (the parser would otherwise buffer a header of any size, as slowly as it comes,
+    before the app sees the request). Bodies are bounded by ``FastPath``."""
+
+    _head = 0
+    """Bytes of the current request head received so far; -1 once it is complete."""
+    _timer: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._head < 0:
+            super().data_received(data)
+            return
+        if self._timer is None:
+            self._timer = self.loop.call_later(HEAD_TIMEOUT_S, self._refuse, 408)
+        self._head += len(data)
+        super().data_received(data)
+        if self._head > MAX_HEAD:  # still no end of the headers
+            self._refuse(431)
+
+    def on_headers_complete(self) -> None:
+        self._head = -1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._head = 0  # the next request's head starts
+        super().on_message_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        super().connection_lost(exc)
+
+    def _refuse(self, status: int) -> None:
+        self._timer = None
+        if self._head < 0 or self.transport.is_closing():
+            return
+        reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        head += [
+            name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
+        ]
+        head.append(b"content-length: 0\r\nconnection: close\r\n\r\n")
+        self.transport.write(b"".join(head))
+        self.transport.close()
+
+
 def listener(host: str, port: int) -> socket.socket:
     """A bound TCP socket for uvicorn. Made with ``IPPROTO_TCP``, not 0: asyncio turns Nagle
     off (``TCP_NODELAY``) only on accepted sockets whose ``proto`` says TCP, and uvicorn
@@ -206,6 +262,7 @@ class Served:
             access_log=False,
             proxy_headers=False,  # nothing here reads client addresses: no proxy middleware
             server_header=False,
+            http=BoundedHttp,
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
         )
