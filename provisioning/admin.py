@@ -24,14 +24,16 @@ from importlib import resources
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from limits import RateLimitItem, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from pydantic_core import from_json
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from provisioning.schema import ADMIN_KEY, GroupRequest, TokenRequest, body, errors
 from provisioning.store import Audit, Device, Group, Store
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ def install(
 ) -> None:
     """Mount the admin API. ``flush`` writes this process's pending mint records (last seen,
     audit) before the device list and the audit log are read."""
-    router = APIRouter(prefix="/v1/admin")
+    router = APIRouter(prefix="/v1/admin", dependencies=ADMIN_KEY)
     gate = AdminGate(store)
 
     async def admin(request: Request) -> str | JSONResponse:
@@ -149,7 +151,7 @@ def install(
         await run_in_threadpool(_audit_refusal, store, client)
         return _error(401, "admin_required", "an admin credential is required")
 
-    @router.get("/devices")
+    @router.get("/devices", responses=errors(401, 429))
     async def devices(request: Request) -> Response:
         who = await admin(request)
         if isinstance(who, Response):
@@ -164,7 +166,7 @@ def install(
 
         return JSONResponse({"devices": await run_in_threadpool(read)})
 
-    @router.post("/devices/{device_id}/{action}")
+    @router.post("/devices/{device_id}/{action}", responses=errors(401, 404, 429))
     async def device_action(device_id: str, action: str, request: Request) -> Response:
         who = await admin(request)
         if isinstance(who, Response):
@@ -175,7 +177,7 @@ def install(
             return _error(404, "unknown_device", f"no device {device_id!r}")
         return JSONResponse({"id": device_id, "action": action})
 
-    @router.delete("/devices/{device_id}")
+    @router.delete("/devices/{device_id}", status_code=204, responses=errors(401, 404, 429))
     async def delete_device(device_id: str, request: Request) -> Response:
         who = await admin(request)
         if isinstance(who, Response):
@@ -184,13 +186,18 @@ def install(
             return _error(404, "unknown_device", f"no device {device_id!r}")
         return Response(status_code=204)
 
-    @router.post("/tokens", status_code=201)
+    @router.post(
+        "/tokens",
+        status_code=201,
+        responses=errors(400, 401, 404, 429),
+        openapi_extra=body(TokenRequest),
+    )
     async def tokens(request: Request) -> Response:
         who = await admin(request)
         if isinstance(who, Response):
             return who
         try:
-            body = await request.json()
+            body = from_json(await request.body())  # nesting bounded
             group = str(body.get("group", "default"))
             uses, ttl = int(body.get("uses", 1)), float(body.get("ttl_s", 86400))
             if not (1 <= uses <= 100_000 and 60 <= ttl <= 90 * 86400):
@@ -204,7 +211,7 @@ def install(
             return _error(404, "unknown_group", f"no group {group!r}")
         return JSONResponse({"token": token, "group": group, "uses": uses}, status_code=201)
 
-    @router.get("/groups")
+    @router.get("/groups", responses=errors(401, 429))
     async def groups(request: Request) -> Response:
         who = await admin(request)
         if isinstance(who, Response):
@@ -217,13 +224,13 @@ def install(
 
         return JSONResponse({"groups": await run_in_threadpool(read)})
 
-    @router.put("/groups/{name}")
+    @router.put("/groups/{name}", responses=errors(400, 401, 429), openapi_extra=body(GroupRequest))
     async def put_group(name: str, request: Request) -> Response:
         who = await admin(request)
         if isinstance(who, Response):
             return who
         try:
-            body = await request.json()
+            body = from_json(await request.body())  # nesting bounded
             profile, limits = body.get("profile"), body.get("limits")
             if profile is not None and (not isinstance(profile, dict) or "type" not in profile):
                 raise ValueError
@@ -236,7 +243,7 @@ def install(
         await run_in_threadpool(store.ensure_group, name[:64], profile, limits, who)
         return JSONResponse({"name": name})
 
-    @router.delete("/groups/{name}")
+    @router.delete("/groups/{name}", status_code=204, responses=errors(401, 404, 409, 429))
     async def delete_group(name: str, request: Request) -> Response:
         who = await admin(request)
         if isinstance(who, Response):
@@ -248,7 +255,7 @@ def install(
             return _error(409, "group_in_use", "move or delete its devices first")
         return Response(status_code=204)
 
-    @router.get("/audit")
+    @router.get("/audit", responses=errors(401, 429))
     async def audit(request: Request, limit: int = 100) -> Response:
         who = await admin(request)
         if isinstance(who, Response):
@@ -268,7 +275,7 @@ def install(
 
     app.include_router(router)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -7,23 +7,27 @@ from typing import Annotated, Any
 
 from fastapi import Security
 from fastapi.security import HTTPBearer
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from provisioning.auth import PUBLIC_KEY
 
 MAX_NAME = 64
 
 
-def _printable(name: str) -> str:
-    """A device name people read in lists and logs: no control characters, escapes, format
-    characters (bidirectional overrides) or lone surrogates."""
-    name = name.strip()
-    if not name or not name.isprintable():
-        raise ValueError("a device name is 1-64 printable characters")
-    return name
+def name_ok(name: str) -> bool:
+    """A device name people read in lists and logs: 1-64 characters, none of them control
+    characters, escapes, format characters (bidirectional overrides) or lone surrogates."""
+    return 0 < len(name.strip()) <= MAX_NAME and name.isprintable()
 
 
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_printable)]
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_NAME,
+        description="printable: no control or format characters, no lone surrogates",
+    ),
+]
 PublicKey = Annotated[
     str,
     Field(
@@ -85,12 +89,32 @@ def body(model: type[BaseModel] | None) -> dict[str, Any]:
 DEVICE_JWT = [Security(HTTPBearer(auto_error=False, scheme_name="deviceJWT", bearerFormat="JWT"))]
 """For the schema: device routes take ``Authorization: Bearer <device JWT>`` (each route
 checks it itself, through the ledger)."""
+ADMIN_KEY = [Security(HTTPBearer(auto_error=False, scheme_name="adminKey"))]
+"""For the schema: admin routes take ``Authorization: Bearer adm_<id>.<secret>``."""
+
+
+class TokenRequest(BaseModel):
+    group: str = Field(default="default", max_length=64)
+    uses: int = Field(default=1, ge=1, le=100_000)
+    ttl_s: float = Field(default=86400, ge=60, le=90 * 86400)
+    label: str = Field(default="", max_length=128)
+
+
+class GroupRequest(BaseModel):
+    profile: dict[str, Any] | None = Field(
+        default=None, description="the Realtime session object minted into keys; has a `type`"
+    )
+    limits: dict[str, int] | None = Field(
+        default=None, description="`device_per_minute`, `device_per_day`, `group_per_minute`"
+    )
+
 
 _REASONS = {
     400: "malformed request body",
     401: "refused credential (`clock_skew`, `replayed`, `unknown_key`, `revoked`, "
     "`disabled`, `invalid_token`; enrollment: unknown token)",
     403: "the credential may not do this (a superseded key)",
+    404: "no such device, group or action",
     408: "the request body was not received in time",
     409: "conflict (token used up, key in use, concurrent rotation)",
     410: "enrollment token expired",

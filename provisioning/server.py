@@ -23,15 +23,17 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, from_json, to_json
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Scope
 
 from provisioning import admin, schema
 from provisioning.admin import Metrics
 from provisioning.auth import AuthError, bearer_kid, public_key_ok
 from provisioning.ledger import Admitted, MintLedger, Refused
-from provisioning.schema import DEVICE_JWT, EnrollRequest, RotateRequest, errors
+from provisioning.schema import DEVICE_JWT, EnrollRequest, RotateRequest, errors, name_ok
 from provisioning.serving import FastPath, Reply, Served, header
-from provisioning.store import Enrolled, Store
+from provisioning.store import Enrolled, Store, hash_token
 from provisioning.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ def refused_early(exc: AuthError) -> Reply:
     return refusal(exc)
 
 
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 ENROLL_REFUSALS = {
     "unknown_token": (401, "invalid_token", "unknown enrollment token"),
     "token_expired": (410, "token_expired", "this enrollment token has expired"),
@@ -174,6 +177,23 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     async def _auth_error(_request: Request, exc: AuthError) -> Response:
         return error(exc.status, exc.code, str(exc))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """The framework's own refusals (no such path, method) in the server's error shape;
+        a 405's ``Allow`` lists every method of the path, not only its first route's."""
+        response = error(
+            exc.status_code, HTTP_CODES.get(exc.status_code, "bad_request"), exc.detail
+        )
+        if exc.status_code == 405:
+            methods = {
+                method
+                for route in app.router.routes
+                if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE
+                for method in route.methods or ()
+            }
+            response.headers["Allow"] = ", ".join(sorted(methods))
+        return response
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -196,9 +216,17 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 "bad_request",
                 "need token, public_key (base64url Ed25519) and name (1-64 printable characters)",
             )
-        if not public_key_ok(req.public_key):
-            return error(400, "bad_public_key", "not a canonical, valid Ed25519 public key")
-        outcome = await run_in_threadpool(store.enroll, req.token, req.public_key, req.name)
+        if not (public_key_ok(req.public_key) and name_ok(req.name)):
+            # the token is the credential: an unknown one is said first
+            if await run_in_threadpool(store.token_state, hash_token(req.token)) is None:
+                return error(*ENROLL_REFUSALS["unknown_token"])
+            return error(
+                400,
+                "bad_request",
+                "need a valid Ed25519 public_key (canonical base64url) and a printable name",
+            )
+        name = req.name.strip()
+        outcome = await run_in_threadpool(store.enroll, req.token, req.public_key, name)
         if not isinstance(outcome, Enrolled):
             metrics.enrollments.labels("refused").inc()
             return error(*ENROLL_REFUSALS[outcome])
