@@ -76,21 +76,28 @@ class FastPath:
     goes to ``app``, with its body already read.
 
     The limits, on every HTTP request: headers up to ``MAX_HEADERS`` (else 431), a body up
-    to ``MAX_BODY`` (``MAX_ADMIN_BODY`` under ``/v1/admin/``; else 413, judged from
+    to ``MAX_BODY`` (or what ``bodies`` allows under a path prefix; else 413, judged from
     ``Content-Length`` before reading when it is given) that arrives within
     ``BODY_TIMEOUT_S`` (else 408)."""
 
-    def __init__(self, app: ASGIApp, routes: Mapping[tuple[str, str], Handler]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Mapping[tuple[str, str], Handler],
+        bodies: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.routes = dict(routes)
         """Handlers by ``(method, path)``."""
+        self.bodies = dict({"/v1/admin/": MAX_ADMIN_BODY} if bodies is None else bodies)
+        """Largest body by path prefix, where it is not ``MAX_BODY``."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        limit = MAX_ADMIN_BODY if path.startswith("/v1/admin/") else MAX_BODY
+        limit = next((n for p, n in self.bodies.items() if path.startswith(p)), MAX_BODY)
         body = await _read(scope, receive, limit)
         if body is None:  # the client went away
             return

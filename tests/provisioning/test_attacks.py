@@ -171,8 +171,11 @@ async def test_concurrent_rotations_have_one_winner(
     replies = await asyncio.gather(
         *(post(url, device.token(), {"public_key": public_key_b64(k)}) for k in keys)
     )
-    codes = sorted(r.status_code for r in replies)
-    assert codes == [200] + [409] * 9, codes
+    codes = [r.status_code for r in replies]
+    assert codes.count(200) == 1, codes
+    # a loser is refused at the write (409), or, once the winner's write is seen, at the JWT:
+    # its key is no longer the current one (403)
+    assert set(codes) - {200} <= {403, 409}, codes
     winner = keys[[r.status_code for r in replies].index(200)]
     mint = f"{server.base_url}/v1/realtime/keys"
     working = [
