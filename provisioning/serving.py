@@ -23,12 +23,10 @@ MAX_ADMIN_BODY = 1024 * 1024
 """Largest body of an admin request (a group's profile holds instructions and tools)."""
 MAX_HEADERS = 16 * 1024
 """Largest sum of a request's header names and values (a device's are about 500 bytes)."""
-BODY_TIMEOUT_S = 10.0
-"""How long a request body may take to arrive, all of it."""
 MAX_HEAD = 128 * 1024
 """Largest request head (request line and headers, as sent) the connection buffers."""
-HEAD_TIMEOUT_S = 10.0
-"""How long a request head may take to arrive, from its first byte."""
+REQUEST_TIMEOUT_S = 10.0
+"""How long a request, head and body, may take to arrive, from its first byte."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +50,10 @@ Handler = Callable[[Scope, bytes], Awaitable[Reply]]
 """A fast-path route: the request's ASGI scope and its whole body in, the reply out."""
 
 TOO_LARGE = Reply(413, b'{"error":{"code":"request_too_large","message":"request body too large"}}')
+"""(The rest of such a body is discarded by uvicorn as it comes, within the request's time.)"""
 HEADERS_TOO_LARGE = Reply(
     431, b'{"error":{"code":"headers_too_large","message":"request headers too large"}}'
 )
-TOO_SLOW = Reply(408, b'{"error":{"code":"request_timeout","message":"request body too slow"}}')
 
 
 def header(scope: Scope, name: bytes) -> str:
@@ -77,8 +75,8 @@ class FastPath:
 
     The limits, on every HTTP request: headers up to ``MAX_HEADERS`` (else 431), a body up
     to ``MAX_BODY`` (or what ``bodies`` allows under a path prefix; else 413, judged from
-    ``Content-Length`` before reading when it is given) that arrives within
-    ``BODY_TIMEOUT_S`` (else 408)."""
+    ``Content-Length`` before reading when it is given). The time a request takes to arrive
+    is bounded by ``BoundedHttp``."""
 
     def __init__(
         self,
@@ -97,14 +95,16 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        limit = next((n for p, n in self.bodies.items() if path.startswith(p)), MAX_BODY)
+        handler = self.routes.get((scope["method"], path))
+        limit = MAX_BODY
+        if handler is None:
+            limit = next((n for p, n in self.bodies.items() if path.startswith(p)), MAX_BODY)
         body = await _read(scope, receive, limit)
         if body is None:  # the client went away
             return
         if isinstance(body, Reply):
             await _send(send, body)
             return
-        handler = self.routes.get((scope["method"], path))
         if handler is not None:
             await _send(send, await handler(scope, body))
             return
@@ -144,19 +144,17 @@ async def _read(scope: Scope, receive: Receive, limit: int) -> bytes | Reply | N
         return HEADERS_TOO_LARGE
     if length and (not length.isdigit() or int(length) > limit):
         return TOO_LARGE
-    body, more = b"", True
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return None
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-                if len(body) > limit:
-                    return TOO_LARGE
-    except TimeoutError:
-        return TOO_SLOW
+    message = await receive()  # usually the whole body
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body if message["type"] == "http.request" else None
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return TOO_LARGE
     return body
 
 
@@ -172,35 +170,38 @@ async def _send(send: Send, reply: Reply) -> None:
 
 
 class BoundedHttp(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the request head bounded: refused with 431 past
-    ``MAX_HEAD`` bytes and with 408 if it is not complete ``HEAD_TIMEOUT_S`` after its first
-    byte (the parser would otherwise buffer a header of any size, as slowly as it comes,
-    before the app sees the request). Bodies are bounded by ``FastPath``."""
+    """uvicorn's httptools protocol with each request bounded: its head past ``MAX_HEAD``
+    bytes is refused with 431, and a request not complete, body included, within
+    ``REQUEST_TIMEOUT_S`` of its first byte with 408 (the parser would otherwise buffer a
+    header of any size, and wait for a head or body however slowly it comes). The timer is
+    only started for a request that does not arrive whole in one read, so the usual small
+    request costs none. Body sizes are bounded by ``FastPath``."""
 
     _head = 0
     """Bytes of the current request head received so far; -1 once it is complete."""
+    _pending = False
+    """Whether a request has begun and not yet fully arrived."""
     _timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
-        if self._head < 0:
-            super().data_received(data)
-            return
-        if self._timer is None:
-            self._timer = self.loop.call_later(HEAD_TIMEOUT_S, self._refuse, 408)
-        self._head += len(data)
+        if self._head >= 0:
+            self._head += len(data)
+        self._pending = True  # until the parser says the message is complete
         super().data_received(data)
         if self._head > MAX_HEAD:  # still no end of the headers
             self._refuse(431)
+        elif self._pending and self._timer is None:
+            self._timer = self.loop.call_later(REQUEST_TIMEOUT_S, self._refuse, 408)
 
     def on_headers_complete(self) -> None:
         self._head = -1
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._head = 0  # the next request's head starts
+        self._head, self._pending = 0, False  # the next request's head starts
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -210,7 +211,10 @@ class BoundedHttp(HttpToolsProtocol):
 
     def _refuse(self, status: int) -> None:
         self._timer = None
-        if self._head < 0 or self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and self.cycle.response_started:  # refused already (413)
+            self.transport.close()
             return
         reason = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]

@@ -287,7 +287,7 @@ async def test_a_padded_authorization_header_is_refused(
 async def test_a_slow_request_head_is_timed_out(
     server: ProvisioningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(serving, "HEAD_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(serving, "REQUEST_TIMEOUT_S", 0.3)
     status = await _status_line(server, b"POST /v1/realtime/keys HTTP/1.1\r\nHost: x\r\n")
     assert status.startswith(b"HTTP/1.1 408"), status
 
@@ -295,7 +295,7 @@ async def test_a_slow_request_head_is_timed_out(
 async def test_a_slow_body_is_timed_out(
     server: ProvisioningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(serving, "BODY_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(serving, "REQUEST_TIMEOUT_S", 0.3)
     status = await _status_line(
         server,
         b"POST /v1/devices/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
