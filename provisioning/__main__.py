@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from provisioning.server import serve_app
+        from provisioning.serving import BoundedHttp
 
         if not settings.openai_api_key:
             print("provisioning: PROVISIONING_OPENAI_API_KEY(_FILE) is not set", file=sys.stderr)
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 workers=args.workers,
                 host=args.host,
                 port=args.port,
+                http=BoundedHttp,  # request heads bounded in size and time
                 **UVICORN,
             )
             return 0
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         sock = listener(args.host, args.port)
         host, port = sock.getsockname()[:2]
         logging.getLogger("provisioning").info("serving on http://%s:%d", host, port)
-        uvicorn.Server(uvicorn.Config(app, **UVICORN)).run(sockets=[sock])
+        config = uvicorn.Config(app, http=BoundedHttp, **UVICORN)
+        uvicorn.Server(config).run(sockets=[sock])
         return 0
     if args.command == "db":
         return _db(settings.database_url, args.action, args.revision)

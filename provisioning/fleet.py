@@ -171,6 +171,11 @@ def read_inventory(path: Path) -> list[Device]:
         if name in seen:
             raise InventoryError(f"{path}: device name {name!r} appears twice")
         seen.add(name)
+        if values.get("host"):
+            try:
+                parse_host(values["host"], "")
+            except PushError as exc:
+                raise InventoryError(f"{path}: device {name!r}: {exc}") from None
         devices.append(
             Device(
                 name,
@@ -418,11 +423,21 @@ def write_boot(boot: Path, bundle: Path, boot_mount: str, hook_cmdline: bool) ->
 # --- SSH push ------------------------------------------------------------------------------
 
 
+HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+"""A host name or IPv4 address: never an option to ssh (no leading ``-``), no spaces."""
+USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}")
+
+
 def parse_host(spec: str, default_user: str) -> tuple[str, str, str]:
-    """``[user@]host[:port]`` → (user, host, port)."""
+    """``[user@]host[:port]`` → (user, host, port); ``PushError`` for anything else (an
+    inventory's host reaches ssh's command line)."""
     user, _, rest = spec.rpartition("@")
     host, _, port = rest.partition(":")
-    if not host or (port and not port.isdigit()):
+    if (
+        not HOST_RE.fullmatch(host)
+        or (user and not USER_RE.fullmatch(user))
+        or (port and not (port.isdigit() and 0 < int(port) < 65536))
+    ):
         raise PushError(f"bad host {spec!r}: use [user@]host[:port]")
     return user or default_user, host, port
 
@@ -457,8 +472,8 @@ async def push(bundle: Path, device: Device, ssh: SshOptions) -> None:
         common += ["-i", ssh.identity]
     for option in ssh.options:
         common += ["-o", option]
-    ssh_argv = ["ssh", *common, *(["-p", port] if port else []), target]
-    scp_argv = ["scp", "-q", "-p", *common, *(["-P", port] if port else [])]
+    ssh_argv = ["ssh", *common, *(["-p", port] if port else []), "--", target]
+    scp_argv = ["scp", "-q", "-p", *common, *(["-P", port] if port else []), "--"]
     stage = f".appliance-bundle-{device.name}"
     await _run([*ssh_argv, f"rm -rf {stage} && mkdir -m 700 {stage}"], ssh.timeout_s, "ssh")
     files = [str(bundle / name) for name in BUNDLE_FILES]

@@ -41,7 +41,17 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
-from provisioning.auth import AuthError, DeviceKeys, verify
+from provisioning.auth import (
+    DISABLED,
+    EXP_LEEWAY_S,
+    INVALID_TOKEN,
+    REPLAYED,
+    REVOKED,
+    UNKNOWN_KEY,
+    AuthError,
+    DeviceKeys,
+    verify,
+)
 from provisioning.store import DEFAULT_LIMITS, Device, Store, make_engine
 
 log = logging.getLogger(__name__)
@@ -80,6 +90,12 @@ class Admitted:
     device_id: str
     group: str
     profile: dict[str, Any]
+    key: str = ""
+    """The public key that verified the JWT."""
+    current: bool = True
+    """Whether that key is the device's current one (not the previous key of an overlap)."""
+    charged: tuple[tuple[str, int], ...] = ()
+    """The rate counters (key, bucket) a mint was counted in (see ``MintLedger.refund``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +104,8 @@ class Refused:
     code: str
     message: str
     retry_after: float | None = None
+    server_time: float | None = None
+    """For ``clock_skew``: the server's clock when it judged the JWT."""
 
 
 Outcome = Admitted | Refused
@@ -110,6 +128,7 @@ class _Admit:
 class _Batch:
     admits: list[_Admit] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
+    refunds: list[tuple[str, int]] = field(default_factory=list)
 
 
 class MintLedger:
@@ -143,6 +162,7 @@ class MintLedger:
         )
         self._admits: list[tuple[_Admit, asyncio.Future[Outcome]]] = []
         self._audit: list[dict[str, Any]] = []
+        self._refunds: list[tuple[str, int]] = []
         self._keys: dict[str, DeviceKeys] = {}
         """Verification keys by device id, refreshed from every batch's locked device rows.
         Only a hint: the transaction re-checks that the key that verified is still valid."""
@@ -181,11 +201,18 @@ class MintLedger:
                 del self._audit[: len(self._audit) - MAX_PENDING_RECORDS]
             self._wake()
 
+    def refund(self, admitted: Admitted) -> None:
+        """Take a mint back off the counters it was charged to (the upstream failed: the
+        device got no key, so it is not held against its limits)."""
+        with self._lock:
+            self._refunds.extend(admitted.charged)
+            self._wake()
+
     async def flush(self) -> None:
         """Return once everything queued so far is written (or was refused)."""
         while True:
             with self._lock:
-                if not (self._admits or self._audit or self._busy):
+                if not (self._admits or self._audit or self._refunds or self._busy):
                     return
             await asyncio.sleep(0.01)
 
@@ -230,15 +257,15 @@ class MintLedger:
         assert self._loop is not None
         while True:
             with self._lock:
-                while not (self._admits or self._audit or self._stopping):
+                while not (self._admits or self._audit or self._refunds or self._stopping):
                     self._busy = False
                     self._lock.wait()
-                if self._stopping and not (self._admits or self._audit):
+                if self._stopping and not (self._admits or self._audit or self._refunds):
                     self._busy = False
                     return
                 admits, self._admits = self._admits, []
-                batch = _Batch([a for a, _ in admits], self._audit)
-                self._audit = []
+                batch = _Batch([a for a, _ in admits], self._audit, self._refunds)
+                self._audit, self._refunds = [], []
                 self._busy = True
             try:
                 self._write(batch)
@@ -251,11 +278,13 @@ class MintLedger:
                 else:  # a bug: say where
                     log.exception("mint ledger: batch failed")
                 for admit in batch.admits:
-                    admit.outcome = Refused(
-                        503, "database_unavailable", "try again shortly", retry_after=2
-                    )
+                    if admit.outcome is None:  # refusals of bad JWTs stand
+                        admit.outcome = Refused(
+                            503, "database_unavailable", "try again shortly", retry_after=2
+                        )
                 with self._lock:
                     self._audit[:0] = batch.audit
+                    self._refunds[:0] = batch.refunds
                 if admits and not self._hand_back(admits):
                     return
                 if self._stopping:
@@ -280,21 +309,89 @@ class MintLedger:
         return True
 
     def _write(self, batch: _Batch) -> None:
-        """One transaction: admit the batch's requests, write the queued audit rows."""
+        """Admit the batch's requests and write the queued audit rows, in one transaction.
+        Each request was checked on its own before (``_verify``), so only a database fault
+        fails the transaction; then every request is tried again in a transaction of its own,
+        and only if all of those fail too does the whole batch get 503."""
         now = time.time()
         self._verify(batch.admits, now)
-        audit = list(batch.audit)  # plus this batch's refusals (kept apart for a retry)
-        sql = self._sql
-        with self.engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite; rollback on error
-            cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            self._admit(cur, [a for a in batch.admits if a.outcome is None], now, audit)
-            if audit:
-                sql.audit(cur, audit)
-            if now >= self._next_purge or self.purge_every_s <= 0:
-                sql.purge(cur, now)
-                self._next_purge = now + self.purge_every_s
+        pending = [a for a in batch.admits if a.outcome is None]
+        early = self._refusal_rows([a for a in batch.admits if a.outcome is not None], now)
+        try:
+            self._transact(pending, batch.audit + early, batch.refunds, now)
+        except Exception as exc:
+            if len(pending) <= 1:
+                raise
+            log.warning("mint ledger: a batch failed (%s); its requests one by one", _brief(exc))
+            failed: list[BaseException] = []
+            for admit in pending:
+                try:
+                    self._transact([admit], [], [], now)
+                except Exception as alone:
+                    failed.append(alone)
+                    log.warning("mint ledger: a request failed alone (%s)", _brief(alone))
+                    admit.outcome = Refused(
+                        503, "database_unavailable", "try again shortly", retry_after=2
+                    )
+            if len(failed) == len(pending):
+                raise failed[-1] from exc  # the database, not a request: back off
+            self._transact([], batch.audit, batch.refunds, now)
+        self._log_refusals(batch.admits)
         if batch.admits and self._on_transaction is not None:
             self._on_transaction()
+
+    def _transact(
+        self,
+        admits: list[_Admit],
+        queued: list[dict[str, Any]],
+        refunds: list[tuple[str, int]],
+        now: float,
+    ) -> None:
+        """One transaction: admit ``admits``, write the audit rows and refunds. If it fails,
+        the outcomes it gave are taken back (the transaction rolled back)."""
+        audit = list(queued)  # plus this transaction's refusals (kept apart for a retry)
+        sql = self._sql
+        try:
+            with self.engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite; rollback on error
+                cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                self._admit(cur, admits, now, audit)
+                if refunds:
+                    sql.refund(cur, sorted(refunds))
+                audit += self._refusal_rows(admits, now)
+                if audit:
+                    sql.audit(cur, audit)
+                if now >= self._next_purge or self.purge_every_s <= 0:
+                    sql.purge(cur, now)
+                    self._next_purge = now + self.purge_every_s
+        except BaseException:
+            for admit in admits:
+                admit.outcome = None
+            raise
+
+    def _refusal_rows(self, admits: list[_Admit], now: float) -> list[dict[str, Any]]:
+        """Audit rows of refused JWTs of known devices: the reason, never the token."""
+        return [
+            {
+                "at": now,
+                "action": "device.auth_refused",
+                "device_id": a.kid,
+                "detail": {"code": a.outcome.code},
+            }
+            for a in admits
+            if isinstance(a.outcome, Refused) and a.outcome.status == 401 and a.kid in self._keys
+        ]
+
+    def _log_refusals(self, admits: list[_Admit]) -> None:
+        for admit in admits:
+            outcome = admit.outcome
+            if isinstance(outcome, Refused) and outcome.status == 401:
+                log.info(
+                    "device JWT refused: %s (%s), kid %s",
+                    outcome.code,
+                    outcome.message,
+                    admit.kid,
+                    extra={"device_id": admit.kid, "reason": outcome.code},
+                )
 
     def _verify(self, admits: list[_Admit], now: float) -> None:
         """Signatures, before the transaction (no lock is held while they are checked), with
@@ -321,17 +418,20 @@ class MintLedger:
             device = self._keys.get(admit.kid)
             if device is None:
                 if fresh:
-                    admit.outcome = Refused(401, "unknown_device", "unknown or revoked device")
+                    admit.outcome = Refused(401, UNKNOWN_KEY, "unknown device")
                 else:
                     retry.append(admit)
                 continue
             try:
                 admit.claims, admit.key = verify(admit.token, device, now)
             except AuthError as exc:
-                if fresh:
-                    admit.outcome = Refused(exc.status, exc.code, str(exc))
+                if fresh or exc.code != INVALID_TOKEN:
+                    admit.outcome = Refused(exc.status, exc.code, str(exc), None, exc.server_time)
                 else:
                     retry.append(admit)  # perhaps the device rotated its key elsewhere
+            except Exception as exc:  # a bug, but this request's own: never the batch's
+                log.exception("device JWT check failed")
+                admit.outcome = Refused(401, INVALID_TOKEN, f"JWT rejected: {type(exc).__name__}")
         return retry
 
     def _admit(
@@ -352,17 +452,20 @@ class MintLedger:
         seen: set[str] = set()
         for admit in admits:
             device = devices.get(admit.kid)
-            if device is None or device.revoked:
-                admit.outcome = Refused(401, "unknown_device", "unknown or revoked device")
+            if device is None:
+                admit.outcome = Refused(401, UNKNOWN_KEY, "unknown device")
+                continue
+            if device.revoked:
+                admit.outcome = Refused(401, REVOKED, "device is revoked")
                 continue
             if admit.key not in self._keys[device.id].valid(now):
-                admit.outcome = Refused(401, "bad_token", "JWT rejected: key was rotated")
+                admit.outcome = Refused(401, UNKNOWN_KEY, "JWT rejected: key was rotated")
                 continue
             seen.add(device.id)  # a valid signature: the device was here
             if admit.claims is None or admit.claims["jti"] not in fresh:
-                admit.outcome = Refused(401, "replayed_token", "JWT already used")
+                admit.outcome = Refused(401, REPLAYED, "JWT already used")
             elif not device.enabled:
-                admit.outcome = Refused(403, "device_disabled", "device is disabled")
+                admit.outcome = Refused(401, DISABLED, "device is disabled")
             else:
                 admitted.append(admit)
         if seen:  # rows this transaction has locked already
@@ -372,7 +475,10 @@ class MintLedger:
             sql.health(cur, sorted(reports.items()))
         for admit in admitted:
             if not admit.mint:
-                admit.outcome = Admitted(admit.kid, devices[admit.kid].group, {})
+                current = admit.key == devices[admit.kid].public_key
+                admit.outcome = Admitted(
+                    admit.kid, devices[admit.kid].group, {}, admit.key, current
+                )
         self._limit(cur, [a for a in admitted if a.mint], devices, now, audit)
 
     def _new_jtis(self, cur: Any, admits: list[_Admit], devices: dict[str, Any]) -> set[str]:
@@ -384,7 +490,7 @@ class MintLedger:
                 if jti in rows:
                     admit.claims = None  # the same JWT twice in one batch: the second replays
                 else:
-                    rows[jti] = float(admit.claims["exp"])
+                    rows[jti] = float(admit.claims["exp"]) + EXP_LEEWAY_S
         if not rows:
             return set()
         return self._sql.jtis(cur, list(rows.items()))
@@ -431,12 +537,18 @@ class MintLedger:
                     }
                 )
                 continue
+            charged = []
             for window, key, _limit in windows:
                 used[key] = used.get(key, 0) + 1
                 bucket = second - second % window.bucket_s
                 added[(key, bucket)] = added.get((key, bucket), 0) + 1
                 expires[(key, bucket)] = bucket + window.bucket_s + window.window_s
-            admit.outcome = Admitted(admit.kid, devices[admit.kid].group, dict(profile))
+                charged.append((key, bucket))
+            device = devices[admit.kid]
+            current = admit.key == device.public_key
+            admit.outcome = Admitted(
+                admit.kid, device.group, dict(profile), admit.key, current, tuple(charged)
+            )
         if added:
             rows = [(k, b, n, expires[(k, b)]) for (k, b), n in sorted(added.items())]
             self._sql.bump(cur, rows)
@@ -589,6 +701,16 @@ class _Sql:
             [value for row in rows for value in row],
         )
 
+    def refund(self, cur: Any, rows: list[tuple[str, int]]) -> None:
+        """Take one mint off each ``(key, bucket)`` counter (a key may come several times)."""
+        cur.executemany(
+            self.text(
+                'UPDATE mint_counters SET "count" = "count" - 1 '
+                'WHERE "key" = ? AND bucket = ? AND "count" > 0'
+            ),
+            rows,
+        )
+
     def audit(self, cur: Any, rows: list[dict[str, Any]]) -> None:
         cur.executemany(
             self.text("INSERT INTO audit (at, action, device_id, detail) VALUES (?, ?, ?, ?)"),
@@ -604,6 +726,11 @@ class _Sql:
             ),
             [now, PURGE_LIMIT],
         )
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception's type and first line (a database error's SQL and parameters stay out)."""
+    return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
 
 
 def _json(value: Any) -> Any:

@@ -12,7 +12,6 @@ import datetime as dt
 import gc
 import logging
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,18 +21,21 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic_core import from_json, to_json
-from sqlalchemy import select
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError, from_json, to_json
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Scope
 
-from provisioning import admin
+from provisioning import admin, schema
 from provisioning.admin import Metrics
-from provisioning.auth import AuthError, b64d, bearer_kid
+from provisioning.auth import AuthError, bearer_kid, public_key_ok
 from provisioning.ledger import Admitted, MintLedger, Refused
 from provisioning.models import DEFAULT_MODEL, ModelLifecycle, ModelWatch
+from provisioning.schema import DEVICE_JWT, EnrollRequest, RotateRequest, errors, name_ok
 from provisioning.serving import FastPath, Reply, Served, header
-from provisioning.store import Device, EnrollmentToken, Store, hash_token
+from provisioning.store import Enrolled, Store, hash_token
 from provisioning.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -91,10 +93,20 @@ class Settings:
         )
 
 
-def error_reply(status: int, code: str, message: str, retry_after: float | None = None) -> Reply:
-    """The server's error shape, ``{"error": {"code", "message"}}``, with ``Retry-After``."""
+def error_reply(
+    status: int,
+    code: str,
+    message: str,
+    retry_after: float | None = None,
+    server_time: float | None = None,
+) -> Reply:
+    """The server's error shape, ``{"error": {"code", "message"}}`` (with ``server_time``
+    for ``clock_skew``), with ``Retry-After``."""
     headers = () if retry_after is None else ((b"retry-after", b"%d" % max(1, round(retry_after))),)
-    return Reply(status, to_json({"error": {"code": code, "message": message}}), headers)
+    detail: dict[str, Any] = {"code": code, "message": message}
+    if server_time is not None:
+        detail["server_time"] = server_time
+    return Reply(status, to_json({"error": detail}), headers)
 
 
 def error(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
@@ -103,6 +115,34 @@ def error(status: int, code: str, message: str, retry_after: float | None = None
 
 MODEL_RETIRED_RETRY_S = 300.0
 """Retry-After of a mint refused because the group's model was shut down."""
+
+
+def refusal(exc: AuthError | Refused) -> Reply:
+    """A refused device request as its reply."""
+    if isinstance(exc, AuthError):
+        return error_reply(exc.status, exc.code, str(exc), server_time=exc.server_time)
+    return error_reply(exc.status, exc.code, exc.message, exc.retry_after, exc.server_time)
+
+
+def refused_early(exc: AuthError) -> Reply:
+    """A device JWT refused before the ledger (no or a malformed token): logged with the
+    reason, never the token."""
+    log.info("device JWT refused: %s (%s)", exc.code, exc, extra={"reason": exc.code})
+    return refusal(exc)
+
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+ENROLL_REFUSALS = {
+    "unknown_token": (401, "invalid_token", "unknown enrollment token"),
+    "token_expired": (410, "token_expired", "this enrollment token has expired"),
+    "token_used": (409, "token_used", "this enrollment token has already been used"),
+    "key_in_use": (409, "key_in_use", "this public key belongs to another device"),
+}
+ROTATE_REFUSALS = {
+    "key_in_use": (409, "key_in_use", "this public key is in use"),
+    "conflict": (409, "rotation_conflict", "the device's key changed meanwhile"),
+}
+
 
 WAL_CHECKPOINT_EVERY_S = 0.1
 """How often the server checkpoints a SQLite WAL, off the hot path (see ``Checkpointer``)."""
@@ -146,7 +186,13 @@ def create_app(
         yield
         await shutdown(_app)
 
-    app = FastAPI(title="Appliance provisioning server", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="Appliance provisioning server",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url=None,  # no HTML pages from a CDN: the schema is at /openapi.json
+        redoc_url=None,
+    )
     app.state.store = store
     app.state.owns_store = owns_store
     app.state.upstream = upstream
@@ -156,63 +202,73 @@ def create_app(
     store.ensure_group("default")
     admin.install(app, store, metrics, flush=ledger.flush, lifecycle=models.lifecycle)
 
-    def enroll_device(token: str, public_key: str, name: str) -> Device | Reply:
-        """The enrollment transaction (in a worker thread: never on the event loop)."""
-        now = time.time()
-        with store.session.begin() as db:
-            row = db.scalars(
-                select(EnrollmentToken)
-                .where(EnrollmentToken.token_hash == hash_token(token))
-                .with_for_update()
-            ).first()
-            if row is None:
-                return error_reply(401, "invalid_token", "unknown enrollment token")
-            if row.expires_at < now:
-                return error_reply(410, "token_expired", "this enrollment token has expired")
-            if row.uses >= row.max_uses:
-                return error_reply(409, "token_used", "this enrollment token has already been used")
-            row.uses += 1
-            device = Device(
-                id="dev_" + secrets.token_hex(8),
-                name=name,
-                group=row.group,
-                public_key=public_key,
-                created_at=now,
-            )
-            db.add(device)
-            store.audit(db, "device.enroll", device.id, name=name, group=row.group)
-        return device
-
     @app.exception_handler(AuthError)
     async def _auth_error(_request: Request, exc: AuthError) -> Response:
-        return error(exc.status, exc.code, str(exc))
+        return refusal(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """The framework's own refusals (no such path, method) in the server's error shape;
+        a 405's ``Allow`` lists every method of the path, not only its first route's."""
+        response = error(
+            exc.status_code, HTTP_CODES.get(exc.status_code, "bad_request"), exc.detail
+        )
+        if exc.status_code == 405:
+            methods = {
+                method
+                for route in app.router.routes
+                if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE
+                for method in route.methods or ()
+            }
+            response.headers["Allow"] = ", ".join(sorted(methods))
+        return response
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.post("/v1/devices/enroll", status_code=201)
+    @app.post(
+        "/v1/devices/enroll",
+        status_code=201,
+        response_model=schema.Enrolled,
+        responses=errors(400, 401, 409, 410),
+        openapi_extra=schema.body(EnrollRequest),
+    )
     async def enroll(request: Request) -> Response:
+        """Register a device's public key with an enrollment token. A retry with the same
+        token and key gets the same device (201 again, nothing used)."""
         try:
-            body = await request.json()
-            token, public_key = str(body["token"]), str(body["public_key"])
-            name = str(body.get("name") or "device")[:128]
-            if len(b64d(public_key)) != 32:
-                raise ValueError
-        except (ValueError, KeyError, TypeError):
-            return error(400, "bad_request", "need token, public_key (base64url Ed25519) and name")
-        outcome = await run_in_threadpool(enroll_device, token, public_key, name)
-        if isinstance(outcome, Reply):
-            return outcome.response()
-        device = outcome
+            req = EnrollRequest.model_validate_json(await request.body())
+        except ValidationError:
+            return error(
+                400,
+                "bad_request",
+                "need token, public_key (base64url Ed25519) and name (1-64 printable characters)",
+            )
+        if not (public_key_ok(req.public_key) and name_ok(req.name)):
+            # the token is the credential: an unknown one is said first
+            if await run_in_threadpool(store.token_state, hash_token(req.token)) is None:
+                return error(*ENROLL_REFUSALS["unknown_token"])
+            return error(
+                400,
+                "bad_request",
+                "need a valid Ed25519 public_key (canonical base64url) and a printable name",
+            )
+        name = req.name.strip()
+        outcome = await run_in_threadpool(store.enroll, req.token, req.public_key, name)
+        if not isinstance(outcome, Enrolled):
+            metrics.enrollments.labels("refused").inc()
+            return error(*ENROLL_REFUSALS[outcome])
         log.info(
-            "device %s enrolled in group %s",
-            device.id,
-            device.group,
-            extra={"device_id": device.id, "group": device.group},
+            "device %s %s in group %s",
+            outcome.device_id,
+            "enrolled" if outcome.created else "enrolled again (a retry)",
+            outcome.group,
+            extra={"device_id": outcome.device_id, "group": outcome.group},
         )
-        metrics.enrollments.labels("ok").inc()
-        return JSONResponse({"device_id": device.id, "group": device.group}, status_code=201)
+        metrics.enrollments.labels("ok" if outcome.created else "retry").inc()
+        body = {"device_id": outcome.device_id, "group": outcome.group}
+        return JSONResponse(body, status_code=201)
 
     minted_ok, minted_limited, minted_upstream_error, minted_database_unavailable = (
         metrics.mints.labels(outcome)
@@ -224,18 +280,17 @@ def create_app(
         try:
             token, kid = bearer_kid(header(scope, b"authorization"))
         except AuthError as exc:
-            return error_reply(exc.status, exc.code, str(exc))
+            return refused_early(exc)
         admitted = await ledger.admit(token, kid)
         if isinstance(admitted, Refused):
             if admitted.status == 429:
                 minted_limited.inc()
             elif admitted.status == 503:
                 minted_database_unavailable.inc()
-            return error_reply(
-                admitted.status, admitted.code, admitted.message, retry_after=admitted.retry_after
-            )
+            return refusal(admitted)
         guarded = models.guard(admitted.group, admitted.profile)
         if guarded.refused is not None:
+            ledger.refund(admitted)  # no key, so not counted against the device's limits
             ledger.record("key.mint", admitted.device_id, outcome="model_retired")
             return error_reply(
                 503,
@@ -247,6 +302,7 @@ def create_app(
         try:
             minted = await upstream.mint(admitted.device_id, guarded.profile)
         except UpstreamError as exc:
+            ledger.refund(admitted)  # no key, so not counted against the device's limits
             minted_upstream_error.inc()
             ledger.record(
                 "key.mint", admitted.device_id, outcome="upstream_error", status=exc.status
@@ -270,55 +326,79 @@ def create_app(
         return Reply(200, to_json(body))  # pydantic-core: a fifth of json's time
 
     realtime_base = settings.realtime_base or settings.upstream_url
-    app.post("/v1/realtime/keys")(FastPath.endpoint(mint))
+    app.post(
+        "/v1/realtime/keys",
+        response_model=schema.MintedKey,
+        responses=errors(401, 429, 503),
+        openapi_extra=schema.body(None),
+        dependencies=DEVICE_JWT,
+    )(FastPath.endpoint(mint))
 
     async def device(authorization: str, health: dict[str, Any] | None = None) -> Admitted:
         """The device whose JWT signs a request (not a mint), through the ledger like every
         device JWT; ``AuthError`` if it is refused."""
-        token, kid = bearer_kid(authorization)
+        try:
+            token, kid = bearer_kid(authorization)
+        except AuthError as exc:
+            refused_early(exc)
+            raise
         outcome = await ledger.authenticate(token, kid, health)
         if isinstance(outcome, Refused):
-            raise AuthError(outcome.status, outcome.code, outcome.message)
+            raise AuthError(outcome.status, outcome.code, outcome.message, outcome.server_time)
         return outcome
 
-    @app.post("/v1/devices/rotate")
+    @app.post(
+        "/v1/devices/rotate",
+        response_model=schema.Rotated,
+        responses=errors(400, 401, 403, 409, 503),
+        openapi_extra=schema.body(RotateRequest),
+        dependencies=DEVICE_JWT,
+    )
     async def rotate(request: Request) -> Response:
-        """Register a new public key, proven by a JWT signed with the current one."""
+        """Register a new public key, proven by a JWT signed with the device's current key
+        (a superseded key still valid in its overlap may authenticate, never rotate)."""
         try:
-            body = await request.json()
-            new_key = str(body["public_key"])
-            if len(b64d(new_key)) != 32:
+            who = await device(request.headers.get("authorization", ""))
+        except AuthError as exc:
+            return refusal(exc).response()
+        if not who.current:
+            return error(403, "key_superseded", "only the device's current key can rotate it")
+        try:
+            new_key = RotateRequest.model_validate_json(await request.body()).public_key
+            if not public_key_ok(new_key):
                 raise ValueError
-        except (ValueError, KeyError, TypeError):
-            return error(400, "bad_request", "need public_key (base64url raw Ed25519)")
-        device_id = (await device(request.headers.get("authorization", ""))).device_id
+        except (ValidationError, ValueError):
+            return error(400, "bad_public_key", "need public_key: a valid Ed25519 key, base64url")
         overlap_until = time.time() + settings.rotation_overlap_s
-
-        def write() -> None:
-            with store.session.begin() as db:
-                row = db.get_one(Device, device_id)
-                row.previous_key, row.previous_until = row.public_key, overlap_until
-                row.public_key = new_key
-                store.audit(db, "device.rotate", device_id)
-
-        await run_in_threadpool(write)
-        return JSONResponse({"device_id": device_id, "overlap_until": overlap_until})
+        outcome = await run_in_threadpool(
+            store.rotate, who.device_id, who.key, new_key, overlap_until
+        )
+        if outcome != "rotated":
+            return error(*ROTATE_REFUSALS[outcome])
+        return JSONResponse({"device_id": who.device_id, "overlap_until": overlap_until})
 
     async def heartbeat(scope: Scope, body: bytes) -> Reply:
         """Store the device's health report (version, uptime, counts) and its last-seen time."""
         try:
-            report = from_json(body or b"{}")
-        except ValueError:
+            report = from_json(body or b"{}")  # nesting is bounded by pydantic-core
+            if not isinstance(report, dict):
+                raise ValueError
+            to_json(report)  # lone surrogates cannot be stored
+        except (ValueError, PydanticSerializationError):
             return error_reply(400, "bad_request", "the report must be a JSON object")
         try:
-            await device(
-                header(scope, b"authorization"), report if isinstance(report, dict) else {}
-            )
+            await device(header(scope, b"authorization"), report)
         except AuthError as exc:
-            return error_reply(exc.status, exc.code, str(exc))
+            return refusal(exc)
         return Reply(204, b"")
 
-    app.post("/v1/devices/heartbeat", status_code=204)(FastPath.endpoint(heartbeat))
+    app.post(
+        "/v1/devices/heartbeat",
+        status_code=204,
+        responses=errors(400, 401, 503),
+        openapi_extra=schema.body(None),
+        dependencies=DEVICE_JWT,
+    )(FastPath.endpoint(heartbeat))
     # what uvicorn serves: the device routes a fleet calls all day go straight to their
     # handlers in ASGI (see FastPath)
     fast = {("POST", "/v1/realtime/keys"): mint, ("POST", "/v1/devices/heartbeat"): heartbeat}

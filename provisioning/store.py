@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import re
 import secrets
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -25,7 +27,9 @@ from sqlalchemy import (
     String,
     create_engine,
     event,
+    or_,
     select,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
@@ -92,8 +96,8 @@ class Device(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     group: Mapped[str] = mapped_column(ForeignKey("groups.name"))
-    public_key: Mapped[str] = mapped_column(String(64))
-    """base64url raw Ed25519 public key."""
+    public_key: Mapped[str] = mapped_column(String(64), unique=True)
+    """base64url raw Ed25519 public key; no two devices share one."""
     previous_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     """The key before the last rotation, accepted until ``previous_until``."""
     previous_until: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -102,6 +106,9 @@ class Device(Base):
     created_at: Mapped[float] = mapped_column(Float)
     last_seen: Mapped[float | None] = mapped_column(Float, nullable=True)
     health: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    enrolled_with: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """The enrollment token (its id) it enrolled with: a retry with the same token and key
+    gets this device back instead of a refusal."""
 
 
 class UsedJti(Base):
@@ -123,6 +130,22 @@ class AdminKey(Base):
 
 def _scrypt(secret: str, salt: str) -> str:
     return hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), n=2**14, r=8, p=1).hex()
+
+
+_DUMMY_SALT, _DUMMY_HASH = "00" * 16, "00" * 64
+"""What an unknown admin key id is checked against, so it costs the same scrypt as a known
+one (key ids cannot be told apart by timing)."""
+ADMIN_CREDENTIAL = re.compile(r"adm_([0-9a-f]{12})\.([A-Za-z0-9_-]{1,64})")
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolled:
+    """An enrollment's outcome: the device, and whether this request created it (``False``:
+    a retry with the same token and key got the device the first attempt made)."""
+
+    device_id: str
+    group: str
+    created: bool
 
 
 class Audit(Base):
@@ -210,17 +233,26 @@ class Store:
         db.add(Audit(at=time.time(), action=action, device_id=device_id, detail=detail))
 
     def ensure_group(
-        self, name: str, profile: dict[str, Any] | None = None, limits: dict[str, int] | None = None
+        self,
+        name: str,
+        profile: dict[str, Any] | None = None,
+        limits: dict[str, int] | None = None,
+        actor: str = "",
     ) -> Group:
         """Create the group, or update what is given. Safe when several processes (server
-        workers) create the same group at once: the loser of the race updates instead."""
+        workers) create the same group at once: the loser of the race updates instead.
+        ``actor``: the admin key id, for the audit log."""
         try:
-            return self._ensure_group(name, profile, limits)
+            return self._ensure_group(name, profile, limits, actor)
         except IntegrityError:
-            return self._ensure_group(name, profile, limits)
+            return self._ensure_group(name, profile, limits, actor)
 
     def _ensure_group(
-        self, name: str, profile: dict[str, Any] | None, limits: dict[str, int] | None
+        self,
+        name: str,
+        profile: dict[str, Any] | None,
+        limits: dict[str, int] | None,
+        actor: str,
     ) -> Group:
         with self.session.begin() as db:
             group = db.get(Group, name)
@@ -231,17 +263,22 @@ class Store:
                     limits={**DEFAULT_LIMITS, **(limits or {})},
                 )
                 db.add(group)
-                self.audit(db, "group.create", group=name)
+                self.audit(db, "group.create", group=name, **_by(actor))
             elif profile is not None or limits is not None:
                 if profile is not None:
                     group.profile = profile
                 if limits is not None:
                     group.limits = {**DEFAULT_LIMITS, **group.limits, **limits}
-                self.audit(db, "group.update", group=name)
+                self.audit(db, "group.update", group=name, **_by(actor))
             return group
 
     def create_token(
-        self, group: str, max_uses: int = 1, ttl_s: float = 86400, label: str = ""
+        self,
+        group: str,
+        max_uses: int = 1,
+        ttl_s: float = 86400,
+        label: str = "",
+        actor: str = "",
     ) -> str:
         """A new enrollment token, returned once (only its hash is stored)."""
         token = "enr_" + secrets.token_urlsafe(24)
@@ -257,7 +294,9 @@ class Store:
                     label=label,
                 )
             )
-            self.audit(db, "token.create", group=group, max_uses=max_uses, label=label)
+            self.audit(
+                db, "token.create", group=group, max_uses=max_uses, label=label, **_by(actor)
+            )
         return token
 
     def token_state(self, token_hash: str) -> tuple[int, int, float] | None:
@@ -269,8 +308,99 @@ class Store:
             ).first()
             return None if row is None else (row.uses, row.max_uses, row.expires_at)
 
-    def set_device_state(self, device_id: str, action: str) -> bool:
-        """``disable``, ``enable`` or ``revoke`` a device; effective on its next request."""
+    def enroll(self, token: str, public_key: str, name: str) -> Enrolled | str:
+        """Claim a use of ``token`` for a new device with ``public_key``: the device, or why
+        not (``unknown_token``, ``token_expired``, ``token_used``, ``key_in_use``).
+
+        The claim is one conditional ``UPDATE … WHERE uses < max_uses AND not expired``
+        judged by the row it returns, so concurrent claims (several workers, SQLite or
+        PostgreSQL) can never use a token more often than allowed. A retry with the same
+        token and the same key (the device failed after the server answered) gets the same
+        device back and uses nothing."""
+        token_hash = hash_token(token)
+        for _attempt in range(3):
+            earlier = self._enrolled(token_hash, public_key)
+            if earlier is not None:
+                return earlier
+            now = time.time()
+            try:
+                with self.session.begin() as db:  # the UPDATE first: no stale read on SQLite
+                    claim = db.execute(
+                        update(EnrollmentToken)
+                        .where(
+                            EnrollmentToken.token_hash == token_hash,
+                            EnrollmentToken.uses < EnrollmentToken.max_uses,
+                            EnrollmentToken.expires_at >= now,
+                        )
+                        .values(uses=EnrollmentToken.uses + 1)
+                        .returning(EnrollmentToken.id, EnrollmentToken.group)
+                    ).first()
+                    if claim is None:
+                        break
+                    device = Device(
+                        id="dev_" + secrets.token_hex(8),
+                        name=name,
+                        group=claim.group,
+                        public_key=public_key,
+                        created_at=now,
+                        enrolled_with=claim.id,
+                    )
+                    db.add(device)
+                    db.flush()  # the unique key is checked here
+                    self.audit(db, "device.enroll", device.id, name=name, group=claim.group)
+                return Enrolled(device.id, device.group, created=True)
+            except IntegrityError:  # the same key enrolled meanwhile: look again
+                continue
+        state = self.token_state(token_hash)
+        if state is None:
+            return "unknown_token"
+        return "token_expired" if state[2] < time.time() else "token_used"
+
+    def _enrolled(self, token_hash: str, public_key: str) -> Enrolled | str | None:
+        """The device this token already enrolled with this key; ``key_in_use`` if another
+        device has (or had, until its rotation overlap ends) the key; else ``None``."""
+        with self.session() as db:
+            row = db.execute(
+                select(Device.id, Device.group, Device.enrolled_with, EnrollmentToken.token_hash)
+                .outerjoin(EnrollmentToken, EnrollmentToken.id == Device.enrolled_with)
+                .where(or_(Device.public_key == public_key, Device.previous_key == public_key))
+            ).first()
+        if row is None:
+            return None
+        if row.token_hash == token_hash:
+            return Enrolled(row.id, row.group, created=False)
+        return "key_in_use"
+
+    def rotate(self, device_id: str, old_key: str, new_key: str, until: float) -> str:
+        """Make ``new_key`` the device's key if ``old_key`` is still its current one:
+        ``rotated``, ``key_in_use`` (any device's key, current or previous, its own too) or
+        ``conflict`` (the device rotated meanwhile: concurrent rotations, one wins)."""
+        with self.session() as db:
+            taken = db.scalars(
+                select(Device.id)
+                .where(or_(Device.public_key == new_key, Device.previous_key == new_key))
+                .limit(1)
+            ).first()
+        if taken is not None:
+            return "key_in_use"
+        try:
+            with self.session.begin() as db:
+                done = db.execute(
+                    update(Device)
+                    .where(Device.id == device_id, Device.public_key == old_key)
+                    .values(public_key=new_key, previous_key=old_key, previous_until=until)
+                    .returning(Device.id)
+                ).first()
+                if done is None:
+                    return "conflict"
+                self.audit(db, "device.rotate", device_id)
+        except IntegrityError:  # another device took the key meanwhile (unique)
+            return "key_in_use"
+        return "rotated"
+
+    def set_device_state(self, device_id: str, action: str, actor: str = "") -> bool:
+        """``disable``, ``enable`` or ``revoke`` a device; effective on its next request.
+        ``actor``: the admin key id, for the audit log."""
         with self.session.begin() as db:
             device = db.get(Device, device_id)
             if device is None:
@@ -279,7 +409,7 @@ class Store:
                 device.revoked = True
             else:
                 device.enabled = action == "enable"
-            self.audit(db, f"device.{action}", device_id)
+            self.audit(db, f"device.{action}", device_id, **_by(actor))
         return True
 
     def create_admin(self, label: str = "") -> str:
@@ -303,18 +433,20 @@ class Store:
         return f"adm_{key_id}.{secret}"
 
     def check_admin(self, credential: str) -> str | None:
-        """The admin key id if ``credential`` is valid, else ``None`` (constant-time compare)."""
-        if not credential.startswith("adm_") or "." not in credential:
+        """The admin key id if ``credential`` is valid, else ``None``. A well-formed
+        credential always costs one scrypt, whether its key id exists or not, and the hashes
+        are compared in constant time."""
+        match = ADMIN_CREDENTIAL.fullmatch(credential)
+        if match is None:
             return None
-        key_id, secret = credential[4:].split(".", 1)
+        key_id, secret = match.groups()
         with self.session() as db:
             row = db.get(AdminKey, key_id)
-        if row is None:
-            return None
-        ok = secrets.compare_digest(_scrypt(secret, row.salt), row.secret_hash)
-        return row.id if ok else None
+        salt, stored = (_DUMMY_SALT, _DUMMY_HASH) if row is None else (row.salt, row.secret_hash)
+        ok = secrets.compare_digest(_scrypt(secret, salt), stored)
+        return key_id if ok and row is not None else None
 
-    def delete_group(self, name: str) -> str:
+    def delete_group(self, name: str, actor: str = "") -> str:
         """``deleted``, ``missing``, or ``in_use`` (devices still belong to it). Its unused
         enrollment tokens go with it."""
         try:
@@ -328,19 +460,24 @@ class Store:
                 for token in db.scalars(tokens):
                     db.delete(token)
                 db.delete(group)
-                self.audit(db, "group.delete", group=name)
+                self.audit(db, "group.delete", group=name, **_by(actor))
         except IntegrityError:  # a device enrolled into it meanwhile (foreign key)
             return "in_use"
         return "deleted"
 
-    def delete_device(self, device_id: str) -> bool:
+    def delete_device(self, device_id: str, actor: str = "") -> bool:
         with self.session.begin() as db:
             device = db.get(Device, device_id)
             if device is None:
                 return False
             db.delete(device)
-            self.audit(db, "device.delete", device_id)
+            self.audit(db, "device.delete", device_id, **_by(actor))
         return True
+
+
+def _by(actor: str) -> dict[str, str]:
+    """An audit row's ``admin`` detail: the admin key id behind the change, if one was."""
+    return {"admin": actor} if actor else {}
 
 
 class Checkpointer:

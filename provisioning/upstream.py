@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -18,11 +19,16 @@ from typing import Any
 from pydantic_core import from_json, to_json
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
+from pyreqwest.response import Response
 
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 256
 """Connections to the upstream at once; more requests wait for one (up to the timeout)."""
+MAX_BODY = 256 * 1024
+"""Largest answer read from the upstream (a minted key with its session is about 2 KB)."""
+MAX_RETRY_AFTER_S = 300.0
+"""The upstream's ``Retry-After`` is passed on to devices, clamped to 1 s – this."""
 
 
 class UpstreamError(Exception):
@@ -84,20 +90,19 @@ class Upstream:
                 .header("OpenAI-Safety-Identifier", safety_identifier(device_id))
                 .header("Content-Type", "application/json")
                 .body_bytes(to_json(body))  # pydantic-core's JSON, both ways: fast
-                .build()
             )
-            response = await request.send()
-            request_id = response.get_header("x-request-id") or ""
-            if response.status != 200:
-                retry = _retry_after(response.get_header("retry-after"), response.status)
-                log.warning(
-                    "upstream answered %d (request id %s)",
-                    response.status,
-                    request_id or "-",
-                    extra={"upstream_status": response.status, "request_id": request_id},
-                )
-                raise UpstreamError(response.status, retry)
-            data = from_json(bytes(await response.bytes()))
+            async with request.build_streamed() as response:
+                request_id = (response.get_header("x-request-id") or "")[:128]
+                if response.status != 200:
+                    retry = _retry_after(response.get_header("retry-after"), response.status)
+                    log.warning(
+                        "upstream answered %d (request id %s)",
+                        response.status,
+                        request_id or "-",
+                        extra={"upstream_status": response.status, "request_id": request_id},
+                    )
+                    raise UpstreamError(response.status, retry)
+                data = from_json(await _bounded(response))
         except (PyreqwestError, ValueError) as exc:
             log.warning("upstream unreachable or garbled: %s", type(exc).__name__)
             raise UpstreamError(0, 5.0) from None
@@ -141,8 +146,28 @@ def safety_identifier(device_id: str) -> str:
     return hashlib.sha256(f"appliance-device:{device_id}".encode()).hexdigest()[:32]
 
 
+async def _bounded(response: Response) -> bytes:
+    """The body, read up to ``MAX_BODY`` (``ValueError`` past it: never buffered whole)."""
+    length = response.get_header("content-length") or "0"
+    if not length.isdigit() or int(length) > MAX_BODY:
+        raise ValueError("upstream body too large")
+    body = bytearray()
+    reader = response.body_reader
+    while (chunk := await reader.read_chunk()) is not None:
+        body += bytes(chunk)
+        if len(body) > MAX_BODY:
+            raise ValueError("upstream body too large")
+    return bytes(body)
+
+
 def _retry_after(header: str | None, status: int) -> float:
+    """Seconds from the upstream's ``Retry-After``, within 1 s – ``MAX_RETRY_AFTER_S`` (an
+    HTTP date or garbage: the default)."""
+    default = 5.0 if status >= 500 else 2.0
     try:
-        return max(1.0, float(header)) if header else (5.0 if status >= 500 else 2.0)
+        seconds = float(header) if header and len(header) <= 16 else default
     except ValueError:
-        return 5.0
+        return default
+    if math.isnan(seconds):
+        return default
+    return min(MAX_RETRY_AFTER_S, max(1.0, seconds))

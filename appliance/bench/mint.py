@@ -4,7 +4,9 @@ the stand-in as upstream, each in its own process, on this machine's cores.
 Figures: mints/s as fast as they go with 32 and with 128 requests in flight; the server's CPU
 time per mint (what one core of it would sustain); mints per database transaction; the CPU
 the stand-in and the load generator spend per mint, and how busy the machine was; p50/p99
-latency at a fixed 200/s.
+latency at a fixed 200/s; and mints/s at 128 in flight while 100 malformed requests a second
+(issue 15's attacks: bad ``kid``s, claims of the wrong type, oversized bodies and headers,
+names that are not printable, nesting) arrive alongside, against a clean run just before.
 
 The load for the bursts comes from wrk (C; ``mint.lua`` hands every request its own
 pre-signed JWT): a Python client spent 0.4 ms of CPU per request here, more than half of what
@@ -41,6 +43,10 @@ from appliance.identity import Identity, enroll
 KEY = "sk-standin-bench"
 LUA = Path(__file__).with_name("mint.lua")
 BURST_S = 10
+FLOOD_RATE = 100
+"""Malformed requests a second in the flooded burst."""
+FLOOD_PAIRS = 2
+"""Clean and flooded bursts, run alternately this many times each."""
 MAX_RATE = 4000
 """Tokens signed per second of a burst: more than a run can use (past them, replays)."""
 
@@ -241,6 +247,90 @@ async def _burst(
     )
 
 
+def _malformed(identity: Identity) -> list[tuple[str, dict[str, str], bytes]]:
+    """Requests that must each be refused on their own: ``(path, headers, body)``."""
+    import base64
+    import json
+
+    import jwt
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    def raw(header: str) -> str:
+        return f"{b64(header.encode())}.{b64(b'{}')}.{b64(bytes(64))}"
+
+    def signed(**claims: object) -> str:
+        now = int(time.time())
+        base: dict[str, object] = {"iss": identity.device_id, "sub": identity.device_id}
+        base |= {"aud": "appliance-provisioning", "iat": now, "exp": now + 30, "jti": "j"}
+        return jwt.encode(
+            base | claims,
+            identity.private_key,
+            algorithm="EdDSA",
+            headers={"kid": identity.device_id},
+        )
+
+    now = int(time.time())
+    mint, enroll = "/v1/realtime/keys", "/v1/devices/enroll"
+    key = b64(bytes(32))
+    return [
+        (mint, {"Authorization": "Bearer " + raw('{"alg":"EdDSA","kid":"\\ud800"}')}, b"{}"),
+        (mint, {"Authorization": "Bearer " + raw('{"alg":"EdDSA","kid":"d\\u0000"}')}, b"{}"),
+        (mint, {"Authorization": "Bearer " + signed(iat=str(now), exp=str(now + 30))}, b"{}"),
+        (mint, {"Authorization": "Bearer " + signed(jti="j" * 100)}, b"{}"),
+        (mint, {"Authorization": "Bearer x.y.z", "X-Padding": "p" * 20_000}, b"{}"),
+        (enroll, {}, b"x" * 70_000),
+        (enroll, {}, json.dumps({"token": "t", "public_key": key, "name": "\u202e"}).encode()),
+        (enroll, {}, b'{"name": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"),
+    ]
+
+
+async def _flood(base: str, identity: Identity, rate: int, stop: asyncio.Event) -> int:
+    """Send the malformed requests round and round at ``rate`` a second until ``stop``;
+    how many were answered with a 5xx or not at all (each must be its own 4xx)."""
+    requests = _malformed(identity)
+    failures = 0
+    builder = ClientBuilder().timeout(timedelta(seconds=30)).max_connections(16)
+    async with builder.build() as http:
+
+        async def one(path: str, headers: dict[str, str], body: bytes) -> None:
+            nonlocal failures
+            request = http.post(base + path).body_bytes(body)
+            for name, value in headers.items():
+                request = request.header(name, value)
+            try:
+                response = await request.build().send()
+                if response.status >= 500:
+                    failures += 1
+            except PyreqwestError:
+                failures += 1
+
+        tasks = []
+        t0 = time.perf_counter()
+        i = 0
+        while not stop.is_set():
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(*requests[i % len(requests)])))
+            i += 1
+        await asyncio.gather(*tasks)
+    return failures
+
+
+async def _flooded_burst(
+    work: Path, base: str, identities: list[Identity], pid: int, standin_pid: int
+) -> tuple[_Burst, int]:
+    """A 128-in-flight burst with ``FLOOD_RATE`` malformed requests a second alongside."""
+    stop = asyncio.Event()
+    flood = asyncio.create_task(_flood(base, identities[-1], FLOOD_RATE, stop))
+    try:
+        burst = await _burst(work, base, identities[:-1], 128, BURST_S, pid, standin_pid)
+    finally:
+        stop.set()
+        failures = await flood
+    return burst, failures
+
+
 async def _one(http: Client, url: str, token: str, latencies: list[float]) -> int:
     started = time.perf_counter()
     try:
@@ -293,11 +383,21 @@ async def _run() -> list[tuple[str, str]]:
                     for n in (32, 128)
                 ]
                 fixed = await _fixed_rate(f"{base}/v1/realtime/keys", identities, 200, 10)
+                clean, flooded, flood_failures = [], [], 0
+                for _pair in range(FLOOD_PAIRS):  # interleaved: the machine's load drifts
+                    clean.append(
+                        await _burst(work, base, identities[:-1], 128, BURST_S, pid, standin_pid)
+                    )
+                    burst, failures = await _flooded_burst(work, base, identities, pid, standin_pid)
+                    flooded.append(burst)
+                    flood_failures += failures
             except RuntimeError:
                 tail = (work / "servers.log").read_text(errors="replace")[-3000:]
                 print(f"servers' log tail:\n{tail}", file=sys.stderr)
                 raise
     q = statistics.quantiles(fixed, n=100)
+    clean_rate = statistics.mean(b.rate for b in clean)
+    flooded_rate = statistics.mean(b.rate for b in flooded)
     busiest = bursts[-1]
     return [
         ("machine reference: one Ed25519 verify (OpenSSL)", f"{_ed25519_us():.0f} µs"),
@@ -325,6 +425,13 @@ async def _run() -> list[tuple[str, str]]:
             "latency at a fixed 200/s",
             f"p50 {statistics.median(fixed) * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms "
             f"({len(fixed)} ok)",
+        ),
+        (
+            f"mints/s, 128 in flight, {FLOOD_RATE} malformed/s alongside",
+            f"{flooded_rate:.0f} ({flooded_rate / clean_rate:.0%} of {clean_rate:.0f} clean, "
+            f"{FLOOD_PAIRS} runs of each interleaved; {sum(b.ok for b in flooded)}/"
+            f"{sum(b.sent for b in flooded)} mints ok; malformed answered 5xx or not at all: "
+            f"{flood_failures})",
         ),
     ]
 

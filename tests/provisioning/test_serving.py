@@ -10,7 +10,7 @@ import httpx
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from provisioning.serving import MAX_FAST_BODY, FastPath, Reply, Served, header
+from provisioning.serving import MAX_BODY, FastPath, Reply, Served, header
 
 
 async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
@@ -85,8 +85,8 @@ async def test_fast_path_refuses_a_body_over_its_limit() -> None:
     calls: list[bytes] = []
     _app, fast = _fast_app(calls)
     async with Served(fast) as served, httpx.AsyncClient(base_url=served.base_url) as http:
-        reply = await http.post("/fast", content=b"x" * (MAX_FAST_BODY + 1))
+        reply = await http.post("/fast", content=b"x" * (MAX_BODY + 1))
         assert reply.status_code == 413
         assert reply.json()["error"]["code"] == "request_too_large"
-        assert (await http.post("/fast", content=b"x" * MAX_FAST_BODY)).status_code == 201
-    assert calls == [b"x" * MAX_FAST_BODY], "the handler never sees an oversized body"
+        assert (await http.post("/fast", content=b"x" * MAX_BODY)).status_code == 201
+    assert calls == [b"x" * MAX_BODY], "the handler never sees an oversized body"

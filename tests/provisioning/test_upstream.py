@@ -142,3 +142,48 @@ async def test_an_upstream_that_never_answers_times_out() -> None:
         assert (await _refused(served.base_url, timeout_s=0.3)).status == 0
         assert time.monotonic() - started < 5, "the request gave up at its timeout"
         answer.set()
+
+
+async def test_a_huge_answer_is_refused_without_reading_it_all() -> None:
+    """A 200 MB answer (no Content-Length) is given up on past the client's bound; the
+    upstream is left with most of it unsent."""
+    chunk, chunks = b" " * (1 << 20), 200
+    sent: list[int] = []
+
+    async def flood(scope: Scope, receive: Receive, send: Send) -> None:
+        gone = asyncio.Event()
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        watcher = asyncio.create_task(watch())
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i in range(chunks):
+            await asyncio.sleep(0)  # the watcher's turn: a send after a hang-up returns at once
+            if gone.is_set():  # the client hung up
+                break
+            sent.append(i)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"{}"})
+        watcher.cancel()
+
+    async with Served(flood) as served:
+        assert (await _refused(served.base_url)).status == 0
+    assert len(sent) < chunks / 4, "the answer was not read to its end"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [("inf", 300.0), ("1e300", 300.0), ("9" * 32, 2.0), ("nan", 2.0), ("-3", 1.0), ("7", 7.0)],
+)
+async def test_retry_after_is_clamped(header: str, expected: float) -> None:
+    async def limited(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"retry-after", header.encode()), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with Served(limited) as served:
+        assert (await _refused(served.base_url)).retry_after == expected

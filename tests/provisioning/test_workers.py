@@ -13,12 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import select
 
 from appliance.errors import RateLimited
-from appliance.identity import enroll
+from appliance.identity import enroll, public_key_b64
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.standin import StandIn, StandInConfig
-from provisioning.store import Store
+from provisioning.store import Device, Store, hash_token
 from tests.standin.conftest import API_KEY
 
 LIMIT = 5
@@ -94,3 +96,34 @@ async def test_limits_hold_across_worker_processes(
     outcomes = await asyncio.gather(*(mint() for _ in range(3 * LIMIT)))
     assert outcomes.count("ok") == LIMIT, outcomes
     assert outcomes.count("limited") == 2 * LIMIT
+
+
+@pytest.mark.parametrize("uses", [1, 3])
+async def test_a_token_is_claimed_at_most_its_uses_across_workers(
+    workers: str, db_url: str, uses: int
+) -> None:
+    """50 claims of one token at once, over fresh connections spread across both workers:
+    exactly ``uses`` winners, and the token row agrees."""
+    store = Store(db_url)
+    token = store.create_token("default", max_uses=uses, label="race")
+    store.close()
+
+    async def claim() -> int:
+        body = {"token": token, "public_key": public_key_b64(Ed25519PrivateKey.generate())}
+        async with httpx.AsyncClient(timeout=30) as http:
+            return (await http.post(f"{workers}/v1/devices/enroll", json=body)).status_code
+
+    codes = await asyncio.gather(*(claim() for _ in range(50)))
+    assert sorted(codes) == [201] * uses + [409] * (50 - uses)
+    store = Store(db_url)
+    try:
+        state = store.token_state(hash_token(token))
+        assert state is not None
+        assert state[:2] == (uses, uses)
+        with store.session() as db:
+            assert (
+                len(db.scalars(select(Device).where(Device.enrolled_with.is_not(None))).all())
+                == uses
+            )
+    finally:
+        store.close()
