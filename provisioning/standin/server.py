@@ -24,6 +24,7 @@ from starlette.types import Scope
 from appliance.realtime.ice import allow_loopback
 from provisioning.serving import FastPath, Reply, Served, header
 from provisioning.standin import events as ev
+from provisioning.standin import live
 from provisioning.standin.call import Call, SessionUpdateError, apply_session_update
 from provisioning.standin.script import Script
 from provisioning.standin.voice import Voice
@@ -137,6 +138,8 @@ class StandIn:
         """Minted sessions as JSON, by the requested session as JSON."""
         self.voice = Voice(self.config.tts)
         self.script = Script.load(self.config.script)
+        self.live = live.LiveSessions()
+        """GPT-Live sessions (``POST /v1/live/sessions``, see ``standin.live``)."""
         self.app, self.asgi = self._build_app()
         """The FastAPI app, and what uvicorn serves: the app behind its fast path."""
         self._served = Served(self.asgi, self.config.host, self.config.port)
@@ -168,6 +171,7 @@ class StandIn:
     async def stop(self) -> None:
         for call in list(self.calls.values()):
             await call.close()
+        await self.live.close_all()
         await self._served.stop()
 
     async def serve_forever(self) -> None:
@@ -277,6 +281,7 @@ class StandIn:
             return Reply(200, body)
 
         app.post("/v1/realtime/client_secrets")(FastPath.endpoint(client_secrets))
+        live.install(app, self)
         # uvicorn serves the hot route straight in ASGI (the mint benchmark calls it)
         asgi = FastPath(app, {("POST", "/v1/realtime/client_secrets"): client_secrets})
 
