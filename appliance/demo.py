@@ -5,6 +5,10 @@ enrolls a demo device, then runs the daemon on fake hardware: WAV clips as the m
 gpiozero's mock pins as the button and LED. Two turns: hold-to-talk, then a tap (hands-free,
 with a tool call). Prints the transcript, LED states and latencies; writes the speaker output
 to ``demo-out/answer.wav``. Exits 0 when both turns were answered.
+
+``--backend live`` (``make demo BACKEND=live``) puts the demo group on GPT-Live: the device
+opens its session through the server's Live relay and the stand-in's ``/v1/live/sessions``; the
+tool call is a Responses-delegation function call answered on the data channel.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from appliance.leds import PATTERNS
 from appliance.realtime.keys import CachedKeySource
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from appliance.realtime.tools import builtin_registry
+from provisioning.live_relay import live_profile
 from provisioning.server import ProvisioningServer, Settings, profile_for
 from provisioning.standin import StandIn, StandInConfig
 
@@ -78,7 +83,18 @@ class Report:
     ok: bool = False
 
 
-async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
+LIVE_DELEGATION = {
+    "type": "responses",
+    "responses": {
+        "model": "gpt-5.5",
+        "instructions": "Use the device's tools for anything about the device or the time.",
+    },
+}
+
+
+async def run_demo(
+    out_dir: Path, work: Path, quiet: bool = False, backend: str = "realtime"
+) -> Report:
     say = Printer(quiet)
     async with StandIn(StandInConfig(api_key=STANDIN_KEY)) as standin:
         settings = Settings(
@@ -88,9 +104,13 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
             port=0,
         )
         async with ProvisioningServer(settings) as server:
-            profile = profile_for(voice="marin")
-            profile["audio"]["input"] = {"transcription": {"model": "gpt-4o-mini-transcribe"}}
+            if backend == "live":
+                profile = live_profile("gpt-live-1", voice="marin", delegation=LIVE_DELEGATION)
+            else:
+                profile = profile_for(voice="marin")
+                profile["audio"]["input"] = {"transcription": {"model": "gpt-4o-mini-transcribe"}}
             server.store.ensure_group("default", profile)
+            say(f"backend: {backend} (the demo group's profile chooses it)")
             say(
                 f"stand-in on {standin.base_url} (voice: {standin.voice.engine}); "
                 f"provisioning server on {server.base_url}"
@@ -105,7 +125,8 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
             )
             source = WavSource(None, AudioFormat(config.audio.capture_rate))
             sink = WavSink(out_dir / "answer.wav", AudioFormat(config.audio.playback_rate))
-            keys = CachedKeySource(ProvisioningKeySource(identity))
+            provisioning = ProvisioningKeySource(identity)
+            keys = CachedKeySource(provisioning)
 
             def on_state(state: m.State) -> None:
                 p = PATTERNS[state]
@@ -121,6 +142,7 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
                 tools=builtin_registry(),
                 on_state=on_state,
                 frontend=make_frontend(config, source.format),
+                relay=provisioning,
             )
             stop = asyncio.Event()
             runner = asyncio.create_task(app.run(stop))
@@ -165,6 +187,10 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
             report.spoken.extend(call.track.sent)
             report.client_events.extend(call.received)
             report.server_events.extend(call.sent)
+        for live in standin.live.finished + list(standin.live.open.values()):
+            report.spoken.extend(live.track.sent)
+            report.client_events.extend(live.received)
+            report.server_events.extend(live.sent)
     for role, text in app.stats.transcripts:
         say(f"transcript {role}: {text}")
     say(f"tool calls: {app.stats.tool_calls}; turns answered: {app.stats.turns}")
@@ -178,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m appliance.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--backend",
+        choices=("realtime", "live"),
+        default="realtime",
+        help="the demo group's backend: the Realtime API (default) or GPT-Live",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -186,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="appliance-demo-") as work:
-        return 0 if asyncio.run(run_demo(args.out, Path(work))).ok else 1
+        report = asyncio.run(run_demo(args.out, Path(work), backend=args.backend))
+        return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Scope
 
-from provisioning import admin
+from provisioning import admin, live_relay
 from provisioning.admin import Metrics
 from provisioning.auth import AuthError, b64d, bearer_kid
 from provisioning.ledger import Admitted, MintLedger, Refused
@@ -127,6 +127,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
     app.state.metrics = metrics
     store.ensure_group("default")
     admin.install(app, store, metrics, flush=ledger.flush)
+    app.state.live_upstream = live_relay.LiveUpstream(
+        settings.upstream_url, settings.openai_api_key
+    )
+    live_relay.install(app, ledger, app.state.live_upstream)  # POST /v1/live/sessions
 
     def enroll_device(token: str, public_key: str, name: str) -> Device | Reply:
         """The enrollment transaction (in a worker thread: never on the event loop)."""
@@ -206,6 +210,9 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             return error_reply(
                 admitted.status, admitted.code, admitted.message, retry_after=admitted.retry_after
             )
+        moved = live_relay.wrong_backend_reply(admitted.profile)
+        if moved is not None:  # the group uses GPT-Live: no ephemeral keys there
+            return error_reply(*moved)
         try:
             minted = await upstream.mint(admitted.device_id, admitted.profile)
         except UpstreamError as exc:
@@ -294,6 +301,7 @@ async def shutdown(app: FastAPI) -> None:
     ``create_app`` opened it (a last WAL checkpoint)."""
     await app.state.ledger.close()
     await app.state.upstream.close()
+    await app.state.live_upstream.close()
     if app.state.owns_store:
         app.state.store.close()
 
