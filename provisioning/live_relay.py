@@ -61,6 +61,18 @@ LIVE_SESSION_KEYS = {
 }
 """What a Live group profile may set (``MediaSessionConfigParam`` less ``safety_identifier``,
 which the relay sets per device)."""
+DEVICE_CLIENT_EVENTS = [
+    "session.input_audio.mute",
+    "session.input_audio.unmute",
+    "session.commentary.append",
+    "session.instructions.append",
+    "response.item.create",
+    "response.create",
+    "session.close",
+]
+"""What a device may send on its data channel (``client.data_channel.allowed_client_events``,
+unless the group sets ``client`` itself): not ``session.update``, so a device cannot change the
+backend's instructions, tools or triggers, and no audio fixtures."""
 
 
 def backend_of(profile: dict[str, Any]) -> str:
@@ -133,6 +145,7 @@ def session_config(profile: JSON, device_id: str, tools: list[JSON]) -> JSON:
     clash)."""
     session = {k: copy.deepcopy(v) for k, v in profile.items() if k != "type"}
     session["safety_identifier"] = safety_identifier(device_id)
+    session.setdefault("client", {"data_channel": {"allowed_client_events": DEVICE_CLIENT_EVENTS}})
     delegation = session.get("delegation")
     if tools and isinstance(delegation, dict) and delegation.get("type") == "responses":
         responses = delegation.setdefault("responses", {})

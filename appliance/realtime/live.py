@@ -186,7 +186,10 @@ class LiveSession(RealtimeSession):
         await super().close()
 
     def _probe(self) -> None:
-        self.send({"type": "session.update", "session": {}})  # answered with session.updated
+        """Repeat the input mute state: the service acknowledges it (a device may not send
+        ``session.update``: the relay's data-channel permissions)."""
+        muted = bool(self.muted)
+        self.send({"type": "session.input_audio.mute" if muted else "session.input_audio.unmute"})
 
     # ------------------------------------------------------------------ sending
 

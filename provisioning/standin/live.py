@@ -212,6 +212,15 @@ class LiveSession:
             self._channel = channel
             channel.on("message", self._on_message)
             self._send(event("session.started", session=self.resource()))
+            allowed = self._allowed_client_events()
+            if allowed is not None:
+                self._send(
+                    event(
+                        "info",
+                        code="data_channel_permissions",
+                        message="This data channel may send: " + (", ".join(allowed) or "nothing"),
+                    )
+                )
             self._idle_task = self._spawn(self._watch_idle())
 
         @self.pc.on("track")
@@ -307,6 +316,12 @@ class LiveSession:
         self.received.append(data)
         kind = str(data.get("type"))
         event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+        allowed = self._allowed_client_events()
+        if allowed is not None and kind not in allowed:
+            self._error(
+                f"'{kind}' is not allowed on this data channel.", "event_not_allowed", event_id
+            )
+            return
         handler = self._handlers().get(kind)
         if handler is None:
             self._error(f"Unknown client event '{kind}'.", "unknown_event", event_id, param="type")
@@ -315,6 +330,13 @@ class LiveSession:
             handler(data, event_id)
         except (KeyError, TypeError, ValueError) as exc:
             self._error(f"Invalid event: {exc}", "invalid_value", event_id)
+
+    def _allowed_client_events(self) -> list[str] | None:
+        """``client.data_channel.allowed_client_events`` (``None``: all)."""
+        allowed = ((self.config.get("client") or {}).get("data_channel") or {}).get(
+            "allowed_client_events"
+        )
+        return None if allowed in (None, "all") else [str(k) for k in allowed]
 
     def _handlers(self) -> dict[str, Callable[[JSON, str | None], None]]:
         return {

@@ -103,6 +103,8 @@ async def test_the_relay_returns_only_the_answer_and_the_session_id(
         assert config["delegation"]["responses"]["tools"] == [GET_TIME]
         assert identity.device_id not in config["safety_identifier"]
         assert "type" not in config
+        allowed = config["client"]["data_channel"]["allowed_client_events"]
+        assert "session.update" not in allowed, "a device cannot rewrite the backend's config"
     finally:
         await pc.close()
     await server.app.state.ledger.flush()

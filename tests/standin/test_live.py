@@ -194,3 +194,22 @@ async def test_unknown_and_malformed_client_events_get_errors(standin: StandIn) 
         assert error["client_event_id"] == "x2"
     finally:
         await peer.close()
+
+
+async def test_data_channel_permissions_are_enforced(standin: StandIn) -> None:
+    peer = LivePeer(standin.base_url, API_KEY)
+    allowed = ["session.input_audio.mute", "session.close"]
+    try:
+        await peer.connect(
+            {"model": "gpt-live-1", "client": {"data_channel": {"allowed_client_events": allowed}}}
+        )
+        await peer.wait_for("session.started")
+        assert (await peer.wait_for("info"))["code"] == "data_channel_permissions"
+        update = peer.send({"type": "session.update", "session": {"triggers": []}})
+        error = (await peer.wait_for("error"))["error"]
+        assert (error["code"], error["client_event_id"]) == ("event_not_allowed", update)
+        peer.send({"type": "session.input_audio.mute"})
+        await peer.wait_for("session.input_audio.muted")
+        assert "session.updated" not in peer.types()
+    finally:
+        await peer.close()
