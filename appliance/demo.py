@@ -69,6 +69,14 @@ async def wait_state(app: App, wanted: m.State, within: float) -> None:
         await asyncio.sleep(0.02)
 
 
+def speaking(app: App) -> bool:
+    return app.snapshot.state is m.State.SPEAKING
+
+
+def playing(source: WavSource) -> bool:
+    return source.playing
+
+
 @dataclass
 class Report:
     """What a demo run saw, for the end-to-end test."""
@@ -80,6 +88,11 @@ class Report:
     """What reached the device's speaker, 48 kHz."""
     client_events: list[dict[str, Any]] = field(default_factory=list)
     server_events: list[dict[str, Any]] = field(default_factory=list)
+    connect_s: float = 0.0
+    """Cold connect of the first session: key or relay → session ready."""
+    turn_s: list[float] = field(default_factory=list)
+    """Per turn: from the end of the user's audio (button release; the clip's end hands-free)
+    to the first reply audio (SPEAKING)."""
     ok: bool = False
 
 
@@ -156,6 +169,7 @@ async def run_demo(
                 pin.drive_low()
                 await wait_state(app, m.State.LISTENING, 10)
                 assert app.session is not None
+                connect_s = app.session.timings["ready_s"]
                 say(
                     f"cold connect (key fetch → session ready) "
                     f"{app.session.timings['ready_s'] * 1000:.0f} ms, call {app.session.call_id}"
@@ -165,6 +179,7 @@ async def run_demo(
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(0.3)
                 pin.drive_high()
+                turn_ends = [time.monotonic()]
                 await wait_state(app, m.State.SPEAKING, 15)
                 await wait_state(app, m.State.IDLE, 30)
                 say(f"turn 1 answered {app.stats.last_turn_latency_ms:.0f} ms after release")
@@ -174,6 +189,9 @@ async def run_demo(
                 pin.drive_high()
                 await wait_state(app, m.State.LISTENING, 10)
                 source.queue(asset("question-time.wav"))
+                while playing(source) and not speaking(app):  # noqa: ASYNC110  # no "done" event
+                    await asyncio.sleep(0.01)
+                turn_ends.append(time.monotonic())
                 await wait_state(app, m.State.SPEAKING, 20)
                 await wait_state(app, m.State.IDLE, 30)
                 say(f"turn 2 answered {app.stats.last_turn_latency_ms:.0f} ms after end of speech")
@@ -182,7 +200,9 @@ async def run_demo(
                 await runner
                 if button is not None:
                     button.close()
-        report = Report(app.stats, played=sink.samples())
+        report = Report(app.stats, played=sink.samples(), connect_s=connect_s)
+        spoke = [t for t, state in app.stats.states if state is m.State.SPEAKING]
+        report.turn_s = [start - end for start, end in zip(spoke, turn_ends, strict=False)]
         for call in standin.finished_calls + list(standin.calls.values()):
             report.spoken.extend(call.track.sent)
             report.client_events.extend(call.received)

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "db":
         return _db(settings.database_url, args.action, args.revision)
+    from provisioning.live_relay import LIVE, backend_of, check_live_profile
     from provisioning.store import Device, Group, Store
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # `provisioning db` shows its steps
@@ -116,9 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "token":
         print(store.create_token(args.group, args.uses, args.ttl))
     elif args.command == "group" and args.action == "set":
+        profile = json.loads(args.profile) if args.profile else None
+        if profile is not None and backend_of(profile) == LIVE:
+            try:
+                check_live_profile(profile)
+            except ValueError as exc:
+                print(f"provisioning: --profile: Live profile: {exc}", file=sys.stderr)
+                return 2
         store.ensure_group(
             args.name,
-            json.loads(args.profile) if args.profile else None,
+            profile,
             json.loads(args.limits) if args.limits else None,
         )
     elif args.command == "group" and args.action == "delete":

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from provisioning.live_relay import LIVE, backend_of, check_live_profile
 from provisioning.store import Audit, Device, Group, Store
 
 JSON = dict[str, Any]
@@ -160,6 +161,11 @@ def install(
                 raise ValueError
         except (ValueError, TypeError, AttributeError):
             return _error(400, "bad_request", "profile must be a session object with a type")
+        if profile is not None and backend_of(profile) == LIVE:
+            try:
+                check_live_profile(profile)
+            except ValueError as exc:
+                return _error(400, "bad_request", f"Live profile: {exc}")
         await run_in_threadpool(store.ensure_group, name[:64], profile, limits)
         return JSONResponse({"name": name})
 

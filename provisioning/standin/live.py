@@ -221,6 +221,7 @@ class LiveSession:
                         message="This data channel may send: " + (", ".join(allowed) or "nothing"),
                     )
                 )
+            self._last_activity = time.monotonic()
             self._idle_task = self._spawn(self._watch_idle())
 
         @self.pc.on("track")

@@ -191,3 +191,24 @@ def test_live_profiles_and_device_tools_are_checked() -> None:
     for bad in ([{"type": "web_search"}], [{**GET_TIME, "secret": 1}], [GET_TIME] * 33, "x"):
         with pytest.raises(ValueError, match="tools"):
             device_tools(bad)
+
+
+def test_group_set_takes_a_live_profile_and_refuses_a_bad_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from provisioning.__main__ import main
+    from provisioning.store import Group, Store
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("PROVISIONING_DATABASE_URL", url)
+    good = live_profile("gpt-live-1.1", voice="cedar", instructions="Be brief.")
+    assert main(["group", "set", "kitchen", "--profile", json.dumps(good)]) == 0
+    bad = {**good, "turn_detection": None}  # a Realtime key: Live configs are strict
+    assert main(["group", "set", "kitchen", "--profile", json.dumps(bad)]) == 2
+    assert "turn_detection" in capsys.readouterr().err
+    store = Store(url)
+    try:
+        with store.session() as db:
+            assert db.get_one(Group, "kitchen").profile == good
+    finally:
+        store.close()
