@@ -272,7 +272,10 @@ class App:
         rgb = await asyncio.to_thread(camera.capture)
         budget = jpeg_budget(session.max_message_size)
         jpeg, width, height = await asyncio.to_thread(jpeg_that_fits, rgb, budget)
-        session.send(msg.user_image(data_url(jpeg)))
+        if isinstance(session, LiveSession):
+            session.send_image(data_url(jpeg))
+        else:
+            session.send(msg.user_image(data_url(jpeg)))
         log.info("photo sent: %dx%d, %d bytes", width, height, len(jpeg))
         return {"photo": f"{width}x{height} JPEG added to the conversation"}
 

@@ -147,6 +147,7 @@ class LiveSession(RealtimeSession):
         self._tool_outputs = 0
         """``function_call_output`` items sent since the last ``response.create``."""
         self._closed_by_us = False
+        self._announcing = False
 
     # ------------------------------------------------------------------ connect / close
 
@@ -224,10 +225,19 @@ class LiveSession(RealtimeSession):
         self._tool_outputs += 1
 
     def announce(self, kind: str, instructions: str) -> None:
-        """Something for the model to tell the user (timer, reconnect): speakable context."""
+        """Something for the model to tell the user (timer, reconnect): speakable context.
+        What it says next is logged as an announcement, not carried over."""
+        self._announcing = True
         self.send(
             {"type": "session.commentary.append", "delegation_id": None, "content": instructions}
         )
+
+    def send_image(self, url: str) -> None:
+        """A camera photo for the Responses backend (``response.item.create``: an input image
+        in a user message). Without Responses delegation the service refuses it (logged)."""
+        content = [{"type": "input_image", "image_url": url, "detail": "auto"}]
+        item = {"type": "message", "role": "user", "content": content}
+        self.send({"type": "response.item.create", "item": item})
 
     def seed(self, history: list[tuple[str, str]]) -> None:
         """Carry a conversation over into this new session, as appended instructions."""
@@ -265,8 +275,10 @@ class LiveSession(RealtimeSession):
             return
         reply = self._reply_id or "live_reply"
         if self.partial_reply and self._on_transcript:
-            self._on_transcript("assistant", self.partial_reply.strip())
+            role = "announcement" if self._announcing else "assistant"
+            self._on_transcript(role, self.partial_reply.strip())
         self.partial_reply = ""
+        self._announcing = False
         self._on_event(m.ReplyAudioStopped(reply))
         self._on_event(m.ResponseDone(reply, "completed", had_audio=True))
 
@@ -279,6 +291,7 @@ class LiveSession(RealtimeSession):
             self.heard += str(data["delta"])
             if not self._user_talking:
                 self._user_talking = True
+                self._announcing = False
                 self._on_event(m.SpeechStarted())
         elif kind == "session.output_transcript.delta":
             self.partial_reply += str(data["delta"])

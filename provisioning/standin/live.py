@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Coroutine
@@ -384,6 +385,9 @@ class LiveSession:
         waiting = self._commentary.pop(delegation or "", None)
         if waiting is not None and not waiting.done():
             waiting.set_result(str(data["content"]))
+        elif delegation is None and not self._speaking and not self._busy():
+            # general context for the user: the stand-in's "model" says it at once
+            self._reply = self._spawn(self._say(_speakable(str(data["content"]))))
 
     def _thinking_append(self, data: JSON, event_id: str | None) -> None:
         self._delegation_id(data)
@@ -502,6 +506,13 @@ class LiveSession:
         self._reply = self._spawn(self._take_turn(self._turn, text))
 
     # ------------------------------------------------------------------ the model's turn
+
+    def _busy(self) -> bool:
+        return self._reply is not None and not self._reply.done()
+
+    async def _say(self, text: str) -> None:
+        await self._speak(text)
+        self._send(event("session.usage.updated", usage=self.usage()))
 
     async def _take_turn(self, turn: int, text: str) -> None:
         delegation = (self.config.get("delegation") or {}).get("type", "client")
@@ -710,3 +721,9 @@ def install(app: FastAPI, standin: StandIn) -> None:
         )
 
     app.post("/v1/live/sessions")(create)
+
+
+def _speakable(content: str) -> str:
+    """What the stand-in says for commentary: a "Say: …" instruction's text, else the content."""
+    match = re.match(r"(?is)^\s*say[:\s]+(.*)$", content)
+    return match.group(1).strip() if match else content
