@@ -36,6 +36,7 @@ from appliance.config import ActivationConfig, AudioConfig, Config, DeviceConfig
 from appliance.identity import enroll
 from appliance.leds import PATTERNS
 from appliance.realtime.keys import CachedKeySource
+from appliance.realtime.live import LiveSession
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from appliance.realtime.tools import builtin_registry
 from provisioning.live_relay import live_profile
@@ -89,7 +90,8 @@ class Report:
     client_events: list[dict[str, Any]] = field(default_factory=list)
     server_events: list[dict[str, Any]] = field(default_factory=list)
     connect_s: float = 0.0
-    """Cold connect of the first session: key or relay → session ready."""
+    """Cold connect of the first session as the user waits for it: CONNECTING → LISTENING
+    (on GPT-Live this includes the mint's 409 that moves the device to the Live relay)."""
     turn_s: list[float] = field(default_factory=list)
     """Per turn: from the end of the user's audio (button release; the clip's end hands-free)
     to the first reply audio (SPEAKING)."""
@@ -118,7 +120,9 @@ async def run_demo(
         )
         async with ProvisioningServer(settings) as server:
             if backend == "live":
-                profile = live_profile("gpt-live-1", voice="marin", delegation=LIVE_DELEGATION)
+                profile = live_profile(
+                    "gpt-live-1", voice="marin", delegation=LIVE_DELEGATION, standby_after_s=5
+                )
             else:
                 profile = profile_for(voice="marin")
                 profile["audio"]["input"] = {"transcription": {"model": "gpt-4o-mini-transcribe"}}
@@ -169,7 +173,8 @@ async def run_demo(
                 pin.drive_low()
                 await wait_state(app, m.State.LISTENING, 10)
                 assert app.session is not None
-                connect_s = app.session.timings["ready_s"]
+                (connecting, _), (listening, _) = app.stats.states[:2]
+                connect_s = listening - connecting  # what the user waits for, all included
                 say(
                     f"cold connect (key fetch → session ready) "
                     f"{app.session.timings['ready_s'] * 1000:.0f} ms, call {app.session.call_id}"
@@ -195,6 +200,9 @@ async def run_demo(
                 await wait_state(app, m.State.SPEAKING, 20)
                 await wait_state(app, m.State.IDLE, 30)
                 say(f"turn 2 answered {app.stats.last_turn_latency_ms:.0f} ms after end of speech")
+                if isinstance(app.session, LiveSession) and app.session.usage:
+                    # GPT-Live bills active and standby (paused) seconds apart
+                    say(f"Live session usage so far: {app.session.usage}")
             finally:
                 stop.set()
                 await runner

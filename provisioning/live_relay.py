@@ -85,14 +85,20 @@ def live_profile(
     voice: str = "marin",
     instructions: str = "",
     delegation: JSON | None = None,
+    standby_after_s: int | None = None,
     **extra: Any,
 ) -> JSON:
-    """A Live group profile (see ``check_live_profile`` for what it may hold)."""
+    """A Live group profile (see ``check_live_profile`` for what it may hold).
+    ``standby_after_s``: pause inference after this much silence (billed at the standby rate)
+    until speech wakes it (``wake_policy`` speech + ``idle_timeout_s``; docs/live.md)."""
     profile: JSON = {"type": LIVE, "model": model, "audio": {"output": {"voice": voice}}}
     if instructions:
         profile["instructions"] = instructions
     if delegation is not None:
         profile["delegation"] = delegation
+    if standby_after_s is not None:
+        profile["wake_policy"] = {"type": "speech"}
+        profile["idle_timeout_s"] = standby_after_s
     profile.update(extra)
     check_live_profile(profile)
     return profile

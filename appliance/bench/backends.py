@@ -2,8 +2,9 @@
 standby billing.
 
 - **turns**: ``make demo`` on each backend (stand-in, provisioning server, daemon on fake
-  hardware, loopback WebRTC), ``RUNS`` times: cold connect (Realtime: key fetch + call + session
-  configured; Live: relay + session.started) and, per turn, the end of the user's audio (button
+  hardware, loopback WebRTC), ``RUNS`` times: cold connect as the user waits for it (CONNECTING
+  → LISTENING; Realtime: key fetch + call + session configured; Live: the mint's 409 that moves
+  the device, relay, session.started) and, per turn, the end of the user's audio (button
   release; the clip's end hands-free) to the first reply audio.
 - **relay**: the same SDP offer posted ``RELAY_RUNS`` times through the provisioning server's
   relay (device JWT, ledger, upstream call) and straight to the stand-in with the project key;
@@ -31,8 +32,8 @@ from appliance.identity import enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 
 RUNS = 2
-RELAY_RUNS = 10
-IDLE_S = 3.0
+RELAY_RUNS = 20
+IDLE_S = 6.0
 KEY = "sk-standin-bench-live"
 
 
