@@ -96,6 +96,8 @@ async def test_the_relay_returns_only_the_answer_and_the_session_id(
         # what went upstream: a valid LiveCreateParams with the group's config, the device's
         # tools under Responses delegation and a per-device safety identifier
         live = standin.live.open[body["session_id"]]
+        # no media hop: the answer (its ICE candidates) is the service's own, byte for byte
+        assert body["sdp"] == live.pc.localDescription.sdp
         config = live.config
         validate_create_request({"session": config, "transport": {"type": "webrtc", "sdp": sdp}})
         assert config["instructions"] == INSTRUCTIONS
