@@ -156,6 +156,7 @@ class LiveSession:
         self._channel: Any = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expiry: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._started = time.monotonic()
         self.muted = False
         self._speaking = False
@@ -261,18 +262,21 @@ class LiveSession:
         }
 
     async def close(self, reason: str = "close_requested") -> None:
-        if self.closed.is_set():
-            return
+        """Close once (``reason`` of the first call wins); every caller returns when the peer
+        connection is closed, so a stand-in that stops never leaves one open."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close(reason))
+        await asyncio.shield(self._closing)
+
+    async def _close(self, reason: str) -> None:
         self._send(
             event("session.closed", reason=reason, session=self.resource(), usage=self.usage())
         )
         self.closed.set()
         if self._expiry:
             self._expiry.cancel()
-        current = asyncio.current_task()
         for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
+            task.cancel()  # a task that asked for the close waits on it shielded
         await asyncio.sleep(0.05)  # let session.closed leave before the transport goes
         await self.pc.close()
         self._on_closed(self)
