@@ -16,7 +16,12 @@ from sqlalchemy import select
 from appliance.errors import BackendMoved, DeviceRevoked, ProvisioningUnavailable, RateLimited
 from appliance.identity import Identity, enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
-from provisioning.live_relay import check_live_profile, device_tools, live_profile
+from provisioning.live_relay import (
+    check_live_profile,
+    device_tools,
+    live_profile,
+    session_config,
+)
 from provisioning.server import ProvisioningServer, Settings, profile_for
 from provisioning.standin import StandIn, StandInConfig
 from provisioning.store import Audit
@@ -190,6 +195,16 @@ def test_live_profiles_and_device_tools_are_checked() -> None:
     with pytest.raises(ValueError, match="delegation"):
         live_profile(delegation={"type": "somebody"})
     assert device_tools([GET_TIME]) == [GET_TIME]
+    group_time = {**GET_TIME, "description": "The group's own clock."}
+    volume = {**GET_TIME, "name": "set_volume"}
+    profile = live_profile(
+        delegation={"type": "responses", "responses": {"model": "gpt-5.5", "tools": [group_time]}}
+    )
+    merged = session_config(profile, "dev_1", [GET_TIME, volume])
+    assert merged["delegation"]["responses"]["tools"] == [group_time, volume], "group wins"
+    assert profile["delegation"]["responses"]["tools"] == [group_time], "the profile is untouched"
+    client = session_config(live_profile(delegation={"type": "client"}), "dev_1", [GET_TIME])
+    assert "tools" not in str(client["delegation"]), "no backend to call them under client"
     for bad in ([{"type": "web_search"}], [{**GET_TIME, "secret": 1}], [GET_TIME] * 33, "x"):
         with pytest.raises(ValueError, match="tools"):
             device_tools(bad)
