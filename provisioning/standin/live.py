@@ -712,13 +712,14 @@ def install(app: FastAPI, standin: StandIn) -> None:
             on_closed=standin.live.closed,
             clock=standin.clock,
         )
+        standin.live.open[session.id] = session  # from here on, stopping closes it
         try:
             answer = await session.answer(sdp)
         except ValueError as exc:
+            standin.live.open.pop(session.id, None)
             return openai_error(
                 400, str(exc), code="invalid_offer", param="transport.sdp"
             ).response()
-        standin.live.open[session.id] = session
         log.info("live session %s created (%s)", session.id, config["model"])
         return Response(
             json.dumps(create_reply(session, answer)), 200, media_type="application/json"

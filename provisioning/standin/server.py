@@ -171,8 +171,8 @@ class StandIn:
     async def stop(self) -> None:
         for call in list(self.calls.values()):
             await call.close()
-        await self.live.close_all()
         await self._served.stop()
+        await self.live.close_all()  # after serving stopped: no session is created after it
 
     async def serve_forever(self) -> None:
         await self.start()
