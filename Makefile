@@ -29,8 +29,9 @@ $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
 venv: $(VENV)/.stamp-base
 venv-dev: $(VENV)/.stamp-dev
 
+BACKEND ?= realtime
 demo: $(VENV)/.stamp-base
-	$(PY) -m appliance.demo
+	$(PY) -m appliance.demo --backend $(BACKEND)
 
 lint: $(VENV)/.stamp-dev
 	$(VENV)/bin/ruff check appliance provisioning tests

@@ -57,6 +57,7 @@ async def _run(config_path: Path | None) -> int:
         keys=keys,
         tools=tools,
         frontend=frontend,
+        relay=provisioning,  # GPT-Live sessions, when the device's group uses that backend
     )
     app._on_state = lambda _state: notifier.status(app.status_text())
     stop = asyncio.Event()

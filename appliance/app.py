@@ -28,6 +28,7 @@ from appliance.config import Config
 from appliance.devicetools import GainSink, Timers, Volume, register_device_tools
 from appliance.errors import (
     AudioDeviceError,
+    BackendMoved,
     CallRejected,
     ConnectTimeout,
     DeviceRevoked,
@@ -39,6 +40,7 @@ from appliance.leds import PATTERNS, LedDriver
 from appliance.realtime import messages as msg
 from appliance.realtime import session_config
 from appliance.realtime.keys import KeySource
+from appliance.realtime.live import LiveRelay, LiveSession
 from appliance.realtime.media import MicTrack
 from appliance.realtime.tools import Tool, ToolRegistry
 from appliance.realtime.webrtc import RealtimeSession
@@ -96,8 +98,13 @@ class App:
         leds: LedDriver | None = None,
         on_state: Callable[[m.State], None] | None = None,
         frontend: FrontEnd | None = None,
+        relay: LiveRelay | None = None,
     ) -> None:
         self.config = config
+        self.relay = relay
+        """Opens GPT-Live sessions (the provisioning server); ``None``: Realtime only."""
+        self.backend = "realtime"
+        """The backend of the next session; the server moves it (``BackendMoved``)."""
         self.source = source
         self.frontend = frontend
         """Echo suppression, speech gate and wake word (``None``: raw mic, no wake word)."""
@@ -266,7 +273,10 @@ class App:
         rgb = await asyncio.to_thread(camera.capture)
         budget = jpeg_budget(session.max_message_size)
         jpeg, width, height = await asyncio.to_thread(jpeg_that_fits, rgb, budget)
-        session.send(msg.user_image(data_url(jpeg)))
+        if isinstance(session, LiveSession):
+            session.send_image(data_url(jpeg))
+        else:
+            session.send(msg.user_image(data_url(jpeg)))
         log.info("photo sent: %dx%d, %d bytes", width, height, len(jpeg))
         return {"photo": f"{width}x{height} JPEG added to the conversation"}
 
@@ -318,10 +328,14 @@ class App:
                 self._spawn(self._close_session(), "close-session")
             case m.OpenUplink():
                 self.mic.uplink_open = True
+                if isinstance(session, LiveSession):
+                    session.set_uplink(True)
             case m.CloseUplink() if self._keep_listening():
                 pass  # full duplex: the service's VAD hears a barge-in during the reply
             case m.CloseUplink():
                 self.mic.uplink_open = False
+                if isinstance(session, LiveSession):
+                    session.set_uplink(False)
             case m.PlayCue(name=name):
                 self._spawn(self._play_cue(name), "cue")
             case m.Announce(kind="queued"):
@@ -377,11 +391,20 @@ class App:
     def session_config(self) -> dict[str, Any]:
         return session_config.build(self.config, self.tools.schemas())
 
-    async def _open_session(self) -> None:
-        await self._close_session()
-        uplink_open = self.mic.uplink_open
-        self.mic = MicTrack(self.mic_format)  # a fresh track: nothing stale goes out
-        self.mic.uplink_open = uplink_open
+    def _new_session(self) -> RealtimeSession:
+        """A session on the current backend (the group's choice, learnt from the server)."""
+        session: RealtimeSession
+        if self.backend == "live" and self.relay is not None:
+            session = LiveSession(
+                relay=self.relay,
+                tools=self.tools.schemas() if self.config.realtime.tools else [],
+                mic=self.mic,
+                sink=self.sink,
+                on_event=lambda event: self._from_session(session, event),
+                on_transcript=self._transcript,
+                liveness_s=self.config.session.liveness_s,
+            )
+            return session
         session = RealtimeSession(
             keys=self.keys,
             session=self.session_config(),
@@ -391,6 +414,14 @@ class App:
             on_transcript=self._transcript,
             liveness_s=self.config.session.liveness_s,
         )
+        return session
+
+    async def _open_session(self, moves: int = 0) -> None:
+        await self._close_session()
+        uplink_open = self.mic.uplink_open
+        self.mic = MicTrack(self.mic_format)  # a fresh track: nothing stale goes out
+        self.mic.uplink_open = uplink_open
+        session = self._new_session()
         self.session = session
         carry = self.snapshot.resume or (
             time.monotonic() - self.last_turn_at < self.config.session.carry_over_s
@@ -399,6 +430,16 @@ class App:
             await asyncio.wait_for(session.connect(), self.config.session.connect_s)
         except (TimeoutError, ConnectTimeout):
             await self._fail(session, m.SessionFailed("connect timed out", offline=True))
+        except BackendMoved as exc:
+            if self.session is session:
+                self.session = None
+            await session.close()
+            if moves or (exc.backend == "live" and self.relay is None):
+                await self._fail(session, m.SessionFailed(str(exc)))
+                return
+            log.info("the group moved this device to the %s backend", exc.backend)
+            self.backend = exc.backend
+            await self._open_session(moves + 1)
         except DeviceRevoked as exc:
             await self._fail(session, m.SessionFailed(f"device refused: {exc}"))
         except ProvisioningError as exc:

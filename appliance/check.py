@@ -32,6 +32,8 @@ class Context:
     config: Config
     wait_button_s: float = 10.0
     key: Any = None
+    relay: Any = None
+    """The provisioning server's Live relay, when the device's group uses GPT-Live."""
 
 
 async def check_audio(ctx: Context) -> Result:
@@ -105,8 +107,17 @@ async def check_provisioning(ctx: Context) -> Result:
         identity = Identity.load(ctx.config.device.state_dir)
     except FileNotFoundError:
         return Result("provisioning", False, "not enrolled: run 'appliance enroll'")
+    from appliance.errors import BackendMoved
+
     started = time.perf_counter()
-    ctx.key = await ProvisioningKeySource(identity).get_key()
+    source = ProvisioningKeySource(identity)
+    try:
+        ctx.key = await source.get_key()
+    except BackendMoved as exc:
+        if exc.backend != "live":
+            raise
+        ctx.relay = source
+        return Result("provisioning", True, f"{identity.server}: the group uses GPT-Live")
     ms = (time.perf_counter() - started) * 1000
     return Result("provisioning", True, f"{identity.server}: key minted in {ms:.0f} ms")
 
@@ -115,18 +126,29 @@ async def check_session(ctx: Context) -> Result:
     from appliance.audio.base import AudioFormat
     from appliance.audio.wav import WavSink
     from appliance.realtime.keys import StaticKeySource
+    from appliance.realtime.live import LiveSession
     from appliance.realtime.media import MicTrack
     from appliance.realtime.webrtc import RealtimeSession
 
-    if ctx.key is None:
+    session: RealtimeSession
+    if ctx.relay is not None:
+        session = LiveSession(
+            relay=ctx.relay,
+            tools=[],
+            mic=MicTrack(AudioFormat()),
+            sink=WavSink(None, AudioFormat(48_000)),
+            on_event=lambda _e: None,
+        )
+    elif ctx.key is None:
         return Result("session", False, "skipped: no key")
-    session = RealtimeSession(
-        keys=StaticKeySource(ctx.key),
-        session={"type": "realtime"},
-        mic=MicTrack(AudioFormat()),
-        sink=WavSink(None, AudioFormat(48_000)),
-        on_event=lambda _e: None,
-    )
+    else:
+        session = RealtimeSession(
+            keys=StaticKeySource(ctx.key),
+            session={"type": "realtime"},
+            mic=MicTrack(AudioFormat()),
+            sink=WavSink(None, AudioFormat(48_000)),
+            on_event=lambda _e: None,
+        )
     try:
         await asyncio.wait_for(session.connect(), ctx.config.session.connect_s)
         ms = session.timings["ready_s"] * 1000

@@ -5,6 +5,10 @@ enrolls a demo device, then runs the daemon on fake hardware: WAV clips as the m
 gpiozero's mock pins as the button and LED. Two turns: hold-to-talk, then a tap (hands-free,
 with a tool call). Prints the transcript, LED states and latencies; writes the speaker output
 to ``demo-out/answer.wav``. Exits 0 when both turns were answered.
+
+``--backend live`` (``make demo BACKEND=live``) puts the demo group on GPT-Live: the device
+opens its session through the server's Live relay and the stand-in's ``/v1/live/sessions``; the
+tool call is a Responses-delegation function call answered on the data channel.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from appliance.config import (
 from appliance.identity import enroll
 from appliance.leds import PATTERNS
 from appliance.realtime.keys import CachedKeySource
+from appliance.realtime.live import LiveSession
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from appliance.realtime.tools import builtin_registry
+from provisioning.live_relay import live_profile
 from provisioning.server import ProvisioningServer, Settings, profile_for
 from provisioning.standin import StandIn, StandInConfig
 
@@ -70,6 +76,14 @@ async def wait_state(app: App, wanted: m.State, within: float) -> None:
         await asyncio.sleep(0.02)
 
 
+def speaking(app: App) -> bool:
+    return app.snapshot.state is m.State.SPEAKING
+
+
+def playing(source: WavSource) -> bool:
+    return source.playing
+
+
 @dataclass
 class Report:
     """What a demo run saw, for the end-to-end test."""
@@ -81,10 +95,27 @@ class Report:
     """What reached the device's speaker, 48 kHz."""
     client_events: list[dict[str, Any]] = field(default_factory=list)
     server_events: list[dict[str, Any]] = field(default_factory=list)
+    connect_s: float = 0.0
+    """Cold connect of the first session as the user waits for it: CONNECTING → LISTENING
+    (on GPT-Live this includes the mint's 409 that moves the device to the Live relay)."""
+    turn_s: list[float] = field(default_factory=list)
+    """Per turn: from the end of the user's audio (button release; the clip's end hands-free)
+    to the first reply audio (SPEAKING)."""
     ok: bool = False
 
 
-async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
+LIVE_DELEGATION = {
+    "type": "responses",
+    "responses": {
+        "model": "gpt-5.5",
+        "instructions": "Use the device's tools for anything about the device or the time.",
+    },
+}
+
+
+async def run_demo(
+    out_dir: Path, work: Path, quiet: bool = False, backend: str = "realtime"
+) -> Report:
     say = Printer(quiet)
     async with StandIn(StandInConfig(api_key=STANDIN_KEY)) as standin:
         settings = Settings(
@@ -94,10 +125,17 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
             port=0,
         )
         async with ProvisioningServer(settings) as server:
-            profile = profile_for(voice="marin")
-            transcription = {"model": DEFAULT_TRANSCRIPTION_MODEL}
-            profile["audio"]["input"] = {"transcription": transcription}
+            if backend == "live":
+                profile = live_profile(
+                    "gpt-live-1", voice="marin", delegation=LIVE_DELEGATION, standby_after_s=5
+                )
+            else:
+                profile = profile_for(voice="marin")
+                profile["audio"]["input"] = {
+                    "transcription": {"model": DEFAULT_TRANSCRIPTION_MODEL}
+                }
             server.store.ensure_group("default", profile)
+            say(f"backend: {backend} (the demo group's profile chooses it)")
             say(
                 f"stand-in on {standin.base_url} (voice: {standin.voice.engine}); "
                 f"provisioning server on {server.base_url}; model {profile['model']}, "
@@ -113,7 +151,8 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
             )
             source = WavSource(None, AudioFormat(config.audio.capture_rate))
             sink = WavSink(out_dir / "answer.wav", AudioFormat(config.audio.playback_rate))
-            keys = CachedKeySource(ProvisioningKeySource(identity))
+            provisioning = ProvisioningKeySource(identity)
+            keys = CachedKeySource(provisioning)
 
             def on_state(state: m.State) -> None:
                 p = PATTERNS[state]
@@ -129,6 +168,7 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
                 tools=builtin_registry(),
                 on_state=on_state,
                 frontend=make_frontend(config, source.format),
+                relay=provisioning,
             )
             stop = asyncio.Event()
             runner = asyncio.create_task(app.run(stop))
@@ -142,6 +182,8 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
                 pin.drive_low()
                 await wait_state(app, m.State.LISTENING, 10)
                 assert app.session is not None
+                (connecting, _), (listening, _) = app.stats.states[:2]
+                connect_s = listening - connecting  # what the user waits for, all included
                 say(
                     f"cold connect (key fetch → session ready) "
                     f"{app.session.timings['ready_s'] * 1000:.0f} ms, call {app.session.call_id}"
@@ -151,6 +193,7 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(0.3)
                 pin.drive_high()
+                turn_ends = [time.monotonic()]
                 await wait_state(app, m.State.SPEAKING, 15)
                 await wait_state(app, m.State.IDLE, 30)
                 say(f"turn 1 answered {app.stats.last_turn_latency_ms:.0f} ms after release")
@@ -160,19 +203,31 @@ async def run_demo(out_dir: Path, work: Path, quiet: bool = False) -> Report:
                 pin.drive_high()
                 await wait_state(app, m.State.LISTENING, 10)
                 source.queue(asset("question-time.wav"))
+                while playing(source) and not speaking(app):  # noqa: ASYNC110  # no "done" event
+                    await asyncio.sleep(0.01)
+                turn_ends.append(time.monotonic())
                 await wait_state(app, m.State.SPEAKING, 20)
                 await wait_state(app, m.State.IDLE, 30)
                 say(f"turn 2 answered {app.stats.last_turn_latency_ms:.0f} ms after end of speech")
+                if isinstance(app.session, LiveSession) and app.session.usage:
+                    # GPT-Live bills active and standby (paused) seconds apart
+                    say(f"Live session usage so far: {app.session.usage}")
             finally:
                 stop.set()
                 await runner
                 if button is not None:
                     button.close()
-        report = Report(app.stats, played=sink.samples())
+        report = Report(app.stats, played=sink.samples(), connect_s=connect_s)
+        spoke = [t for t, state in app.stats.states if state is m.State.SPEAKING]
+        report.turn_s = [start - end for start, end in zip(spoke, turn_ends, strict=False)]
         for call in standin.finished_calls + list(standin.calls.values()):
             report.spoken.extend(call.track.sent)
             report.client_events.extend(call.received)
             report.server_events.extend(call.sent)
+        for live in standin.live.finished + list(standin.live.open.values()):
+            report.spoken.extend(live.track.sent)
+            report.client_events.extend(live.received)
+            report.server_events.extend(live.sent)
     for role, text in app.stats.transcripts:
         say(f"transcript {role}: {text}")
     say(f"tool calls: {app.stats.tool_calls}; turns answered: {app.stats.turns}")
@@ -186,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m appliance.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--backend",
+        choices=("realtime", "live"),
+        default="realtime",
+        help="the demo group's backend: the Realtime API (default) or GPT-Live",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -194,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="appliance-demo-") as work:
-        return 0 if asyncio.run(run_demo(args.out, Path(work))).ok else 1
+        report = asyncio.run(run_demo(args.out, Path(work), backend=args.backend))
+        return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ ApplianceError
 │   ├── ProvisioningUnavailable   server down / 5xx / 503 upstream trouble (retry_after)
 │   ├── RateLimited               429 from our server (retry_after)
 │   ├── DeviceRevoked             401/403: this device was revoked, disabled or deleted
+│   ├── BackendMoved              409: the device's group uses the other backend (live/realtime)
 │   └── EnrollmentError           enrollment refused (bad / reused / expired token)
 └── SessionError           the Realtime call failed
     ├── CallRejected              /v1/realtime/calls answered non-201 (status, code)
@@ -59,6 +60,15 @@ class RateLimited(ProvisioningError):
 
 class DeviceRevoked(ProvisioningError):
     """This device's credential is no longer accepted. Retrying will not help."""
+
+
+class BackendMoved(ProvisioningError):
+    """The device's group uses the other backend (``live`` or ``realtime``): open the next
+    session there."""
+
+    def __init__(self, backend: str) -> None:
+        super().__init__(f"this device's group now uses the {backend} backend")
+        self.backend = backend
 
 
 class EnrollmentError(ProvisioningError):

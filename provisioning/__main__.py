@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "db":
         return _db(settings.database_url, args.action, args.revision)
+    from provisioning.live_relay import LIVE, backend_of, check_live_profile
     from provisioning.store import Device, Group, Store
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # `provisioning db` shows its steps
@@ -135,9 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     ):
         return _move_groups(store, settings, args)
     elif args.command == "group" and args.action == "set":
+        profile = json.loads(args.profile) if args.profile else None
+        if profile is not None and backend_of(profile) == LIVE:
+            try:
+                check_live_profile(profile)
+            except ValueError as exc:
+                print(f"provisioning: --profile: Live profile: {exc}", file=sys.stderr)
+                return 2
         saved = store.ensure_group(
             args.name,
-            json.loads(args.profile) if args.profile else None,
+            profile,
             json.loads(args.limits) if args.limits else None,
         )
         for finding in settings.lifecycle().findings(saved.profile or {}):

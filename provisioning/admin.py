@@ -33,6 +33,7 @@ from pydantic_core import from_json
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from provisioning.live_relay import LIVE, backend_of, check_live_profile
 from provisioning.models import ModelLifecycle
 from provisioning.schema import ADMIN_KEY, GroupRequest, TokenRequest, body, errors
 from provisioning.store import Audit, Device, Group, Store
@@ -253,6 +254,11 @@ def install(
                 raise ValueError
         except (ValueError, TypeError, AttributeError):
             return _error(400, "bad_request", "profile must be a session object with a type")
+        if profile is not None and backend_of(profile) == LIVE:
+            try:
+                check_live_profile(profile)
+            except ValueError as exc:
+                return _error(400, "bad_request", f"Live profile: {exc}")
         saved = await run_in_threadpool(store.ensure_group, name[:64], profile, limits, who)
         found = lifecycle.findings(saved.profile or {}) if lifecycle is not None else []
         return JSONResponse({"name": name, "model_warnings": [f.as_json() for f in found]})

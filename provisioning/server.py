@@ -28,13 +28,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Scope
 
-from provisioning import admin, schema
+from provisioning import admin, live_relay, schema
 from provisioning.admin import Metrics
 from provisioning.auth import AuthError, bearer_kid, public_key_ok
 from provisioning.ledger import Admitted, MintLedger, Refused
 from provisioning.models import DEFAULT_MODEL, ModelLifecycle, ModelWatch
 from provisioning.schema import DEVICE_JWT, EnrollRequest, RotateRequest, errors, name_ok
-from provisioning.serving import FastPath, Reply, Served, header
+from provisioning.serving import MAX_ADMIN_BODY, FastPath, Reply, Served, header
 from provisioning.store import Enrolled, Store, hash_token
 from provisioning.upstream import Upstream, UpstreamError
 
@@ -201,6 +201,10 @@ def create_app(
     app.state.models = models
     store.ensure_group("default")
     admin.install(app, store, metrics, flush=ledger.flush, lifecycle=models.lifecycle)
+    app.state.live_upstream = live_relay.LiveUpstream(
+        settings.upstream_url, settings.openai_api_key
+    )
+    live_relay.install(app, ledger, app.state.live_upstream)  # POST /v1/live/sessions
 
     @app.exception_handler(AuthError)
     async def _auth_error(_request: Request, exc: AuthError) -> Response:
@@ -299,6 +303,9 @@ def create_app(
                 f"on {guarded.refused.shutdown}; the operator must move the group",
                 retry_after=MODEL_RETIRED_RETRY_S,
             )
+        moved = live_relay.wrong_backend_reply(admitted.profile)
+        if moved is not None:  # the group uses GPT-Live: no ephemeral keys there
+            return error_reply(*moved)
         try:
             minted = await upstream.mint(admitted.device_id, guarded.profile)
         except UpstreamError as exc:
@@ -402,7 +409,11 @@ def create_app(
     # what uvicorn serves: the device routes a fleet calls all day go straight to their
     # handlers in ASGI (see FastPath)
     fast = {("POST", "/v1/realtime/keys"): mint, ("POST", "/v1/devices/heartbeat"): heartbeat}
-    app.state.asgi = FastPath(app, fast)
+    bodies = {
+        "/v1/admin/": MAX_ADMIN_BODY,
+        "/v1/live/": live_relay.MAX_OFFER_BYTES + live_relay.MAX_TOOLS_BYTES,
+    }
+    app.state.asgi = FastPath(app, fast, bodies=bodies)
 
     return app
 
@@ -413,6 +424,7 @@ async def shutdown(app: FastAPI) -> None:
     await app.state.models.stop()
     await app.state.ledger.close()
     await app.state.upstream.close()
+    await app.state.live_upstream.close()
     if app.state.owns_store:
         app.state.store.close()
 

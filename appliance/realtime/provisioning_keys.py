@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from appliance.errors import DeviceRevoked, ProvisioningUnavailable, RateLimited
+from appliance.errors import BackendMoved, DeviceRevoked, ProvisioningUnavailable, RateLimited
 from appliance.identity import Identity
 from appliance.realtime.keys import EphemeralKey
 
@@ -39,6 +39,8 @@ class ProvisioningKeySource:
             raise DeviceRevoked(
                 f"the provisioning server refused this device ({response.status_code})"
             )
+        if response.status_code == 409 and _code(response) in MOVED:
+            raise BackendMoved(MOVED[_code(response)])
         if response.status_code == 429:
             raise RateLimited("rate limited by the provisioning server", retry)
         raise ProvisioningUnavailable(f"provisioning server answered {response.status_code}", retry)
@@ -52,6 +54,12 @@ class ProvisioningKeySource:
             session=dict(data.get("session") or {}),
         )
 
+    async def open_live(self, sdp: str, tools: list[dict[str, Any]]) -> tuple[str, str]:
+        """Open a GPT-Live session through the server's relay: ``(session id, answer SDP)``.
+        The server adds the group's config and the project key; the device sees neither."""
+        data = (await self._post("/v1/live/sessions", {"sdp": sdp, "tools": tools})).json()
+        return str(data["session_id"]), str(data["sdp"])
+
     async def heartbeat(self, health: dict[str, Any]) -> None:
         await self._post("/v1/devices/heartbeat", health)
 
@@ -61,3 +69,14 @@ def _retry_after(response: httpx.Response) -> float | None:
         return float(response.headers["retry-after"])
     except (KeyError, ValueError):
         return None
+
+
+MOVED = {"backend_live": "live", "backend_realtime": "realtime"}
+"""409 codes of the server: the device's group uses the other backend."""
+
+
+def _code(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""

@@ -226,7 +226,11 @@ class RealtimeSession:
             if silent >= self.liveness_s / 2 and not probed:
                 probed = True
                 self.probes += 1
-                self.send(msg.session_update({"type": self._session.get("type", "realtime")}))
+                self._probe()
+
+    def _probe(self) -> None:
+        """Ask the service for a sign of life (answered with ``session.updated``)."""
+        self.send(msg.session_update({"type": self._session.get("type", "realtime")}))
 
     # ------------------------------------------------------------------ sending
 

@@ -25,6 +25,7 @@ from appliance.realtime.ice import allow_loopback
 from provisioning.models import DEFAULT_MODEL, SHUTDOWN_DATES
 from provisioning.serving import FastPath, Reply, Served, header
 from provisioning.standin import events as ev
+from provisioning.standin import live
 from provisioning.standin.call import Call, SessionUpdateError, apply_session_update
 from provisioning.standin.script import Script
 from provisioning.standin.voice import Voice
@@ -142,6 +143,8 @@ class StandIn:
         """Minted sessions as JSON, by the requested session as JSON."""
         self.voice = Voice(self.config.tts)
         self.script = Script.load(self.config.script)
+        self.live = live.LiveSessions()
+        """GPT-Live sessions (``POST /v1/live/sessions``, see ``standin.live``)."""
         self.app, self.asgi = self._build_app()
         """The FastAPI app, and what uvicorn serves: the app behind its fast path."""
         self._served = Served(self.asgi, self.config.host, self.config.port)
@@ -174,6 +177,7 @@ class StandIn:
         for call in list(self.calls.values()):
             await call.close()
         await self._served.stop()
+        await self.live.close_all()  # after serving stopped: no session is created after it
 
     async def serve_forever(self) -> None:
         await self.start()
@@ -282,6 +286,7 @@ class StandIn:
             return Reply(200, body)
 
         app.post("/v1/realtime/client_secrets")(FastPath.endpoint(client_secrets))
+        live.install(app, self)
         # uvicorn serves the hot route straight in ASGI (the mint benchmark calls it)
         asgi = FastPath(app, {("POST", "/v1/realtime/client_secrets"): client_secrets})
 

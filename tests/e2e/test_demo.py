@@ -27,22 +27,15 @@ def states(report: Report) -> list[m.State]:
     return [state for _, state in report.stats.states]
 
 
+S = m.State
+TWO_TURNS = [S.CONNECTING, S.LISTENING, S.THINKING, S.SPEAKING, S.IDLE]
+TWO_TURNS += [S.LISTENING, S.THINKING, S.SPEAKING, S.IDLE]
+"""Hold-to-talk turn, then a tap turn on the warm session (no second CONNECTING)."""
+
+
 def test_both_turns_walk_the_states(report: Report) -> None:
     assert report.ok
-    seen = states(report)
-    S = m.State
-    # hold-to-talk turn, then a tap turn on the warm session (no second CONNECTING)
-    assert seen == [
-        S.CONNECTING,
-        S.LISTENING,
-        S.THINKING,
-        S.SPEAKING,
-        S.IDLE,
-        S.LISTENING,
-        S.THINKING,
-        S.SPEAKING,
-        S.IDLE,
-    ]
+    assert states(report) == TWO_TURNS
 
 
 def test_the_tool_round_trip_happened(report: Report) -> None:

@@ -13,6 +13,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 from appliance.check import Context, run_checks, table
 from appliance.config import AudioConfig, Config, DeviceConfig
 from appliance.identity import enroll
+from provisioning.live_relay import live_profile
 from provisioning.server import ProvisioningServer, Settings
 from provisioning.standin import StandIn, StandInConfig
 
@@ -32,7 +33,10 @@ def config(state: Path) -> Config:
     )
 
 
-async def test_all_checks_pass_on_a_working_setup(tmp_path: Path, pins: MockFactory) -> None:
+@pytest.mark.parametrize("backend", ["realtime", "live"])
+async def test_all_checks_pass_on_a_working_setup(
+    tmp_path: Path, pins: MockFactory, backend: str
+) -> None:
     async with StandIn(StandInConfig(api_key="sk-check")) as standin:
         settings = Settings(
             database_url=f"sqlite:///{tmp_path / 'p.db'}",
@@ -41,6 +45,8 @@ async def test_all_checks_pass_on_a_working_setup(tmp_path: Path, pins: MockFact
             port=0,
         )
         async with ProvisioningServer(settings) as server:
+            if backend == "live":  # the group's backend: the check opens a Live session
+                server.store.ensure_group("default", live_profile("gpt-live-1"))
             await enroll(server.base_url, server.store.create_token("default"), tmp_path, "c")
             ctx = Context(config(tmp_path), wait_button_s=5)
 
@@ -66,6 +72,8 @@ async def test_all_checks_pass_on_a_working_setup(tmp_path: Path, pins: MockFact
     assert all(r.ok for r in results), text
     assert "GPIO17 pressed" in text
     assert "dBFS" in text
+    assert ("GPT-Live" in text) is (backend == "live")
+    assert ("live_" in text) is (backend == "live")
 
 
 async def test_failures_are_reported_not_raised(tmp_path: Path, pins: MockFactory) -> None:
