@@ -186,6 +186,20 @@ class AudioRestored:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreachable:
+    """The provisioning server did not answer (at boot, a heartbeat, a probe) while no
+    conversation runs: show OFFLINE and probe again with back-off."""
+
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reachable:
+    """A probe (or a heartbeat) reached the provisioning server again."""
+
+
+@dataclass(frozen=True, slots=True)
 class TimerFired:
     name: TimerName
     epoch: int
@@ -211,6 +225,8 @@ Event = (
     | AnnouncementDue
     | AudioFault
     | AudioRestored
+    | Unreachable
+    | Reachable
     | TimerFired
 )
 
@@ -289,6 +305,11 @@ class Announce:
 
 
 @dataclass(frozen=True, slots=True)
+class Probe:
+    """Check whether the provisioning server answers (``Reachable`` / ``Unreachable``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StartTimer:
     name: TimerName
     seconds: float
@@ -308,6 +329,7 @@ Effect = (
     | SendToolOutput
     | PlayCue
     | Announce
+    | Probe
     | StartTimer
 )
 
@@ -474,17 +496,9 @@ def step(snap: Snapshot, event: Event) -> Result:
         case State.LISTENING, ButtonPressed() if snap.timings.dictation:
             return _go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
 
-        case State.CONNECTING, TimerFired(name=TimerName.CONNECT) if snap.resume:
-            return _offline(snap, CloseSession())
         case State.CONNECTING, TimerFired(name=TimerName.CONNECT):
-            return _go(
-                snap,
-                State.ERROR,
-                CloseSession(),
-                PlayCue("error"),
-                mode=Mode.NONE,
-                session_open=False,
-            )
+            # no session in time: a partition or a slow service, not a fault of the device
+            return _offline(snap, CloseSession())
         case State.LISTENING, TimerFired(name=TimerName.NO_SPEECH):
             return _go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
         case State.LISTENING, TimerFired(name=TimerName.MAX_TURN):
@@ -510,7 +524,12 @@ def step(snap: Snapshot, event: Event) -> Result:
                 return _go(snap, State.IDLE, resume=False)  # give up; the user can try again
             return _go(snap, State.CONNECTING, OpenSession(), mode=Mode.NONE)
         case State.OFFLINE, TimerFired(name=TimerName.RETRY):
-            return _go(snap, State.IDLE)
+            # stay OFFLINE until a probe says the server answers (the LED keeps telling)
+            return _go(snap, State.OFFLINE, Probe())
+        case State.OFFLINE, Reachable() if not snap.resume:
+            return _go(snap, State.IDLE)  # the back-off resets only when a session works
+        case State.IDLE | State.OFFLINE, Unreachable() if not (snap.resume or snap.session_open):
+            return _offline(snap, retry_after=event.retry_after)
         case State.IDLE, TimerFired(name=TimerName.SESSION_IDLE):
             return _stay(snap, CloseSession(), session_open=False)
 
@@ -562,8 +581,11 @@ def step(snap: Snapshot, event: Event) -> Result:
             return _stay(
                 snap, SetTurnDetection(server_vad=False), mode=Mode.PUSH_TO_TALK, manual_turns=True
             )
-        case State.CONNECTING | State.LISTENING, ButtonReleased() if mode is Mode.PRESSED:
+        case State.CONNECTING, ButtonReleased() if mode is Mode.PRESSED:
             return _stay(snap, mode=Mode.HANDS_FREE)  # a tap: server VAD ends the turn
+        case State.LISTENING, ButtonReleased() if mode is Mode.PRESSED:
+            # a tap on a warm session: the no-speech timer, not the turn cap, runs from now
+            return _go(snap, State.LISTENING, mode=Mode.HANDS_FREE)
         case State.CONNECTING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
             return _go(snap, State.IDLE, CloseSession(), mode=Mode.NONE)  # let go before it was up
         case State.LISTENING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:

@@ -211,13 +211,32 @@ TABLE = [
         [],
     ),
     # timers
-    (
+    (  # no session in time is network-shaped: OFFLINE, not red ERROR (issue 14)
         snap(State.CONNECTING),
         m.TimerFired(TimerName.CONNECT, 5),
-        State.ERROR,
+        State.OFFLINE,
         Mode.NONE,
         ["CloseSession", "PlayCue", "StartTimer"],
     ),
+    (  # a tap on a warm session: the no-speech timer runs, not the 30 s turn cap
+        snap(State.LISTENING, Mode.PRESSED, session_open=True),
+        m.ButtonReleased(),
+        State.LISTENING,
+        Mode.HANDS_FREE,
+        ["StartTimer"],
+    ),
+    # unreachable while idle: OFFLINE (never the LED off), probe after the back-off
+    (snap(State.IDLE), m.Unreachable("DNS"), State.OFFLINE, Mode.NONE, ["PlayCue", "StartTimer"]),
+    (snap(State.IDLE, session_open=True), m.Unreachable("DNS"), State.IDLE, Mode.NONE, []),
+    (
+        snap(State.OFFLINE),
+        m.TimerFired(TimerName.RETRY, 5),
+        State.OFFLINE,
+        Mode.NONE,
+        ["Probe", "StartTimer"],
+    ),
+    (snap(State.OFFLINE), m.Reachable(), State.IDLE, Mode.NONE, []),
+    (snap(State.OFFLINE, resume=True), m.Reachable(), State.OFFLINE, Mode.NONE, []),
     (
         snap(State.CONNECTING),
         m.TimerFired(TimerName.CONNECT, 4),
@@ -287,7 +306,10 @@ def test_offline_backs_off_exponentially_and_honours_retry_after() -> None:
         assert s.state is State.OFFLINE
         (timer,) = [e for e in effects if isinstance(e, m.StartTimer)]
         waits.append(timer.seconds)
-        s, _ = m.step(s, m.TimerFired(TimerName.RETRY, timer.epoch))
+        s, effects = m.step(s, m.TimerFired(TimerName.RETRY, timer.epoch))
+        assert s.state is State.OFFLINE, "OFFLINE until the server is seen again"
+        assert m.Probe() in effects
+        s, _ = m.step(s, m.Reachable())
         assert s.state is State.IDLE
     assert waits == [1, 2, 4, 8, 16, 32, 60, 60]
     s, _ = m.step(s, m.ButtonPressed())
