@@ -27,7 +27,7 @@ from appliance.config import (
     SessionConfig,
 )
 from appliance.demo import asset
-from appliance.realtime.keys import EphemeralKey
+from appliance.realtime.keys import CachedKeySource, EphemeralKey, KeySource
 from appliance.realtime.tools import builtin_registry
 from provisioning.standin import StandIn
 from tests.standin.conftest import mint
@@ -95,9 +95,11 @@ async def device(
     activation: ActivationConfig | None = None,
     camera: str = "",
     realtime: RealtimeConfig | None = None,
+    cache_keys: bool = False,
     **session: Any,
 ) -> AsyncIterator[Device]:
-    """The device on WAV files (or ``source``/``sink``), with its real audio front end."""
+    """The device on WAV files (or ``source``/``sink``), with its real audio front end.
+    ``cache_keys``: reuse a key for several calls, as the daemon does."""
     config = Config(
         device=DeviceConfig(name="test", state_dir=tmp, board="mock", camera=camera),
         audio=audio or AudioConfig(backend="wav"),
@@ -112,11 +114,12 @@ async def device(
         standin,
         {"type": "transcription"} if realtime and realtime.mode == "transcription" else None,
     )
+    used: KeySource = CachedKeySource(keys) if cache_keys else keys
     app = App(
         config,
         source=source,
         sink=sink,
-        keys=keys,
+        keys=used,
         tools=builtin_registry(),
         frontend=make_frontend(config, source.format),
     )
