@@ -131,7 +131,7 @@ async def _announce_ready(
     except ProvisioningError as exc:
         log.warning("at start: %s", exc)
         app.server_unreachable(exc)
-        await asyncio.sleep(0)  # let the dispatcher show OFFLINE before READY tells it
+        await app.drained()  # OFFLINE is shown before READY tells it
     notifier.ready(app.status_text())
 
 

@@ -177,6 +177,10 @@ class App:
         """Queue an event (call from the loop's thread)."""
         self._queue.put_nowait(event)
 
+    async def drained(self) -> None:
+        """Wait until every event queued so far has been dispatched."""
+        await self._queue.join()
+
     def post_threadsafe(self, event: m.Event) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self.post, event)
@@ -199,7 +203,10 @@ class App:
                 if getter not in done:
                     getter.cancel()
                     break
-                self._dispatch(getter.result())
+                try:
+                    self._dispatch(getter.result())
+                finally:
+                    self._queue.task_done()
         finally:
             waiter.cancel()
             await self.shutdown()
