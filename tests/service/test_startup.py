@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.errors import EX_CONFIG
 from appliance.identity import ID_FILE, KEY_FILE, enroll
-from provisioning.server import ProvisioningServer, Settings
+from provisioning.server import ProvisioningServer
 
 
 def write_identity(state: Path, server: str) -> None:
@@ -108,7 +108,7 @@ async def test_a_broken_identity_exits_78_with_one_line_naming_the_file(
 
 
 @pytest.fixture
-def notify_socket(tmp_path: Path) -> AsyncIterator[socket.socket]:
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify.sock"))
     sock.setblocking(False)
@@ -163,15 +163,6 @@ async def test_an_unreachable_server_at_start_is_ready_and_offline_with_the_reas
         assert f"STATUS=offline: {words}" in ready
     finally:
         assert await stop(proc) == 0
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[ProvisioningServer]:
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'p.db'}", openai_api_key="sk-x", port=0
-    )
-    async with ProvisioningServer(settings) as srv:
-        yield srv
 
 
 async def test_sighup_reloads_the_configuration_in_the_same_process(
