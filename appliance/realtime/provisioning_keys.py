@@ -1,8 +1,9 @@
 """``ProvisioningKeySource``: ephemeral keys from our provisioning server, device-authenticated.
 
 Every answer's ``Date`` header keeps the identity's ``ServerClock`` in step. A 401 is judged
-only after the device has taken the server's time: ``clock_skew`` (or a code-less 401 from an
-older server while the clocks disagreed) is retried once with a token in server time; a 401
+only after the device has taken the server's time: ``clock_skew`` (or a 401 with no reason or
+a generic one, as older servers send, while the clocks disagreed) is retried once with a token
+in server time; a 401
 that survives that is a time refusal (``ClockSkew``) or a revocation (``DeviceRevoked``).
 """
 
@@ -17,6 +18,9 @@ from appliance.errors import ClockSkew, DeviceRevoked, ProvisioningUnavailable, 
 from appliance.identity import Identity
 from appliance.neterrors import describe
 from appliance.realtime.keys import EphemeralKey
+
+NOT_ABOUT_TIME = frozenset({"revoked", "disabled", "unknown_key", "replayed"})
+"""401 codes that are definitive whatever the clocks say (the server-side contract)."""
 
 
 class ProvisioningKeySource:
@@ -62,8 +66,9 @@ class ProvisioningKeySource:
                     f"device clock {-clock.offset_s:+.0f} s off server time",
                     clock.offset_s,
                 )
-            if response.status_code == 401 and code is None and resynced and attempt == 1:
-                continue  # an older server says no reason: first retry in server time
+            maybe_time = code not in NOT_ABOUT_TIME and resynced and attempt == 1
+            if response.status_code == 401 and maybe_time:
+                continue  # the clocks disagreed: first retry in server time
             retry = _retry_after(response)
             if response.status_code in (401, 403):
                 reason = f"{response.status_code} {code}" if code else str(response.status_code)
