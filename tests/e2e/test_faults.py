@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from gpiozero import PWMLED, Device
-from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero import PWMLED
+from gpiozero.pins.mock import MockFactory
 
 from appliance import machine as m
 from appliance.audio.base import AudioFormat
@@ -43,14 +43,10 @@ async def standin() -> AsyncIterator[StandIn]:
 
 
 @pytest.fixture
-def leds() -> Iterator[GpioLeds]:
-    saved = Device.pin_factory
-    Device.pin_factory = MockFactory(pin_class=MockPWMPin)
+def leds(mock_pins: MockFactory) -> Iterator[GpioLeds]:
     driver = GpioLeds(PWMLED(25))
     yield driver
     driver.close()
-    Device.pin_factory.reset()
-    Device.pin_factory = saved
 
 
 def showing(leds: GpioLeds, state: m.State) -> bool:
