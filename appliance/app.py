@@ -476,9 +476,9 @@ class App:
             reason = f"timed out: no session within {self.config.session.connect_s:g} s"
             await self._fail(session, m.SessionFailed(reason, offline=True))
         except ClockSkew as exc:  # shown as what it is, never as a revocation
-            await self._fail(session, m.SessionFailed(f"clock skew: {exc}"))
+            await self._fail(session, m.SessionFailed(f"clock skew: {exc}", lasting=True))
         except DeviceRevoked as exc:
-            await self._fail(session, m.SessionFailed(f"device refused: {exc}"))
+            await self._fail(session, m.SessionFailed(f"device refused: {exc}", lasting=True))
         except ProvisioningError as exc:
             await self._fail(session, m.SessionFailed(str(exc), True, exc.retry_after))
         except RealtimeUnreachable as exc:

@@ -103,6 +103,9 @@ class SessionFailed:
     reason: str
     offline: bool = False
     retry_after: float | None = None
+    lasting: bool = False
+    """The server refused the device itself (revoked, disabled, its clock): ERROR stays
+    shown until the user tries again, instead of going dark after a few seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +371,8 @@ class Snapshot:
     """A ``response.create`` was asked for and its ``response.created`` has not come yet."""
     audio_fault: bool = False
     """The mic/speaker is gone: ERROR is shown until it is back, activations are ignored."""
+    refused: bool = False
+    """The server refused this device: ERROR is shown until an activation tries again."""
     heard_user: bool = False
     """The user has spoken in this turn (a long hold while talking is push-to-talk, not
     the mute gesture)."""
@@ -433,7 +438,13 @@ def _end_turn(snap: Snapshot) -> Result:
 
 def _new_turn(snap: Snapshot, mode: Mode) -> Result:
     """Start a user turn: straight to LISTENING on a warm session, else connect first."""
-    fresh = {"mode": mode, "resume": False, "heard_user": False, "announcing": False}
+    fresh = {
+        "mode": mode,
+        "resume": False,
+        "heard_user": False,
+        "announcing": False,
+        "refused": False,
+    }
     if snap.session_open:
         return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), **fresh)
     return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), **fresh)
@@ -515,8 +526,8 @@ def step(snap: Snapshot, event: Event) -> Result:
             return _go(
                 snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE, pending_tools=0
             )
-        case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD) if snap.audio_fault:
-            return snap, ()  # stays until the device is back
+        case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD) if snap.audio_fault or snap.refused:
+            return snap, ()  # stays until the device is back, or the user tries again
         case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD):
             return _go(snap, State.IDLE)
         case State.OFFLINE, TimerFired(name=TimerName.RETRY) if snap.resume:
@@ -648,6 +659,7 @@ def step(snap: Snapshot, event: Event) -> Result:
                 session_open=False,
                 announcing=False,
                 resume=False,
+                refused=event.lasting,
             )
         case State.IDLE, SessionLost():
             return _stay(snap, session_open=False)

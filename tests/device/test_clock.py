@@ -128,6 +128,7 @@ async def test_the_device_shows_clock_skew_as_such(standin: StandIn, tmp_path: P
         dev.app.post(m.ButtonPressed())
         await dev.wait(m.State.ERROR, 10)
         status = dev.app.status_text()
+        assert dev.app.snapshot.refused, "shown until the user tries again, never dark"
     assert status.startswith("error: clock skew: ")
     assert "refused this device" not in status
 

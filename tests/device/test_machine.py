@@ -236,6 +236,28 @@ TABLE = [
         ["Probe", "StartTimer"],
     ),
     (snap(State.OFFLINE), m.Reachable(), State.IDLE, Mode.NONE, []),
+    # a refused device (revoked, its clock): ERROR stays until the user tries again
+    (
+        snap(State.CONNECTING, Mode.PRESSED),
+        m.SessionFailed("device refused: 401 revoked", lasting=True),
+        State.ERROR,
+        Mode.NONE,
+        ["PlayCue", "StartTimer"],
+    ),
+    (
+        snap(State.ERROR, refused=True),
+        m.TimerFired(TimerName.ERROR_HOLD, 5),
+        State.ERROR,
+        Mode.NONE,
+        [],
+    ),
+    (
+        snap(State.ERROR, refused=True),
+        m.ButtonPressed(),
+        State.CONNECTING,
+        Mode.PRESSED,
+        ["PlayCue", "OpenSession", "StartTimer"],
+    ),
     (snap(State.OFFLINE, resume=True), m.Reachable(), State.OFFLINE, Mode.NONE, []),
     (
         snap(State.CONNECTING),
