@@ -92,6 +92,8 @@ class RealtimeSession:
         self._reply_item: str | None = None
         self.timings: dict[str, float] = {}
         self.server_events = 0
+        self.messages_in = 0
+        """Data-channel messages received, readable or not."""
         self.last_server_event = time.monotonic()
 
     # ------------------------------------------------------------------ connect / close
@@ -375,6 +377,7 @@ class RealtimeSession:
     def _on_message(self, message: str | bytes) -> None:
         """The error boundary: whatever a server event holds, the call stays up. (An
         exception here would escape into aiortc's transport loop and close the channel.)"""
+        self.messages_in += 1
         try:
             data = msg.parse(message)
             if data is None:
@@ -450,6 +453,7 @@ class RealtimeSession:
         cause = self._sent.cause(event_id)
         if code == "response_cancel_not_active":
             log.debug("cancel raced a finished response (harmless)")
+            self._response_active = False  # the service says none is: never wait for one
             return
         log.warning(
             "server error %s: %s (caused by %s %s)",
