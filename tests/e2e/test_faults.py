@@ -11,6 +11,7 @@ import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,11 @@ from gpiozero import PWMLED
 from gpiozero.pins.mock import MockFactory
 
 from appliance import machine as m
+from appliance.app import make_gpio
 from appliance.audio.base import AudioFormat
-from appliance.audio.wav import WavSource
+from appliance.audio.wav import WavSink, WavSource
 from appliance.demo import asset
+from appliance.errors import AudioDeviceError, ConfigError
 from appliance.heartbeat import health, send
 from appliance.identity import Identity
 from appliance.leds import PATTERNS, GpioLeds, Kind
@@ -289,3 +292,46 @@ async def test_a_tap_on_a_warm_session_ends_on_the_no_speech_timer(
     assert len(after) == commits, "no silence was committed"
     states = dev.states()
     assert states[-2:] == [m.State.LISTENING, m.State.IDLE]
+
+
+class MissingSpeaker(WavSink):
+    """A speaker that is not there for its first ``missing_for`` opens."""
+
+    def __init__(self, missing_for: int) -> None:
+        super().__init__(None, AudioFormat(48_000))
+        self.missing_for = missing_for
+
+    async def start(self) -> None:
+        if self.missing_for > 0:
+            self.missing_for -= 1
+            raise AudioDeviceError("cannot open playback device usb-speaker: No such device")
+        await super().start()
+
+
+async def test_no_speaker_at_start_shows_error_and_retries_until_it_is_there(
+    standin: StandIn, tmp_path: Path, leds: GpioLeds
+) -> None:
+    async with device(standin, tmp_path, sink=MissingSpeaker(missing_for=2)) as dev:
+        dev.app.attach_leds(leds)
+        await dev.wait(m.State.ERROR, 5)
+        assert showing(leds, m.State.ERROR)
+        assert dev.app.status_text().startswith("error: speaker: cannot open playback device")
+        await dev.wait(m.State.IDLE, 10)  # 1 s + 2 s of back-off
+        await one_turn(dev)
+    assert dev.app.stats.turns == 1
+
+
+async def test_gpio_pins_already_taken_is_a_config_error_naming_the_board(
+    standin: StandIn, tmp_path: Path, mock_pins: MockFactory
+) -> None:
+    async with device(standin, tmp_path) as dev:
+        config = replace(dev.app.config, device=replace(dev.app.config.device, board="generic"))
+        leds, button = make_gpio(config, dev.app)
+        try:
+            with pytest.raises(ConfigError) as caught:
+                make_gpio(config, dev.app)  # the pins are taken (by the first, here)
+        finally:
+            button.close()
+            assert leds is not None
+            leds.close()
+    assert caught.value.key == "device.board"
