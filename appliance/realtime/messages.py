@@ -180,15 +180,17 @@ def label(value: object, limit: int = 80) -> str:
 
 
 class QuietLog:
-    """Logs the first occurrence of each kind at once, then only counts: the count is
-    reported at most every ``every_s`` seconds and on ``flush()``. A flood of one kind of
-    event is a few lines, not one line each; at most ``max_kinds`` kinds are told apart."""
+    """Logs the first ``burst`` occurrences of each kind at once, then only counts: the
+    count is reported at most every ``every_s`` seconds (which opens a new burst) and on
+    ``flush()``. A flood of one kind of event is a few lines, not one line each; at most
+    ``max_kinds`` kinds are told apart."""
 
     def __init__(
         self,
         logger: logging.Logger,
         what: str,
         level: int = logging.INFO,
+        burst: int = 1,
         every_s: float = 60.0,
         max_kinds: int = 64,
         clock: Callable[[], float] = time.monotonic,
@@ -196,42 +198,40 @@ class QuietLog:
         self._log = logger
         self._what = what
         self._level = level
+        self._burst = burst
         self._every_s = every_s
         self._max_kinds = max_kinds
         self._clock = clock
         self._kinds: dict[str, list[float]] = {}
-        """kind → [count not yet reported, when the count started]."""
+        """kind → [logged in this window, counted (not logged) since, window start]."""
 
     def note(self, kind: str, detail: str = "", **extra: Any) -> None:
         kind = label(kind)
         if kind not in self._kinds and len(self._kinds) >= self._max_kinds:
             kind = "(other kinds)"
-        entry = self._kinds.get(kind)
         now = self._clock()
-        if entry is None:
-            self._kinds[kind] = [0, now]
-            more = f" ({detail})" if detail else ""
+        entry = self._kinds.setdefault(kind, [0, 0, now])
+        if entry[1] and now - entry[2] >= self._every_s:
+            self._report(kind, entry, now)
+        if entry[0] < self._burst:
+            entry[0] += 1
+            last = entry[0] == self._burst
             self._log.log(
                 self._level,
-                "%s %s%s; more of this kind are counted, not logged",
+                "%s %s%s%s",
                 self._what,
                 kind,
-                more,
+                f" ({detail})" if detail else "",
+                "; more of this kind are counted, not logged" if last else "",
                 extra={"event_type": kind, **extra},
             )
             return
-        entry[0] += 1
-        if now - entry[1] >= self._every_s:
-            self._report(kind, entry, now)
-
-    def counts(self) -> dict[str, int]:
-        """Occurrences counted but not yet reported, by kind."""
-        return {kind: int(entry[0]) for kind, entry in self._kinds.items() if entry[0]}
+        entry[1] += 1
 
     def flush(self) -> None:
         now = self._clock()
         for kind, entry in self._kinds.items():
-            if entry[0]:
+            if entry[1]:
                 self._report(kind, entry, now)
 
     def _report(self, kind: str, entry: list[float], now: float) -> None:
@@ -240,11 +240,11 @@ class QuietLog:
             "%s %s: %d more in the last %.0f s",
             self._what,
             kind,
-            int(entry[0]),
-            now - entry[1],
-            extra={"event_type": kind, "count": int(entry[0])},
+            int(entry[1]),
+            now - entry[2],
+            extra={"event_type": kind, "count": int(entry[1])},
         )
-        entry[0], entry[1] = 0, now
+        entry[:] = [0, 0, now]
 
 
 class SentEvents:

@@ -75,7 +75,9 @@ class RealtimeSession:
         self._deferred: asyncio.TimerHandle | None = None
         self._deferred_kwargs: dict[str, Any] | None = None
         self.unknown_events = msg.QuietLog(log, "ignoring unknown server event")
-        self.bad_events = msg.QuietLog(log, "ignoring a malformed server event", logging.WARNING)
+        self.bad_events = msg.QuietLog(
+            log, "ignoring a malformed server event", logging.WARNING, burst=5
+        )
         self.pc = RTCPeerConnection()
         self._channel: Any = None
         self.call_id: str | None = None
