@@ -559,7 +559,6 @@ class App:
         try:
             await self.source.start()
         except AudioDeviceError as exc:  # no mic at boot: READY, ERROR shown, retried
-            self.started.set()
             await self._recover_audio("microphone", exc, self.source.close, self.source.start)
         while True:
             try:
@@ -722,6 +721,7 @@ def make_gpio(config: Config, app: App) -> tuple[LedDriver | None, Any]:
             mute_s = config.activation.mute_s or None
             button = ButtonEvents(gz, asyncio.get_running_loop(), app.post, mute_s)
     except GPIOZeroError as exc:  # restarting will not free a pin: exit 78, named
-        board_key = "device.board"
-        raise ConfigError(board_key, f"GPIO setup failed on board {board.name}: {exc}") from exc
+        raise ConfigError(
+            "device.board", f"GPIO setup failed on board {board.name}: {exc}"
+        ) from exc
     return leds, button

@@ -16,7 +16,7 @@ from email.utils import parsedate_to_datetime
 
 log = logging.getLogger(__name__)
 
-RESYNC_NOTICE_S = 2.0
+RESYNC_NOTICE_S = 5.0
 """Log when the offset moves by more than this (a clock that jumps: NTP caught up)."""
 
 
