@@ -1,4 +1,12 @@
-"""``appliance``: run | enroll | devices | demo."""
+"""``appliance``: run | enroll | devices | demo.
+
+``appliance run`` never crash-loops: a startup failure restarting cannot fix (config,
+identity files, GPIO) exits 78 (``RestartPreventExitStatus=78``) with one line naming the
+file or key; a fault that can heal (no microphone yet, server unreachable) keeps the daemon
+up: READY, ERROR or OFFLINE on the LED, the reason in STATUS and heartbeats, retrying.
+SIGHUP reloads: the daemon stops cleanly (the call hung up), then re-executes itself with the
+same arguments, so it reads the configuration afresh (``ExecReload=`` in the unit).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,9 +24,12 @@ from appliance.errors import EX_CONFIG, ApplianceError, ConfigError
 
 if TYPE_CHECKING:
     from appliance.app import App
+    from appliance.realtime.provisioning_keys import ProvisioningKeySource
     from appliance.service import Notifier
 
 log = logging.getLogger("appliance")
+RELOAD = -1
+"""What ``_run`` returns after SIGHUP: re-execute to read the configuration afresh."""
 
 
 async def _run(config_path: Path | None) -> int:
@@ -44,7 +56,7 @@ async def _run(config_path: Path | None) -> int:
         ) from None
     source, sink = make_audio(config)
     provisioning = ProvisioningKeySource(identity, timeout_s=config.provisioning.timeout_s)
-    keys = CachedKeySource(provisioning)
+    keys = CachedKeySource(provisioning, clock=identity.clock.now)  # expiry in server time
     frontend = make_frontend(config, source.format)
     tools = builtin_registry()
     extra = load_entry_point_tools(tools)
@@ -58,16 +70,31 @@ async def _run(config_path: Path | None) -> int:
         tools=tools,
         frontend=frontend,
         relay=provisioning,  # GPT-Live sessions, when the device's group uses that backend
+        probe=provisioning.probe,
     )
     app._on_state = lambda _state: notifier.status(app.status_text())
     stop = asyncio.Event()
+    reload = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def _reload() -> None:
+        log.info("SIGHUP: reloading (a clean stop, then the daemon starts afresh)")
+        notifier.reloading()
+        reload.set()
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGHUP, _reload)
     runner = asyncio.create_task(app.run(stop))
     await asyncio.sleep(0.05)
-    leds, button = make_gpio(config, app)
-    app.leds = leds
+    try:
+        leds, button = make_gpio(config, app)
+    except ConfigError:
+        stop.set()
+        await runner
+        raise
+    app.attach_leds(leds)
     watchdog = asyncio.create_task(watchdog_loop(notifier, lambda: app.last_audio))
     tasks = [watchdog]
     if config.provisioning.heartbeat_s > 0:
@@ -78,31 +105,35 @@ async def _run(config_path: Path | None) -> int:
             config.provisioning.report_transcripts,
         )
         tasks.append(asyncio.create_task(beats, name="heartbeat"))
-    ready = asyncio.create_task(_announce_ready(app, notifier, identity.server))
+    ready = asyncio.create_task(_announce_ready(app, notifier, provisioning))
     try:
         await stop.wait()
-        notifier.stopping()
+        if not reload.is_set():
+            notifier.stopping()
         await runner
     finally:
         for task in (*tasks, ready):
             task.cancel()
         if button is not None:
             button.close()
-    return 0
+    return RELOAD if reload.is_set() else 0
 
 
-async def _announce_ready(app: App, notifier: Notifier, server: str) -> None:
-    """READY=1 once audio flows and the provisioning server was reached (or is known down)."""
-    import httpx
+async def _announce_ready(
+    app: App, notifier: Notifier, provisioning: ProvisioningKeySource
+) -> None:
+    """READY=1 once the device can tell how it is (audio flows, or its fault is shown) and
+    the provisioning server was asked (unreachable: OFFLINE, probed again with back-off)."""
+    from appliance.errors import ProvisioningError
 
-    await app.audio_flowing.wait()
+    await app.started.wait()
     try:
-        async with httpx.AsyncClient(timeout=5) as http:
-            await http.get(f"{server.rstrip('/')}/healthz")
-        notifier.ready(app.status_text())
-    except httpx.HTTPError:
-        app.last_error = "provisioning server unreachable"
-        notifier.ready(f"offline: provisioning server unreachable ({server})")
+        await provisioning.probe()
+    except ProvisioningError as exc:
+        log.warning("at start: %s", exc)
+        app.server_unreachable(exc)
+        await app.drained()  # OFFLINE is shown before READY tells it
+    notifier.ready(app.status_text())
 
 
 async def _enroll(server: str, token: str, state_dir: Path, name: str) -> int:
@@ -151,9 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "run":
+            code = 0
             with contextlib.suppress(KeyboardInterrupt):
-                return asyncio.run(_run(args.config))
-            return 0
+                code = asyncio.run(_run(args.config))
+            if code == RELOAD:
+                logging.shutdown()
+                # same arguments, a fresh process image (same PID, as systemd expects)
+                os.execv(sys.executable, sys.orig_argv)  # noqa: S606  # our own argv, no shell
+            return code
         if args.command == "enroll":
             token = args.token
             if token is None:

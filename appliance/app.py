@@ -30,6 +30,8 @@ from appliance.errors import (
     AudioDeviceError,
     BackendMoved,
     CallRejected,
+    ClockSkew,
+    ConfigError,
     ConnectTimeout,
     DeviceRevoked,
     ProvisioningError,
@@ -99,6 +101,7 @@ class App:
         on_state: Callable[[m.State], None] | None = None,
         frontend: FrontEnd | None = None,
         relay: LiveRelay | None = None,
+        probe: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.relay = relay
@@ -134,6 +137,9 @@ class App:
         self.keys = keys
         self.tools = tools
         self.leds = leds
+        self.probe = probe
+        """Checks that the provisioning server answers (raises ``ProvisioningUnavailable``);
+        ``None``: nothing to check, the device goes back to IDLE after an OFFLINE back-off."""
         self._on_state = on_state
         s = config.session
         self.snapshot = m.Snapshot(
@@ -165,6 +171,8 @@ class App:
         self._started = time.monotonic()
         self.audio_flowing = asyncio.Event()
         """Set once the first mic frame arrived."""
+        self.started = asyncio.Event()
+        """Set once the device can tell how it is: audio flows, or an audio fault is shown."""
         self.last_error = ""
         """Why the last session failed or was lost (for status text and support)."""
         self.history: deque[tuple[str, str]] = deque(maxlen=max(1, s.carry_items))
@@ -177,6 +185,10 @@ class App:
         """Queue an event (call from the loop's thread)."""
         self._queue.put_nowait(event)
 
+    async def drained(self) -> None:
+        """Wait until every event queued so far has been dispatched."""
+        await self._queue.join()
+
     def post_threadsafe(self, event: m.Event) -> None:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self.post, event)
@@ -185,9 +197,11 @@ class App:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        await self.source.start()
-        await self.sink.start()
         self._show(self.snapshot.state)
+        try:
+            await self.sink.start()
+        except AudioDeviceError as exc:  # missing at boot: shown and retried, like an unplug
+            self._speaker_failed(exc)
         self._spawn(self._pump_mic(), "mic")
         waiter = asyncio.ensure_future(stop.wait())
         try:
@@ -197,14 +211,50 @@ class App:
                 if getter not in done:
                     getter.cancel()
                     break
-                self._dispatch(getter.result())
+                try:
+                    self._dispatch(getter.result())
+                finally:
+                    self._queue.task_done()
         finally:
             waiter.cancel()
             await self.shutdown()
 
+    def attach_leds(self, leds: LedDriver | None) -> None:
+        """Use these LEDs from now on, showing the current state at once."""
+        self.leds = leds
+        self._show(self.snapshot.state)
+
+    def server_unreachable(self, exc: ProvisioningError) -> None:
+        """The provisioning server did not answer while no conversation runs (boot, a
+        heartbeat, a probe): OFFLINE with the reason, probing again with back-off."""
+        if self.snapshot.state in (m.State.IDLE, m.State.OFFLINE) and not self.snapshot.resume:
+            self.last_error = str(exc)
+        self.post(m.Unreachable(str(exc), exc.retry_after))
+
+    def server_reachable(self) -> None:
+        if self.snapshot.state is m.State.OFFLINE and not self.snapshot.resume:
+            self.last_error = ""
+        self.post(m.Reachable())
+
+    async def _probe(self) -> None:
+        if self.probe is None:
+            self.server_reachable()
+            return
+        try:
+            await self.probe()
+        except ProvisioningError as exc:
+            log.warning("still offline: %s", exc)
+            self.server_unreachable(exc)
+        else:
+            log.info("the provisioning server answers again")
+            self.server_reachable()
+
     def _dispatch(self, event: m.Event) -> None:
         before = self.snapshot
         self.snapshot, effects = m.step(before, event)
+        timed_out = isinstance(event, m.TimerFired) and event.name is m.TimerName.CONNECT
+        if timed_out and self.snapshot.state is not before.state:
+            self.last_error = f"timed out: no session within {before.timings.connect_s:g} s"
         if type(event) is not m.TimerFired or effects or self.snapshot != before:
             log.debug(
                 "%s + %s -> %s", before.state.name, type(event).__name__, self.snapshot.state.name
@@ -324,6 +374,8 @@ class App:
                 self._timers.append(self._loop.call_later(seconds, self.post, event))
             case m.OpenSession():
                 self._session_task = self._spawn(self._open_session(), "open-session")
+            case m.Probe():
+                self._spawn(self._probe(), "probe")
             case m.CloseSession():
                 self._spawn(self._close_session(), "close-session")
             case m.OpenUplink():
@@ -429,7 +481,8 @@ class App:
         try:
             await asyncio.wait_for(session.connect(), self.config.session.connect_s)
         except (TimeoutError, ConnectTimeout):
-            await self._fail(session, m.SessionFailed("connect timed out", offline=True))
+            reason = f"timed out: no session within {self.config.session.connect_s:g} s"
+            await self._fail(session, m.SessionFailed(reason, offline=True))
         except BackendMoved as exc:
             if self.session is session:
                 self.session = None
@@ -440,8 +493,10 @@ class App:
             log.info("the group moved this device to the %s backend", exc.backend)
             self.backend = exc.backend
             await self._open_session(moves + 1)
+        except ClockSkew as exc:  # shown as what it is, never as a revocation
+            await self._fail(session, m.SessionFailed(f"clock skew: {exc}", lasting=True))
         except DeviceRevoked as exc:
-            await self._fail(session, m.SessionFailed(f"device refused: {exc}"))
+            await self._fail(session, m.SessionFailed(f"device refused: {exc}", lasting=True))
         except ProvisioningError as exc:
             await self._fail(session, m.SessionFailed(str(exc), True, exc.retry_after))
         except RealtimeUnreachable as exc:
@@ -451,8 +506,13 @@ class App:
             await self._fail(session, m.SessionFailed(str(exc), offline=offline))
         except SessionError as exc:
             await self._fail(session, m.SessionFailed(str(exc), offline=True))
+        except Exception as exc:  # a bug or a surprise: shown, logged once, never a hang
+            log.exception("opening a session failed unexpectedly")
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+            await self._fail(session, m.SessionFailed(reason[:200]))
         else:
             if self.session is session:
+                self.last_error = ""
                 if carry and self.history:
                     log.info("carrying %d conversation items over", len(self.history))
                     session.seed(list(self.history))
@@ -514,6 +574,10 @@ class App:
             await self.sink.write(frame)
 
     async def _pump_mic(self) -> None:
+        try:
+            await self.source.start()
+        except AudioDeviceError as exc:  # no mic at boot: READY, ERROR shown, retried
+            await self._recover_audio("microphone", exc, self.source.close, self.source.start)
         while True:
             try:
                 frame = await self.source.read()
@@ -526,6 +590,7 @@ class App:
             self.audio_flowing.set()
             if self.frontend is not None:  # frames lost to an overflow: keep the reference aligned
                 self.frontend.capture_dropped(getattr(self.source, "dropped_frames", 0))
+            self.started.set()
             heard = self.frontend.process(frame) if self.frontend is not None else [Heard(frame)]
             for h in heard:
                 if h.wake is not None:
@@ -555,6 +620,7 @@ class App:
         self.last_error = f"{what}: {exc}"
         self._audio_faults.add(what)
         self.post(m.AudioFault(str(exc)))
+        self.started.set()
         delay = 1.0
         attempts = 0
         while True:
@@ -664,7 +730,6 @@ def make_gpio(config: Config, app: App) -> tuple[LedDriver | None, Any]:
 
     from appliance.boards import PROFILES, make_leds
     from appliance.button import ButtonEvents
-    from appliance.errors import GpioError
 
     board = PROFILES[config.device.board]
     leds: LedDriver | None = None
@@ -675,6 +740,8 @@ def make_gpio(config: Config, app: App) -> tuple[LedDriver | None, Any]:
             gz = Button(board.button_pin, hold_time=config.activation.hold_s)
             mute_s = config.activation.mute_s or None
             button = ButtonEvents(gz, asyncio.get_running_loop(), app.post, mute_s)
-    except GPIOZeroError as exc:
-        raise GpioError(f"GPIO setup failed on board {board.name}: {exc}") from exc
+    except GPIOZeroError as exc:  # restarting will not free a pin: exit 78, named
+        raise ConfigError(
+            "device.board", f"GPIO setup failed on board {board.name}: {exc}"
+        ) from exc
     return leds, button

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -241,6 +242,16 @@ class Config:
 
 
 ENV_PREFIX = "APPLIANCE_"
+MAY_BE_ZERO = frozenset(
+    {
+        "provisioning.heartbeat_s",
+        "activation.mute_s",
+        "activation.wake_refractory_s",
+        "session.liveness_s",
+        "session.carry_over_s",
+    }
+)
+"""Durations (``*_s``) whose documentation gives 0 a meaning; every other one must be > 0."""
 
 
 def _convert(key: str, hint: Any, value: Any) -> Any:
@@ -295,8 +306,12 @@ def _section(name: str, cls: type[Any], raw: Mapping[str, Any]) -> Any:
             raise ConfigError(
                 f"{name}.{key}", f"must be one of {', '.join(choices)}, not {converted!r}"
             )
+        if isinstance(converted, float) and not math.isfinite(converted):
+            raise ConfigError(f"{name}.{key}", f"must be a finite number, not {converted!r}")
         if isinstance(converted, int | float) and not isinstance(converted, bool) and converted < 0:
             raise ConfigError(f"{name}.{key}", "must not be negative")
+        if key.endswith("_s") and converted == 0 and f"{name}.{key}" not in MAY_BE_ZERO:
+            raise ConfigError(f"{name}.{key}", "a duration must be more than 0 seconds")
         values[key] = converted
     return cls(**values)
 

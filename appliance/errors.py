@@ -7,8 +7,9 @@ ApplianceError
 ├── ProvisioningError      could not get a key from the provisioning server
 │   ├── ProvisioningUnavailable   server down / 5xx / 503 upstream trouble (retry_after)
 │   ├── RateLimited               429 from our server (retry_after)
-│   ├── DeviceRevoked             401/403: this device was revoked, disabled or deleted
+│   ├── DeviceRevoked             401/403: this device was revoked, disabled or deleted (code)
 │   ├── BackendMoved              409: the device's group uses the other backend (live/realtime)
+│   ├── ClockSkew                 401 clock_skew: the server judged the device's clock wrong
 │   └── EnrollmentError           enrollment refused (bad / reused / expired token)
 └── SessionError           the Realtime call failed
     ├── CallRejected              /v1/realtime/calls answered non-201 (status, code)
@@ -59,7 +60,24 @@ class RateLimited(ProvisioningError):
 
 
 class DeviceRevoked(ProvisioningError):
-    """This device's credential is no longer accepted. Retrying will not help."""
+    """This device's credential is no longer accepted. Retrying will not help.
+
+    ``code`` is the server's reason when it gave one (``revoked``, ``disabled``,
+    ``unknown_key``, ``replayed``, ``invalid_token``)."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ClockSkew(ProvisioningError):
+    """The server refused a token for time (``clock_skew``) even after the device took the
+    server's time: not a revocation; the device's clock keeps moving (no RTC, NTP catching
+    up). ``offset_s`` is server time minus device time as last learned."""
+
+    def __init__(self, message: str, offset_s: float) -> None:
+        super().__init__(message, retry_after=5.0)
+        self.offset_s = offset_s
 
 
 class BackendMoved(ProvisioningError):

@@ -5,7 +5,8 @@ state, the last turn's latency and (unless ``provisioning.report_transcripts`` i
 short summary of what was said, reconnect / wake / false-wake / barge-in counts, the echo
 canceller in use and the last error. The server stores it with last-seen; the dashboard
 shows it. A failed heartbeat is logged and retried at the next interval: it never affects
-the conversation.
+the conversation, but an unreachable server while the device is idle shows as OFFLINE (and
+an answer ends that).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 
 from appliance import __version__
 from appliance.app import App
-from appliance.errors import ApplianceError
+from appliance.errors import ApplianceError, ProvisioningUnavailable
 
 log = logging.getLogger(__name__)
 SUMMARY_CHARS = 200
@@ -83,9 +84,14 @@ async def send(sink: HeartbeatSink, app: App, started: float, transcripts: bool 
     """One heartbeat; ``False`` (logged) when the server could not be reached."""
     try:
         await sink.heartbeat(health(app, started, transcripts))
+    except ProvisioningUnavailable as exc:
+        log.warning("heartbeat not delivered: %s", exc)
+        app.server_unreachable(exc)
+        return False
     except ApplianceError as exc:
         log.warning("heartbeat not delivered: %s", exc)
         return False
+    app.server_reachable()
     return True
 
 

@@ -11,8 +11,7 @@ import base64
 import json
 import os
 import secrets
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.errors import EnrollmentError, ProvisioningUnavailable
+from appliance.clock import ServerClock
+from appliance.errors import ConfigError, EnrollmentError, ProvisioningUnavailable
+from appliance.neterrors import describe
 
 AUDIENCE = "appliance-provisioning"
 KEY_FILE = "device.key"
@@ -32,23 +33,44 @@ class Identity:
     device_id: str
     server: str
     private_key: Ed25519PrivateKey
+    clock: ServerClock = field(default_factory=ServerClock, compare=False, repr=False)
+    """Tokens are stamped with the server's time (the device may have no RTC)."""
 
     @classmethod
     def load(cls, state_dir: Path) -> Identity:
-        """Raises ``FileNotFoundError`` when the device has not enrolled yet."""
-        info = json.loads((state_dir / ID_FILE).read_text())
+        """Raises ``FileNotFoundError`` when the device has not enrolled yet (no
+        ``device.json``), and ``ConfigError`` naming the file when an identity file is
+        unreadable or corrupt: restarting cannot fix either, so the daemon exits 78."""
+        id_path = state_dir / ID_FILE
+        try:
+            info = json.loads(id_path.read_text())
+            device_id, server = str(info["device_id"]), str(info["server"])
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise ConfigError(str(id_path), f"cannot read: {exc.strerror}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(str(id_path), f"corrupt ({_what(exc)}): enroll again") from None
         # under systemd the key may come through LoadCredential= ($CREDENTIALS_DIRECTORY)
         creds = os.environ.get("CREDENTIALS_DIRECTORY")
         key_path = Path(creds) / KEY_FILE if creds and (Path(creds) / KEY_FILE).exists() else None
-        pem = (key_path or state_dir / KEY_FILE).read_bytes()
-        key = serialization.load_pem_private_key(pem, password=None)
+        key_path = key_path or state_dir / KEY_FILE
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except OSError as exc:
+            raise ConfigError(str(key_path), f"cannot read: {exc.strerror}") from None
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                str(key_path), f"not a usable private key ({_what(exc)}): enroll again"
+            ) from None
         if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{state_dir / KEY_FILE} is not an Ed25519 key")
-        return cls(str(info["device_id"]), str(info["server"]), key)
+            raise ConfigError(str(key_path), "not an Ed25519 key: enroll again")
+        return cls(device_id, server, key)
 
     def token(self, lifetime_s: int = 30) -> str:
-        """A single-use JWT proving this device's identity to the provisioning server."""
-        now = int(time.time())
+        """A single-use JWT proving this device's identity to the provisioning server,
+        stamped with the server's time."""
+        now = int(self.clock.now())
         claims = {
             "iss": self.device_id,
             "sub": self.device_id,
@@ -60,6 +82,12 @@ class Identity:
         return jwt.encode(
             claims, self.private_key, algorithm="EdDSA", headers={"kid": self.device_id}
         )
+
+
+def _what(exc: Exception) -> str:
+    """The first line of an exception's message, short (for a one-line exit message)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:120]
 
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:
@@ -75,9 +103,7 @@ async def enroll(server: str, token: str, state_dir: Path, name: str) -> Identit
         async with httpx.AsyncClient(timeout=10) as http:
             response = await http.post(f"{server.rstrip('/')}/v1/devices/enroll", json=body)
     except httpx.HTTPError as exc:
-        raise ProvisioningUnavailable(
-            f"provisioning server unreachable: {type(exc).__name__}"
-        ) from exc
+        raise ProvisioningUnavailable(f"provisioning server unreachable: {describe(exc)}") from exc
     if response.status_code != 201:
         try:
             detail = response.json()["error"]["message"]
@@ -120,13 +146,11 @@ async def rotate(identity: Identity, state_dir: Path) -> Identity:
                 url, json={"public_key": public_key_b64(key)}, headers=headers
             )
     except httpx.HTTPError as exc:
-        raise ProvisioningUnavailable(
-            f"provisioning server unreachable: {type(exc).__name__}"
-        ) from exc
+        raise ProvisioningUnavailable(f"provisioning server unreachable: {describe(exc)}") from exc
     if response.status_code != 200:
         raise EnrollmentError(f"key rotation refused ({response.status_code})")
     info = json.loads((state_dir / ID_FILE).read_text())
     await asyncio.to_thread(
         _save, state_dir, key, identity.device_id, identity.server, info["name"]
     )
-    return Identity(identity.device_id, identity.server, key)
+    return Identity(identity.device_id, identity.server, key, identity.clock)

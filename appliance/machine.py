@@ -103,6 +103,9 @@ class SessionFailed:
     reason: str
     offline: bool = False
     retry_after: float | None = None
+    lasting: bool = False
+    """The server refused the device itself (revoked, disabled, its clock): ERROR stays
+    shown until the user tries again, instead of going dark after a few seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +195,20 @@ class AudioRestored:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreachable:
+    """The provisioning server did not answer (at boot, a heartbeat, a probe) while no
+    conversation runs: show OFFLINE and probe again with back-off."""
+
+    reason: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reachable:
+    """A probe (or a heartbeat) reached the provisioning server again."""
+
+
+@dataclass(frozen=True, slots=True)
 class TimerFired:
     name: TimerName
     epoch: int
@@ -218,6 +235,8 @@ Event = (
     | AnnouncementDue
     | AudioFault
     | AudioRestored
+    | Unreachable
+    | Reachable
     | TimerFired
 )
 
@@ -296,6 +315,11 @@ class Announce:
 
 
 @dataclass(frozen=True, slots=True)
+class Probe:
+    """Check whether the provisioning server answers (``Reachable`` / ``Unreachable``)."""
+
+
+@dataclass(frozen=True, slots=True)
 class StartTimer:
     name: TimerName
     seconds: float
@@ -315,6 +339,7 @@ Effect = (
     | SendToolOutput
     | PlayCue
     | Announce
+    | Probe
     | StartTimer
 )
 
@@ -367,6 +392,8 @@ class Snapshot:
     one closes the session instead of asking again (nobody is there)."""
     audio_fault: bool = False
     """The mic/speaker is gone: ERROR is shown until it is back, activations are ignored."""
+    refused: bool = False
+    """The server refused this device: ERROR is shown until an activation tries again."""
     heard_user: bool = False
     """The user has spoken in this turn (a long hold while talking is push-to-talk, not
     the mute gesture)."""
@@ -448,6 +475,7 @@ def _new_turn(snap: Snapshot, mode: Mode) -> Result:
         "heard_user": False,
         "announcing": False,
         "nudged": False,
+        "refused": False,
     }
     if snap.session_open:
         return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), **fresh)
@@ -534,17 +562,9 @@ def step(snap: Snapshot, event: Event) -> Result:
         case State.LISTENING, ButtonPressed() if snap.timings.dictation:
             return _go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
 
-        case State.CONNECTING, TimerFired(name=TimerName.CONNECT) if snap.resume:
-            return _offline(snap, CloseSession())
         case State.CONNECTING, TimerFired(name=TimerName.CONNECT):
-            return _go(
-                snap,
-                State.ERROR,
-                CloseSession(),
-                PlayCue("error"),
-                mode=Mode.NONE,
-                session_open=False,
-            )
+            # no session in time: a partition or a slow service, not a fault of the device
+            return _offline(snap, CloseSession())
         case State.LISTENING, TimerFired(name=TimerName.NO_SPEECH):
             return _go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
         case State.LISTENING, TimerFired(name=TimerName.MAX_TURN):
@@ -559,8 +579,8 @@ def step(snap: Snapshot, event: Event) -> Result:
             )
         case State.THINKING | State.SPEAKING, TimerFired(name=TimerName.REPLY):
             return _go(snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE, **_QUIET)
-        case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD) if snap.audio_fault:
-            return snap, ()  # stays until the device is back
+        case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD) if snap.audio_fault or snap.refused:
+            return snap, ()  # stays until the device is back, or the user tries again
         case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD):
             return _go(snap, State.IDLE)
         case State.OFFLINE, TimerFired(name=TimerName.RETRY) if snap.resume:
@@ -568,7 +588,12 @@ def step(snap: Snapshot, event: Event) -> Result:
                 return _go(snap, State.IDLE, resume=False)  # give up; the user can try again
             return _go(snap, State.CONNECTING, OpenSession(), mode=Mode.NONE)
         case State.OFFLINE, TimerFired(name=TimerName.RETRY):
-            return _go(snap, State.IDLE)
+            # stay OFFLINE until a probe says the server answers (the LED keeps telling)
+            return _go(snap, State.OFFLINE, Probe())
+        case State.OFFLINE, Reachable() if not snap.resume:
+            return _go(snap, State.IDLE)  # the back-off resets only when a session works
+        case State.IDLE | State.OFFLINE, Unreachable() if not (snap.resume or snap.session_open):
+            return _offline(snap, retry_after=event.retry_after)
         case State.IDLE, TimerFired(name=TimerName.SESSION_IDLE):
             return _stay(snap, CloseSession(), session_open=False, **_QUIET)
 
@@ -620,9 +645,13 @@ def step(snap: Snapshot, event: Event) -> Result:
             return _stay(
                 snap, SetTurnDetection(server_vad=False), mode=Mode.PUSH_TO_TALK, manual_turns=True
             )
-        case State.CONNECTING | State.LISTENING, ButtonReleased() if mode is Mode.PRESSED:
+        case State.CONNECTING, ButtonReleased() if mode is Mode.PRESSED:
             vad, changes = _vad_back(snap)  # a tap: server VAD ends the turn
             return _stay(snap, *vad, mode=Mode.HANDS_FREE, **changes)
+        case State.LISTENING, ButtonReleased() if mode is Mode.PRESSED:
+            # a tap on a warm session: the no-speech timer, not the turn cap, runs from now
+            vad, changes = _vad_back(snap)
+            return _go(snap, State.LISTENING, *vad, mode=Mode.HANDS_FREE, **changes)
         case State.CONNECTING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
             return _go(snap, State.IDLE, CloseSession(), mode=Mode.NONE)  # let go before it was up
         case State.LISTENING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
@@ -689,6 +718,7 @@ def step(snap: Snapshot, event: Event) -> Result:
                 session_open=False,
                 announcing=False,
                 resume=False,
+                refused=event.lasting,
             )
         case State.IDLE, SessionLost():
             return _stay(snap, session_open=False, **_QUIET)

@@ -52,6 +52,12 @@ class Notifier:
     def stopping(self) -> None:
         self._send("STOPPING=1\nSTATUS=stopping")
 
+    def reloading(self) -> None:
+        """``RELOADING=1`` (with the ``MONOTONIC_USEC`` newer systemd wants); ``READY=1``
+        from the re-executed process ends the reload."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self._send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the configuration")
+
 
 async def watchdog_loop(
     notifier: Notifier,

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance.realtime.ice import allow_loopback
 
@@ -37,3 +40,13 @@ def require_tool(name: str) -> str:
 def _loopback_ice() -> None:
     """Every WebRTC test in this suite connects over 127.0.0.1."""
     allow_loopback()
+
+
+@pytest.fixture
+def mock_pins() -> Iterator[MockFactory]:
+    """gpiozero's own MockFactory (PWM-capable pins) as the pin factory, reset afterwards."""
+    saved = Device.pin_factory
+    Device.pin_factory = MockFactory(pin_class=MockPWMPin)
+    yield Device.pin_factory
+    Device.pin_factory.reset()
+    Device.pin_factory = saved

@@ -11,7 +11,9 @@ import itertools
 import json
 import logging
 import secrets
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from appliance import machine as m
@@ -126,7 +128,7 @@ def parse(message: str | bytes) -> JSON | None:
     """Decode one data-channel message; ``None`` (logged) if it is not a JSON event object."""
     try:
         data = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         log.warning("ignoring a data-channel message that is not JSON (%d bytes)", len(message))
         return None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):
@@ -172,6 +174,81 @@ def to_machine_event(data: JSON) -> m.Event | None:
     return None
 
 
+def label(value: object, limit: int = 80) -> str:
+    """A server-supplied value (an event type, an id) made safe to log: short, one line."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class QuietLog:
+    """Logs the first ``burst`` occurrences of each kind at once, then only counts: the
+    count is reported at most every ``every_s`` seconds (which opens a new burst) and on
+    ``flush()``. A flood of one kind of event is a few lines, not one line each; at most
+    ``max_kinds`` kinds are told apart."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        level: int = logging.INFO,
+        burst: int = 1,
+        every_s: float = 60.0,
+        max_kinds: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._what = what
+        self._level = level
+        self._burst = burst
+        self._every_s = every_s
+        self._max_kinds = max_kinds
+        self._clock = clock
+        self._kinds: dict[str, list[float]] = {}
+        """kind → [logged in this window, counted (not logged) since, window start]."""
+
+    def note(self, kind: str, detail: str = "", **extra: Any) -> None:
+        kind = label(kind)
+        if kind not in self._kinds and len(self._kinds) >= self._max_kinds:
+            kind = "(other kinds)"
+        now = self._clock()
+        entry = self._kinds.setdefault(kind, [0, 0, now])
+        if entry[1] and now - entry[2] >= self._every_s:
+            self._report(kind, entry, now)
+        if entry[0] < self._burst:
+            entry[0] += 1
+            last = entry[0] == self._burst
+            self._log.log(
+                self._level,
+                "%s %s%s%s",
+                self._what,
+                kind,
+                f" ({detail})" if detail else "",
+                "; more of this kind are counted, not logged" if last else "",
+                extra={"event_type": kind, **extra},
+            )
+            return
+        entry[1] += 1
+
+    def flush(self) -> None:
+        now = self._clock()
+        for kind, entry in self._kinds.items():
+            if entry[1]:
+                self._report(kind, entry, now)
+
+    def _report(self, kind: str, entry: list[float], now: float) -> None:
+        self._log.log(
+            self._level,
+            "%s %s: %d more in the last %.0f s",
+            self._what,
+            kind,
+            int(entry[1]),
+            now - entry[2],
+            extra={"event_type": kind, "count": int(entry[1])},
+        )
+        entry[:] = [0, 0, now]
+
+
 class SentEvents:
     """Remembers the type of recently sent client events, to explain ``error`` events."""
 
@@ -184,5 +261,5 @@ class SentEvents:
         while len(self._sent) > self._size:
             self._sent.popitem(last=False)
 
-    def cause(self, event_id: str | None) -> str | None:
-        return self._sent.get(event_id) if event_id else None
+    def cause(self, event_id: object) -> str | None:
+        return self._sent.get(event_id) if isinstance(event_id, str) else None

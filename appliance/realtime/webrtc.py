@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from appliance import machine as m
 from appliance.audio.base import AudioSink
-from appliance.errors import CallRejected, RealtimeUnreachable, SessionLost
+from appliance.errors import CallRejected, RealtimeUnreachable, SessionError, SessionLost
+from appliance.neterrors import describe
 from appliance.realtime import messages as msg
 from appliance.realtime.keys import CachedKeySource, KeySource
 from appliance.realtime.media import MicTrack, Playout
@@ -30,6 +32,9 @@ from appliance.realtime.media import MicTrack, Playout
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
 DEFAULT_MAX_MESSAGE_SIZE = 65_536  # what aiortc assumes when the answer gives none
+MAX_RATE_WAIT_S = 60.0
+"""Longest the device holds a ``response.create`` back for a rate limit: the service's
+limits are per minute, so a later ``reset_seconds`` is not believed."""
 
 
 class RealtimeSession:
@@ -68,6 +73,11 @@ class RealtimeSession:
         self.rate_limits: dict[str, tuple[int, float]] = {}
         """From ``rate_limits.updated``: name → (remaining, monotonic time it resets)."""
         self._deferred: asyncio.TimerHandle | None = None
+        self._deferred_kwargs: dict[str, Any] | None = None
+        self.unknown_events = msg.QuietLog(log, "ignoring unknown server event")
+        self.bad_events = msg.QuietLog(
+            log, "ignoring a malformed server event", logging.WARNING, burst=5
+        )
         self.pc = RTCPeerConnection()
         self._channel: Any = None
         self.call_id: str | None = None
@@ -90,6 +100,8 @@ class RealtimeSession:
         """Diarized transcription segments by user item, until its transcript completes."""
         self.timings: dict[str, float] = {}
         self.server_events = 0
+        self.messages_in = 0
+        """Data-channel messages received, readable or not."""
         self.last_server_event = time.monotonic()
 
     # ------------------------------------------------------------------ connect / close
@@ -107,11 +119,25 @@ class RealtimeSession:
         self.pc.on("connectionstatechange", self._on_connection_state)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = ask_for_opus_fec(self.pc.localDescription.sdp)
-        answer = await self._post_offer(key.realtime_base, key.value, offer)
+        try:
+            answer = await self._post_offer(key.realtime_base, key.value, offer)
+        except CallRejected as exc:
+            if exc.status != 401 or not isinstance(self._keys, CachedKeySource):
+                raise
+            # the service forgot the cached key (restarted, or revoked it): one fresh key
+            log.warning("the Realtime service refused the cached key (401): minting a fresh one")
+            self._keys.invalidate()
+            key = await self._keys.get_key()
+            answer = await self._post_offer(key.realtime_base, key.value, offer)
         self.timings["answer_s"] = time.perf_counter() - started
         found = re.search(r"^a=max-message-size:(\d+)", answer, re.MULTILINE)
         self.max_message_size = int(found.group(1)) if found else DEFAULT_MAX_MESSAGE_SIZE
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except Exception as exc:  # aiortc raises several kinds on a bad answer
+            raise SessionError(
+                f"the Realtime service's SDP answer is unusable ({type(exc).__name__})"
+            ) from exc
         await self._wait(self._created, "session.created")
         self.timings["created_s"] = time.perf_counter() - started
         config = defer_to_group(self._session, key.session)
@@ -153,9 +179,7 @@ class RealtimeSession:
         try:
             response = await client.post(url, content=sdp, headers=headers)
         except httpx.HTTPError as exc:
-            raise RealtimeUnreachable(
-                f"Realtime service unreachable: {type(exc).__name__}"
-            ) from exc
+            raise RealtimeUnreachable(f"Realtime service unreachable: {describe(exc)}") from exc
         finally:
             if self._http is None:
                 await client.aclose()
@@ -164,6 +188,12 @@ class RealtimeSession:
             if response.status_code == 401 and isinstance(self._keys, CachedKeySource):
                 self._keys.invalidate()
             raise CallRejected(response.status_code, message, code)
+        if not response.text.lstrip().startswith("v=0"):
+            kind = response.headers.get("content-type", "no content type")
+            raise SessionError(
+                f"the Realtime service answered 201 without an SDP answer "
+                f"({msg.label(kind, 40)}, {len(response.content)} bytes)"
+            )
         location = response.headers.get("location", "")
         self.call_id = location.rstrip("/").rsplit("/", 1)[-1] or None
         return response.text
@@ -174,6 +204,9 @@ class RealtimeSession:
         return self.pc.connectionState == "connected" and not (self._lost or self._closing)
 
     async def close(self) -> None:
+        if not self._closing:
+            self.unknown_events.flush()
+            self.bad_events.flush()
         self._closing = True
         if self._deferred is not None:
             self._deferred.cancel()
@@ -249,30 +282,52 @@ class RealtimeSession:
         if self._response_active:
             self._response_wanted = True
             return
-        wait = self._rate_limited_for()
+        wait = self.rate_limited_for()
         if wait > 0:
             log.warning("request limit reached; asking for the response in %.1f s", wait)
             if self._deferred is not None:
                 self._deferred.cancel()
             loop = asyncio.get_running_loop()
-            self._deferred = loop.call_later(wait, lambda: self.request_response(**kwargs))
+            self._deferred = loop.call_later(wait, self._send_deferred, kwargs)
+            self._deferred_kwargs = kwargs
             return
         self._response_active = True  # until response.created/done or an error says otherwise
         self.send(msg.response_create(**kwargs))
 
-    def _rate_limited_for(self) -> float:
+    def _send_deferred(self, kwargs: dict[str, Any]) -> None:
+        self._deferred = None
+        self._deferred_kwargs = None
+        if not (self._closing or self._lost):
+            self.request_response(**kwargs)
+
+    def rate_limited_for(self) -> float:
+        """Seconds a ``response.create`` is held back now (at most ``MAX_RATE_WAIT_S``)."""
         remaining, resets_at = self.rate_limits.get("requests", (1, 0.0))
         return max(0.0, resets_at - time.monotonic()) if remaining <= 0 else 0.0
 
-    def _on_rate_limits(self, limits: list[JSON]) -> None:
+    def _on_rate_limits(self, limits: object) -> None:
+        """Take the limits that make sense; one with a wrong field is skipped, logged."""
+        if not isinstance(limits, list):
+            raise TypeError("rate_limits is not a list")
         now = time.monotonic()
         for limit in limits:
-            name = str(limit.get("name"))
-            remaining = int(limit.get("remaining") or 0)
-            self.rate_limits[name] = (remaining, now + float(limit.get("reset_seconds") or 0))
-            total = int(limit.get("limit") or 0)
+            remaining = _number(limit, "remaining")
+            reset = _number(limit, "reset_seconds")
+            if remaining is None or reset is None or not isinstance(limit.get("name"), str):
+                log.warning("ignoring a malformed rate limit %s", msg.label(limit))
+                continue
+            name = msg.label(limit["name"], 40)
+            reset = min(max(0.0, reset), MAX_RATE_WAIT_S)
+            self.rate_limits[name] = (int(remaining), now + reset)
+            total = _number(limit, "limit") or 0
             if total and remaining < total / 10:
-                log.warning("rate limit %s low: %d of %d left", name, remaining, total)
+                log.warning("rate limit %s low: %d of %.0f left", name, remaining, total)
+        if self._deferred is not None and self.rate_limited_for() == 0:
+            # the limit was lifted before the time it gave: ask now
+            self._deferred.cancel()
+            kwargs = self._deferred_kwargs or {}
+            self._deferred = None
+            self._send_deferred(kwargs)
 
     def commit_input(self) -> None:
         self.send(msg.commit_input())
@@ -333,19 +388,31 @@ class RealtimeSession:
         self._on_event(m.SessionLost(reason))
 
     def _on_message(self, message: str | bytes) -> None:
-        data = msg.parse(message)
-        if data is None:
+        """The error boundary: whatever a server event holds, the call stays up. (An
+        exception here would escape into aiortc's transport loop and close the channel.)"""
+        self.messages_in += 1
+        try:
+            data = msg.parse(message)
+            if data is None:
+                return
+            self.server_events += 1
+            self.last_server_event = time.monotonic()
+        except Exception:
+            log.exception("could not read a data-channel message")
             return
-        self.server_events += 1
-        self.last_server_event = time.monotonic()
         kind = data["type"]
-        log.debug("in: %s", kind, extra={"event_type": kind, "call_id": self.call_id})
+        log.debug("in: %s", msg.label(kind), extra={"event_type": kind, "call_id": self.call_id})
         try:
             self._track(data)
-        except (KeyError, TypeError, AttributeError):
-            log.warning("ignoring a malformed %s event", kind)
+            event = msg.to_machine_event(data)
+        except Exception as exc:  # any shape the service (or a bug) sends
+            self.bad_events.note(
+                kind,
+                f"event_id {msg.label(data.get('event_id'), 40)}: "
+                f"{type(exc).__name__}: {msg.label(str(exc), 120)}",
+                call_id=self.call_id,
+            )
             return
-        event = msg.to_machine_event(data)
         if event is not None:
             self._on_event(event)
 
@@ -357,12 +424,14 @@ class RealtimeSession:
         elif kind == "session.updated":
             self._updated.set()
         elif kind == "response.created":
+            response = data["response"]
+            announcement = bool((response.get("metadata") or {}).get("kind"))
+            response_id = str(response["id"])
             self._response_active = True
             self.partial_reply = ""
             self._reply_item = None
-            response = data["response"]
-            if (response.get("metadata") or {}).get("kind"):
-                self._announcements.add(str(response["id"]))
+            if announcement:
+                self._announcements.add(response_id)
         elif kind == "response.done":
             self._response_active = False
             self._response_done(data["response"])
@@ -379,19 +448,19 @@ class RealtimeSession:
         elif kind == "output_audio_buffer.cleared":
             self.playout.interrupt()  # the service cut its audio: drop what is queued here
         elif kind == "response.output_audio_transcript.delta":
-            self.partial_reply += str(data["delta"])
+            self.partial_reply += _text(data, "delta")
         elif kind == "response.output_audio_transcript.done":
+            announcement = str(data.get("response_id")) in self._announcements
             self.partial_reply = ""
-            announcement = data.get("response_id") in self._announcements
             if self._on_transcript:  # announcements are not part of the conversation
                 role = "announcement" if announcement else "assistant"
-                self._on_transcript(role, str(data["transcript"]))
+                self._on_transcript(role, _text(data, "transcript"))
         elif kind == "conversation.item.input_audio_transcription.segment":
-            self._segments.setdefault(str(data["item_id"]), []).append(str(data["text"]))
+            self._segments.setdefault(str(data["item_id"]), []).append(_text(data, "text"))
         elif kind == "conversation.item.input_audio_transcription.completed":
             self._segments.pop(str(data["item_id"]), None)
             if self._on_transcript:
-                self._on_transcript("user", str(data["transcript"]))
+                self._on_transcript("user", _text(data, "transcript"))
         elif kind == "conversation.item.input_audio_transcription.failed":
             # the final transcript failed: what the diarized segments said is the best left
             heard = " ".join(self._segments.pop(str(data["item_id"]), []))
@@ -401,9 +470,9 @@ class RealtimeSession:
         elif kind == "error":
             self._on_error(data["error"])
         elif kind == "rate_limits.updated":
-            self._on_rate_limits(list(data["rate_limits"]))
+            self._on_rate_limits(data["rate_limits"])
         elif kind not in _KNOWN:
-            log.info("ignoring unknown server event %r", kind)
+            self.unknown_events.note(kind, call_id=self.call_id)
 
     def _response_done(self, response: JSON) -> None:
         details = response.get("status_details") or {}
@@ -424,14 +493,19 @@ class RealtimeSession:
         cause = self._sent.cause(event_id)
         if code == "response_cancel_not_active":
             log.debug("cancel raced a finished response (harmless)")
+            self._response_active = False  # the service says none is: never wait for one
             return
         log.warning(
             "server error %s: %s (caused by %s %s)",
-            code,
-            error.get("message"),
+            msg.label(code, 60),
+            msg.label(error.get("message"), 300),
             cause or "an unknown event",
-            event_id,
-            extra={"error_code": code, "client_event_id": event_id, "call_id": self.call_id},
+            msg.label(event_id, 60),
+            extra={
+                "error_code": msg.label(code, 60),
+                "client_event_id": msg.label(event_id, 60),
+                "call_id": self.call_id,
+            },
         )
         if code == "conversation_already_has_active_response":
             self._response_active = True
@@ -461,6 +535,22 @@ def defer_to_group(session: JSON, minted: JSON) -> JSON:
         return session
     rest = {k: v for k, v in mine.items() if k != "transcription"}
     return {**session, "audio": {**session["audio"], "input": rest}}
+
+
+def _number(data: object, key: str) -> float | None:
+    """A finite number field of a JSON object, or ``None``."""
+    value = data.get(key) if isinstance(data, dict) else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _text(data: JSON, key: str) -> str:
+    """A string field the device keeps; anything else is a malformed event."""
+    value = data[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key} is {type(value).__name__}, not a string")
+    return value
 
 
 def ask_for_opus_fec(sdp: str) -> str:

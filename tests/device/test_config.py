@@ -51,6 +51,15 @@ def test_file_then_environment(tmp_path: Path) -> None:
         ),
         ('[realtime]\nnoise_reduction = "mid_field"\n', {}, "realtime.noise_reduction"),
         ('[realtime]\nparallel_tool_calls = "often"\n', {}, "realtime.parallel_tool_calls"),
+        # timeouts must be finite and positive (issue 14: nan, inf and 0 were accepted)
+        ("[session]\nconnect_s = nan\n", {}, "session.connect_s"),
+        ("[session]\nreply_s = inf\n", {}, "session.reply_s"),
+        ("", {"APPLIANCE_SESSION_NO_SPEECH_S": "nan"}, "session.no_speech_s"),
+        ("", {"APPLIANCE_PROVISIONING_TIMEOUT_S": "inf"}, "provisioning.timeout_s"),
+        ("[session]\nconnect_s = 0\n", {}, "session.connect_s"),
+        ("", {"APPLIANCE_SESSION_MAX_TURN_S": "0"}, "session.max_turn_s"),
+        ("[activation]\nhold_s = 0.0\n", {}, "activation.hold_s"),
+        ("[realtime]\nvad_threshold = nan\n", {}, "realtime.vad_threshold"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], key: str) -> None:
@@ -59,6 +68,17 @@ def test_bad_values_name_the_key(tmp_path: Path, toml: str, env: dict[str, str],
     with pytest.raises(ConfigError) as caught:
         load(path, env)
     assert caught.value.key == key
+
+
+def test_zero_stays_valid_where_it_means_off(tmp_path: Path) -> None:
+    env = {
+        "APPLIANCE_PROVISIONING_HEARTBEAT_S": "0",
+        "APPLIANCE_SESSION_LIVENESS_S": "0",
+        "APPLIANCE_ACTIVATION_MUTE_S": "0",
+    }
+    config = load(None, env)
+    assert (config.provisioning.heartbeat_s, config.session.liveness_s) == (0, 0)
+    assert config.activation.mute_s == 0
 
 
 def test_bad_toml_and_missing_file(tmp_path: Path) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
-from gpiozero import PWMLED, RGBLED, Button, Device
-from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero import PWMLED, RGBLED, Button
+from gpiozero.pins.mock import MockFactory
 
 from appliance import machine as m
 from appliance.button import ButtonEvents
@@ -16,12 +15,8 @@ from appliance.leds import PATTERNS, GpioLeds, Kind
 
 
 @pytest.fixture
-def factory() -> Iterator[MockFactory]:
-    saved = Device.pin_factory
-    Device.pin_factory = MockFactory(pin_class=MockPWMPin)
-    yield Device.pin_factory
-    Device.pin_factory.reset()
-    Device.pin_factory = saved
+def factory(mock_pins: MockFactory) -> MockFactory:
+    return mock_pins
 
 
 async def test_long_press_toggles_mute(factory: MockFactory) -> None:

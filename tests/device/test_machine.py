@@ -211,13 +211,54 @@ TABLE = [
         [],
     ),
     # timers
-    (
+    (  # no session in time is network-shaped: OFFLINE, not red ERROR (issue 14)
         snap(State.CONNECTING),
         m.TimerFired(TimerName.CONNECT, 5),
-        State.ERROR,
+        State.OFFLINE,
         Mode.NONE,
         ["CloseSession", "PlayCue", "StartTimer"],
     ),
+    (  # a tap on a warm session: the no-speech timer runs, not the 30 s turn cap
+        snap(State.LISTENING, Mode.PRESSED, session_open=True),
+        m.ButtonReleased(),
+        State.LISTENING,
+        Mode.HANDS_FREE,
+        ["StartTimer"],
+    ),
+    # unreachable while idle: OFFLINE (never the LED off), probe after the back-off
+    (snap(State.IDLE), m.Unreachable("DNS"), State.OFFLINE, Mode.NONE, ["PlayCue", "StartTimer"]),
+    (snap(State.IDLE, session_open=True), m.Unreachable("DNS"), State.IDLE, Mode.NONE, []),
+    (
+        snap(State.OFFLINE),
+        m.TimerFired(TimerName.RETRY, 5),
+        State.OFFLINE,
+        Mode.NONE,
+        ["Probe", "StartTimer"],
+    ),
+    (snap(State.OFFLINE), m.Reachable(), State.IDLE, Mode.NONE, []),
+    # a refused device (revoked, its clock): ERROR stays until the user tries again
+    (
+        snap(State.CONNECTING, Mode.PRESSED),
+        m.SessionFailed("device refused: 401 revoked", lasting=True),
+        State.ERROR,
+        Mode.NONE,
+        ["PlayCue", "StartTimer"],
+    ),
+    (
+        snap(State.ERROR, refused=True),
+        m.TimerFired(TimerName.ERROR_HOLD, 5),
+        State.ERROR,
+        Mode.NONE,
+        [],
+    ),
+    (
+        snap(State.ERROR, refused=True),
+        m.ButtonPressed(),
+        State.CONNECTING,
+        Mode.PRESSED,
+        ["PlayCue", "OpenSession", "StartTimer"],
+    ),
+    (snap(State.OFFLINE, resume=True), m.Reachable(), State.OFFLINE, Mode.NONE, []),
     (
         snap(State.CONNECTING),
         m.TimerFired(TimerName.CONNECT, 4),
@@ -287,7 +328,10 @@ def test_offline_backs_off_exponentially_and_honours_retry_after() -> None:
         assert s.state is State.OFFLINE
         (timer,) = [e for e in effects if isinstance(e, m.StartTimer)]
         waits.append(timer.seconds)
-        s, _ = m.step(s, m.TimerFired(TimerName.RETRY, timer.epoch))
+        s, effects = m.step(s, m.TimerFired(TimerName.RETRY, timer.epoch))
+        assert s.state is State.OFFLINE, "OFFLINE until the server is seen again"
+        assert m.Probe() in effects
+        s, _ = m.step(s, m.Reachable())
         assert s.state is State.IDLE
     assert waits == [1, 2, 4, 8, 16, 32, 60, 60]
     s, _ = m.step(s, m.ButtonPressed())
@@ -597,7 +641,9 @@ def test_a_wake_word_or_a_tap_over_a_push_to_talk_reply_switches_server_vad_back
     s, out = m.step(ptt_reply(), m.ButtonPressed())
     assert m.SetTurnDetection(server_vad=True) not in out, "a press may become a hold"
     s, out = m.step(s, m.ButtonReleased())
-    assert (s.mode, kinds(out)) == (Mode.HANDS_FREE, ["SetTurnDetection"])
+    assert (s.mode, kinds(out)) == (Mode.HANDS_FREE, ["SetTurnDetection", "StartTimer"])
+    started = [effect.name for effect in out if isinstance(effect, m.StartTimer)]
+    assert started == [m.TimerName.NO_SPEECH], "a tap runs the no-speech timer, not the turn cap"
     assert not s.manual_turns
 
 

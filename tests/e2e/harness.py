@@ -27,7 +27,7 @@ from appliance.config import (
     SessionConfig,
 )
 from appliance.demo import asset
-from appliance.realtime.keys import EphemeralKey
+from appliance.realtime.keys import CachedKeySource, EphemeralKey, KeySource
 from appliance.realtime.tools import ToolRegistry, builtin_registry
 from provisioning.standin import StandIn
 from tests.standin.conftest import mint
@@ -114,9 +114,11 @@ async def device(
     camera: str = "",
     realtime: RealtimeConfig | None = None,
     tools: ToolRegistry | None = None,
+    cache_keys: bool = False,
     **session: Any,
 ) -> AsyncIterator[Device]:
-    """The device on WAV files (or ``source``/``sink``), with its real audio front end."""
+    """The device on WAV files (or ``source``/``sink``), with its real audio front end.
+    ``cache_keys``: reuse a key for several calls, as the daemon does."""
     config = Config(
         device=DeviceConfig(name="test", state_dir=tmp, board="mock", camera=camera),
         audio=audio or AudioConfig(backend="wav"),
@@ -132,11 +134,12 @@ async def device(
         {"type": "transcription"} if realtime and realtime.mode == "transcription" else None,
     )
     changed = asyncio.Event()
+    used: KeySource = CachedKeySource(keys) if cache_keys else keys
     app = App(
         config,
         source=source,
         sink=sink,
-        keys=keys,
+        keys=used,
         tools=tools or builtin_registry(),
         frontend=make_frontend(config, source.format),
         on_state=lambda _: changed.set(),

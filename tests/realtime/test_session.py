@@ -253,3 +253,28 @@ async def test_no_requests_left_defers_the_response_until_the_limit_resets(
     assert not any(e["type"] == "response.create" for e in call.received), "held back"
     await until(lambda: any(e["type"] == "response.create" for e in call.received), 3)
     await session.close()
+
+
+def test_quiet_log_logs_a_burst_then_counts_and_reports_per_window(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    now = [0.0]
+    quiet = msg.QuietLog(logging.getLogger("quiet"), "odd event", burst=2, clock=lambda: now[0])
+    for i in range(10):
+        quiet.note("a.b", f"event_id e{i}")
+    quiet.note("c.d")
+    now[0] = 61.0
+    quiet.note("a.b", "event_id e10")  # a new window: the count, then a new burst
+    quiet.note("a.b", "event_id e11")
+    quiet.note("a.b", "event_id e12")
+    quiet.flush()
+    assert [r.getMessage() for r in caplog.records] == [
+        "odd event a.b (event_id e0)",
+        "odd event a.b (event_id e1); more of this kind are counted, not logged",
+        "odd event c.d",
+        "odd event a.b: 8 more in the last 61 s",
+        "odd event a.b (event_id e10)",
+        "odd event a.b (event_id e11); more of this kind are counted, not logged",
+        "odd event a.b: 1 more in the last 0 s",
+    ]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gpiozero import Device
-from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero.pins.mock import MockFactory
 
 from appliance.check import Context, run_checks, table
 from appliance.config import AudioConfig, Config, DeviceConfig
@@ -19,12 +17,8 @@ from provisioning.standin import StandIn, StandInConfig
 
 
 @pytest.fixture
-def pins() -> Iterator[MockFactory]:
-    saved = Device.pin_factory
-    Device.pin_factory = MockFactory(pin_class=MockPWMPin)
-    yield Device.pin_factory
-    Device.pin_factory.reset()
-    Device.pin_factory = saved
+def pins(mock_pins: MockFactory) -> MockFactory:
+    return mock_pins
 
 
 def config(state: Path) -> Config:
