@@ -1,19 +1,52 @@
-"""Audio tracks of a stand-in call: the model's voice out, the user's voice in."""
+"""The model's voice out of a stand-in call: on an RTP track (WebRTC) or as base64
+``response.output_audio.delta`` events (WebSocket).
+
+Both are a ``ReplyAudio``: the call queues 48 kHz mono samples and reads back how much was
+played; only the WebRTC one paces itself by the clock.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import fractions
 import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import av
 import numpy as np
 from aiortc import MediaStreamTrack
 
-from appliance.audio.frames import Pcm
+from appliance.audio.frames import Pcm, Resampler
+from provisioning.standin import events as ev
 
 RATE = 48_000
 FRAME = 960  # 20 ms at 48 kHz
+WIRE_RATE = 24_000
+"""``audio/pcm`` on a WebSocket: 16-bit little-endian mono at 24 kHz (the only rate)."""
+
+
+class ReplyAudio(Protocol):
+    """Where a call's reply audio goes."""
+
+    played_samples: int
+    """48 kHz samples of model audio delivered so far."""
+    drained: asyncio.Event
+    """Set while nothing queued is still waiting to be delivered."""
+    sent: list[Pcm]
+
+    def begin(self, response_id: str, item_id: str) -> None:
+        """A reply's audio starts (what the next ``enqueue`` belongs to)."""
+
+    def enqueue(self, samples: Pcm) -> None: ...
+
+    def end(self) -> None:
+        """The reply's audio is complete."""
+
+    def pending(self) -> int: ...
+
+    def clear(self) -> int: ...
 
 
 class ReplyTrack:
@@ -32,6 +65,12 @@ class ReplyTrack:
         self.drained.set()
         self.sent: list[Pcm] = []
         """Every non-silent chunk sent, for tests that correlate what the device heard."""
+
+    def begin(self, response_id: str, item_id: str) -> None:
+        pass  # RTP carries no ids
+
+    def end(self) -> None:
+        pass  # the track plays silence once the queue is empty
 
     def enqueue(self, samples: Pcm) -> None:
         self._queue = np.concatenate([self._queue, samples])
@@ -88,3 +127,56 @@ class _Track(MediaStreamTrack):
 def make_track(source: ReplyTrack) -> MediaStreamTrack:
     """Wrap ``source`` in an aiortc ``MediaStreamTrack``."""
     return _Track(source)
+
+
+class DeltaAudio:
+    """Reply audio as ``response.output_audio.delta`` events (the WebSocket transport).
+
+    Audio is handed over as it is generated, faster than real time, as the service does: the
+    client buffers and plays it, so nothing is ever pending here.
+    """
+
+    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
+        self._send = send
+        self._resampler = Resampler(WIRE_RATE)
+        self._ids: tuple[str, str] | None = None
+        self.played_samples = 0
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.sent: list[Pcm] = []
+
+    def begin(self, response_id: str, item_id: str) -> None:
+        self._ids = (response_id, item_id)
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        if self._ids is None:
+            return
+        response_id, item_id = self._ids
+        self._send(
+            ev.event(
+                kind,
+                response_id=response_id,
+                item_id=item_id,
+                output_index=0,
+                content_index=0,
+                **fields,
+            )
+        )
+
+    def enqueue(self, samples: Pcm) -> None:
+        self.sent.append(samples)
+        self.played_samples += int(samples.size)
+        pcm = self._resampler.pcm(samples, RATE)
+        if pcm.size:
+            delta = base64.b64encode(pcm.astype("<i2").tobytes()).decode("ascii")
+            self._event("response.output_audio.delta", delta=delta)
+
+    def end(self) -> None:
+        self._event("response.output_audio.done")
+        self._ids = None
+
+    def pending(self) -> int:
+        return 0
+
+    def clear(self) -> int:
+        return 0

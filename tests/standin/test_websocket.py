@@ -1,0 +1,154 @@
+"""The WebSocket transport: the ``openai`` SDK's ``realtime.connect`` runs a voice turn against
+the stand-in, and a sideband socket (``?call_id=``) joins a WebRTC call."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pytest
+from openai import AsyncOpenAI
+from openai.resources.realtime.realtime import AsyncRealtimeConnection
+from websockets.exceptions import InvalidStatus
+
+from provisioning.standin import StandIn
+from tests.peer import GaPeer
+from tests.speech import speech
+from tests.standin.conftest import API_KEY, mint
+from tests.wire import validate_client, validate_server
+
+MODEL = "gpt-realtime-2.1"
+
+
+def client(standin: StandIn, key: str = API_KEY) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{standin.base_url}/v1", api_key=key, max_retries=0)
+
+
+async def events_until(
+    connection: AsyncRealtimeConnection, kind: str, into: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Read raw server events (validating each) until one of type ``kind``; return it."""
+    while True:
+        event: dict[str, Any] = json.loads(await connection.recv_bytes())
+        validate_server(event)
+        into.append(event)
+        if event["type"] == kind:
+            return event
+
+
+@pytest.fixture
+async def connection(standin: StandIn) -> AsyncIterator[AsyncRealtimeConnection]:
+    async with client(standin).realtime.connect(model=MODEL) as conn:
+        yield conn
+
+
+async def test_the_sdk_runs_a_voice_turn_over_a_websocket(
+    standin: StandIn, connection: AsyncRealtimeConnection
+) -> None:
+    events: list[dict[str, Any]] = []
+    created = await events_until(connection, "session.created", events)
+    assert created["session"]["model"] == MODEL
+    await connection.session.update(
+        session={"type": "realtime", "model": MODEL, "instructions": "Answer briefly."}
+    )
+    await events_until(connection, "session.updated", events)
+    question = speech("what is the weather like on the moon", rate=24_000, pad_s=1.0)
+    for start in range(0, question.size, 2400):  # 100 ms a message, faster than real time
+        chunk = question[start : start + 2400].astype("<i2").tobytes()
+        await connection.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
+    done = await events_until(connection, "response.done", events)
+    assert done["response"]["status"] == "completed"
+
+    types = [e["type"] for e in events]
+    order = [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "response.created",
+        "response.output_audio.delta",
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.done",
+    ]
+    assert [types.index(kind) for kind in order] == sorted(types.index(kind) for kind in order)
+    assert not [t for t in types if t.startswith("output_audio_buffer.")], "WebRTC-only events"
+    transcript = next(e for e in events if e["type"] == "response.output_audio_transcript.done")
+    assert "moon" in transcript["transcript"]
+    audio = np.frombuffer(
+        b"".join(
+            base64.b64decode(e["delta"])
+            for e in events
+            if e["type"] == "response.output_audio.delta"
+        ),
+        dtype="<i2",
+    )
+    assert audio.size > 24_000, "more than a second of pcm16 at 24 kHz"
+    assert np.sqrt(np.mean(audio.astype(float) ** 2)) > 300, "speech, not silence"
+    (call,) = standin.calls.values()
+    assert call.received, "the stand-in saw the SDK's events"
+    for event in call.received:
+        validate_client(event)
+
+
+async def test_an_ephemeral_key_opens_its_own_session(standin: StandIn) -> None:
+    key = await mint(
+        standin.base_url, {"type": "realtime", "model": MODEL, "instructions": "Be a pirate."}
+    )
+    async with client(standin, key).realtime.connect(model=MODEL) as conn:
+        created = await events_until(conn, "session.created", [])
+    assert created["session"]["instructions"] == "Be a pirate."
+
+
+async def test_a_bad_key_is_refused_at_the_handshake(standin: StandIn) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with client(standin, "sk-wrong").realtime.connect(model=MODEL) as conn:
+            await conn.recv()
+    assert refused.value.response.status_code == 401
+    assert json.loads(refused.value.response.body or b"")["error"]["code"] == "invalid_api_key"
+
+
+async def test_the_sideband_joins_a_webrtc_call_and_controls_it(standin: StandIn) -> None:
+    peer = GaPeer(standin.base_url, await mint(standin.base_url))
+    await peer.connect()
+    try:
+        await peer.wait_for("session.created")
+        assert peer.call_id is not None
+        sideband = client(standin).realtime.connect(call_id=peer.call_id)
+        async with sideband as conn:
+            await conn.session.update(session={"type": "realtime", "instructions": "Be brief."})
+            seen: list[dict[str, Any]] = []
+            updated = await events_until(conn, "session.updated", seen)
+            assert updated["session"]["instructions"] == "Be brief."
+            await conn.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "hello there"}],
+                }
+            )
+            await conn.response.create()
+            await events_until(conn, "response.done", seen)
+        # the device side heard the same events, audio included
+        await peer.wait_for("response.done")
+        await peer.wait_for("output_audio_buffer.stopped")
+        assert "session.updated" in peer.types()
+        (call,) = standin.calls.values()
+        for event in call.received:
+            validate_client(event)
+    finally:
+        await peer.close()
+
+
+async def test_a_sideband_needs_a_known_call_and_the_standard_key(standin: StandIn) -> None:
+    with pytest.raises(InvalidStatus) as unknown:
+        async with client(standin).realtime.connect(call_id="rtc_nope") as conn:
+            await conn.recv()
+    assert unknown.value.response.status_code == 404
+    key = await mint(standin.base_url)
+    with pytest.raises(InvalidStatus) as ephemeral:
+        async with client(standin, key).realtime.connect(call_id="rtc_nope") as conn:
+            await conn.recv()
+    assert ephemeral.value.response.status_code == 401
