@@ -28,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 from pydantic_core import from_json, to_json
 
 from appliance.audio.frames import Resampler
+from appliance.realtime.opus import ask_for_opus_fec
 from provisioning.standin import events as ev
 from provisioning.standin.media import (
     RATE,
@@ -35,7 +36,9 @@ from provisioning.standin.media import (
     DeltaAudio,
     ReplyAudio,
     ReplyTrack,
+    answer_codecs,
     make_track,
+    sending_codec,
 )
 from provisioning.standin.script import Script
 
@@ -265,7 +268,10 @@ class Call:
         """Set the remote offer and return the SDP answer. ``ValueError`` on bad SDP."""
         assert isinstance(self.track, ReplyTrack), "a WebSocket session has no peer connection"
         pc = self.pc = RTCPeerConnection()
-        pc.addTrack(make_track(self.track))
+        sender = pc.addTrack(make_track(self.track))
+        for transceiver in pc.getTransceivers():
+            if transceiver.sender is sender:  # the service's codecs, Opus first
+                transceiver.setCodecPreferences(answer_codecs())
 
         @pc.on("datachannel")
         def _on_channel(channel: Any) -> None:
@@ -300,7 +306,9 @@ class Call:
                 transceiver.direction = "sendrecv"
         await pc.setLocalDescription(await pc.createAnswer())
         self._arm_expiry()
-        return str(pc.localDescription.sdp)
+        answer = ask_for_opus_fec(str(pc.localDescription.sdp))  # as the service's answer
+        self.track.opus = sending_codec(answer) == "opus"
+        return answer
 
     async def close(self) -> None:
         if self.closed.is_set():

@@ -2,7 +2,9 @@
 ``response.output_audio.delta`` events (WebSocket).
 
 Both are a ``ReplyAudio``: the call queues 48 kHz mono samples and reads back how much was
-played; only the WebRTC one paces itself by the clock.
+played; only the WebRTC one paces itself by the clock. On RTP the track sends Opus that it
+encoded itself, with in-band FEC (``REPLY_BITRATE``, ``REPLY_EXPECTED_LOSS_PCT``), as the
+service's answer SDP promises (``useinbandfec=1``); ``answer_codecs`` shapes that answer.
 """
 
 from __future__ import annotations
@@ -10,21 +12,41 @@ from __future__ import annotations
 import asyncio
 import base64
 import fractions
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCRtpCodecCapability, RTCRtpSender
 
 from appliance.audio.frames import Pcm, Resampler
+from appliance.realtime.opus import OpusPacketEncoder
 from provisioning.standin import events as ev
 
 RATE = 48_000
 FRAME = 960  # 20 ms at 48 kHz
 WIRE_RATE = 24_000
 """``audio/pcm`` on a WebSocket: 16-bit little-endian mono at 24 kHz (the only rate)."""
+REPLY_BITRATE = 32_000
+"""Opus bitrate of the model's voice (bit/s): wideband speech, mono."""
+REPLY_EXPECTED_LOSS_PCT = 10
+"""Loss the reply's in-band FEC is planned for."""
+SERVICE_CODECS = ("audio/opus", "audio/PCMU", "audio/PCMA")
+"""What the service's answers offer, in its order (reference §1.1: ``111 0 8``)."""
+
+
+def answer_codecs() -> list[RTCRtpCodecCapability]:
+    """Codec preferences for the call's audio transceiver: Opus first, then G.711, nothing
+    else (aiortc would also answer G.722, which the service never does)."""
+    capabilities = RTCRtpSender.getCapabilities("audio").codecs
+    return [
+        codec
+        for name in SERVICE_CODECS
+        for codec in capabilities
+        if codec.mimeType.lower() == name.lower()
+    ]
 
 
 class ReplyAudio(Protocol):
@@ -65,6 +87,8 @@ class ReplyTrack:
         self.drained.set()
         self.sent: list[Pcm] = []
         """Every non-silent chunk sent, for tests that correlate what the device heard."""
+        self.opus = True
+        """Send Opus packets with in-band FEC (else frames, for the negotiated G.711)."""
 
     def begin(self, response_id: str, item_id: str) -> None:
         pass  # RTP carries no ids
@@ -119,14 +143,32 @@ class _Track(MediaStreamTrack):
     def __init__(self, source: ReplyTrack) -> None:
         super().__init__()
         self._source = source
+        self._encoder = OpusPacketEncoder(REPLY_BITRATE, REPLY_EXPECTED_LOSS_PCT)
+        self._packets: list[av.Packet[Any]] = []
 
-    async def recv(self) -> av.AudioFrame:
-        return await self._source.next_frame()
+    async def recv(self) -> av.AudioFrame | av.Packet[Any]:
+        if not self._source.opus:  # G.711 negotiated: aiortc encodes the frames
+            return await self._source.next_frame()
+        while not self._packets:
+            frame = await self._source.next_frame()
+            samples = frame.to_ndarray().reshape(-1).astype(np.int16, copy=False)
+            self._packets = self._encoder.encode(samples, RATE)
+        return self._packets.pop(0)
 
 
 def make_track(source: ReplyTrack) -> MediaStreamTrack:
-    """Wrap ``source`` in an aiortc ``MediaStreamTrack``."""
+    """Wrap ``source`` in an aiortc ``MediaStreamTrack``: Opus packets with in-band FEC
+    (sent by aiortc as they are) while ``source.opus``, else frames."""
     return _Track(source)
+
+
+def sending_codec(answer_sdp: str) -> str:
+    """The codec an answer sends audio with (its first audio payload type), e.g. ``opus``."""
+    mline = re.search(r"^m=audio \S+ \S+ (\d+)", answer_sdp, re.MULTILINE)
+    if mline is None:
+        return ""
+    rtpmap = re.search(rf"^a=rtpmap:{mline.group(1)} ([^/\s]+)", answer_sdp, re.MULTILINE)
+    return rtpmap.group(1).lower() if rtpmap else ""
 
 
 class DeltaAudio:
