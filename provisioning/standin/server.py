@@ -495,7 +495,7 @@ class StandIn:
                 await writing
             if not sideband:
                 await call.close()
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                 await websocket.close()
 
     @staticmethod

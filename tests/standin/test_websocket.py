@@ -152,3 +152,59 @@ async def test_a_sideband_needs_a_known_call_and_the_standard_key(standin: Stand
         async with client(standin, key).realtime.connect(call_id="rtc_nope") as conn:
             await conn.recv()
     assert ephemeral.value.response.status_code == 401
+
+
+async def session_events_until(session: Any, kind: str, into: list[Any], *, count: int = 1) -> Any:
+    """Read ``RealtimeSession`` events until the ``count``-th of type ``kind``."""
+    async for event in session:
+        into.append(event)
+        if [e.type for e in into].count(kind) >= count:
+            return event
+    raise AssertionError(f"the session ended before {kind}")
+
+
+async def test_the_agents_realtime_runner_talks_and_calls_a_tool(standin: StandIn) -> None:
+    """openai-agents' ``RealtimeRunner`` validates every server event strictly (a failure is an
+    ``error`` session event) and runs tools on its own."""
+    from agents import function_tool
+    from agents.realtime import RealtimeAgent, RealtimeRunner
+
+    @function_tool
+    def get_time() -> str:
+        """The current local time."""
+        return json.dumps({"time": "twelve o'clock"})
+
+    agent: RealtimeAgent[Any] = RealtimeAgent(
+        name="Helper", instructions="Answer briefly.", tools=[get_time]
+    )
+    url = standin.base_url.replace("http://", "ws://") + f"/v1/realtime?model={MODEL}"
+    session = await RealtimeRunner(agent).run(model_config={"api_key": API_KEY, "url": url})
+    events: list[Any] = []
+    async with session:
+        question = speech("what is the weather like on the moon", rate=24_000, pad_s=1.0)
+        await session.send_audio(question.astype("<i2").tobytes())
+        await session_events_until(session, "agent_end", events)
+        await session.send_message("what time is it")
+        await session_events_until(session, "tool_end", events)
+        # the tool call's response ends, then the one that speaks its output
+        await session_events_until(session, "agent_end", events, count=3)
+    errors = [e for e in events if e.type == "error"]
+    assert errors == [], errors
+    tool_end = next(e for e in events if e.type == "tool_end")
+    assert tool_end.tool.name == "get_time"
+    assert [e for e in events if e.type == "audio"], "the reply's audio reached the runner"
+    raw = [
+        e.data for e in events if e.type == "raw_model_event" and e.data.type == "raw_server_event"
+    ]
+    spoken = [
+        d.data["transcript"]
+        for d in raw
+        if d.data["type"] == "response.output_audio_transcript.done"
+    ]
+    assert any("moon" in said for said in spoken), spoken
+    assert any("twelve o'clock" in said for said in spoken), spoken
+    call = standin.finished_calls[-1]
+    for event in call.received:
+        validate_client(event)
+    for event in call.sent:
+        validate_server(event)
