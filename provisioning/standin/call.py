@@ -32,13 +32,14 @@ from appliance.realtime.opus import ask_for_opus_fec
 from provisioning.standin import events as ev
 from provisioning.standin.media import (
     RATE,
-    WIRE_RATE,
     DeltaAudio,
     ReplyAudio,
     ReplyTrack,
     answer_codecs,
+    decode_wire,
     make_track,
     sending_codec,
+    wire_rate,
 )
 from provisioning.standin.script import Script
 
@@ -208,7 +209,11 @@ class Call:
         self.max_session_s = max_session_s
         self._on_closed = on_closed
         self.pc: RTCPeerConnection | None = None
-        self.track: ReplyAudio = DeltaAudio(self._send) if media == "websocket" else ReplyTrack()
+        self.track: ReplyAudio = (
+            DeltaAudio(self._send, lambda: self._audio_format("output"))
+            if media == "websocket"
+            else ReplyTrack()
+        )
         self._outlets: list[Callable[[JSON], None]] = []
         self.sent: list[JSON] = []
         self.received: list[JSON] = []
@@ -447,10 +452,16 @@ class Call:
         self._send(ev.event("session.updated", session=self.session))
 
     def _append(self, data: JSON, event_id: str | None) -> None:
-        # the WebSocket path (over WebRTC audio arrives on the track): pcm16 24 kHz
+        # the WebSocket path (over WebRTC audio arrives on the track), in the input format
         raw = base64.b64decode(str(data["audio"]), validate=True)
-        samples = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<i2").astype(np.int16)
-        self._hear(self._vad_in.pcm(samples, WIRE_RATE))
+        kind = self._audio_format("input")
+        self._hear(self._vad_in.pcm(decode_wire(raw, kind), wire_rate(kind)))
+
+    def _audio_format(self, direction: str) -> str:
+        """The session's ``audio.<direction>.format.type`` (``audio/pcm`` when unset)."""
+        audio = self.session.get("audio") or {}
+        fmt = (audio.get(direction) or {}).get("format") or {}
+        return str(fmt.get("type") or "audio/pcm")
 
     def _commit_event(self, data: JSON, event_id: str | None) -> None:
         if self._buffer_ms < 100:

@@ -15,7 +15,7 @@ import fractions
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import av
 import numpy as np
@@ -29,6 +29,8 @@ RATE = 48_000
 FRAME = 960  # 20 ms at 48 kHz
 WIRE_RATE = 24_000
 """``audio/pcm`` on a WebSocket: 16-bit little-endian mono at 24 kHz (the only rate)."""
+G711 = {"audio/pcmu": "pcm_mulaw", "audio/pcma": "pcm_alaw"}
+"""The G.711 formats (8 kHz, one byte a sample) by their FFmpeg codec."""
 REPLY_BITRATE = 32_000
 """Opus bitrate of the model's voice (bit/s): wideband speech, mono."""
 REPLY_EXPECTED_LOSS_PCT = 10
@@ -171,15 +173,52 @@ def sending_codec(answer_sdp: str) -> str:
     return rtpmap.group(1).lower() if rtpmap else ""
 
 
+def wire_rate(format_type: str) -> int:
+    """The sample rate of a session audio format (``audio/pcm``, ``audio/pcmu``, ``audio/pcma``)."""
+    return 8_000 if format_type in G711 else WIRE_RATE
+
+
+def _g711(format_type: str, mode: Literal["r", "w"]) -> Any:
+    codec: Any = av.CodecContext.create(G711[format_type], mode)
+    codec.sample_rate = 8_000
+    codec.layout = "mono"
+    if mode == "w":
+        codec.format = "s16"
+    return codec
+
+
+def decode_wire(data: bytes, format_type: str) -> Pcm:
+    """Audio bytes of a session format as s16 samples at ``wire_rate(format_type)``."""
+    if format_type in G711:
+        frames = _g711(format_type, "r").decode(av.Packet(data)) if data else []
+        chunks = [f.to_ndarray().reshape(-1) for f in frames]
+        return np.concatenate(chunks).astype(np.int16) if chunks else np.zeros(0, np.int16)
+    return np.frombuffer(data[: len(data) // 2 * 2], dtype="<i2").astype(np.int16)
+
+
+def encode_wire(samples: Pcm, format_type: str) -> bytes:
+    """s16 samples at ``wire_rate(format_type)`` as audio bytes of that session format."""
+    if format_type in G711:
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 8_000
+        return b"".join(bytes(p) for p in _g711(format_type, "w").encode(frame))
+    return samples.astype("<i2").tobytes()
+
+
 class DeltaAudio:
-    """Reply audio as ``response.output_audio.delta`` events (the WebSocket transport).
+    """Reply audio as ``response.output_audio.delta`` events (the WebSocket transport), in the
+    session's output format (``format_of()``, read as each reply begins).
 
     Audio is handed over as it is generated, faster than real time, as the service does: the
     client buffers and plays it, so nothing is ever pending here.
     """
 
-    def __init__(self, send: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self, send: Callable[[dict[str, Any]], None], format_of: Callable[[], str]
+    ) -> None:
         self._send = send
+        self._format_of = format_of
+        self._format = "audio/pcm"
         self._resampler = Resampler(WIRE_RATE)
         self._ids: tuple[str, str] | None = None
         self.played_samples = 0
@@ -189,6 +228,8 @@ class DeltaAudio:
 
     def begin(self, response_id: str, item_id: str) -> None:
         self._ids = (response_id, item_id)
+        self._format = self._format_of()
+        self._resampler = Resampler(wire_rate(self._format))
 
     def _event(self, kind: str, **fields: Any) -> None:
         if self._ids is None:
@@ -210,8 +251,8 @@ class DeltaAudio:
         self.played_samples += int(samples.size)
         pcm = self._resampler.pcm(samples, RATE)
         if pcm.size:
-            delta = base64.b64encode(pcm.astype("<i2").tobytes()).decode("ascii")
-            self._event("response.output_audio.delta", delta=delta)
+            data = encode_wire(pcm, self._format)
+            self._event("response.output_audio.delta", delta=base64.b64encode(data).decode())
 
     def end(self) -> None:
         self._event("response.output_audio.done")

@@ -15,6 +15,7 @@ from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from websockets.exceptions import InvalidStatus
 
 from provisioning.standin import StandIn
+from provisioning.standin.media import decode_wire, encode_wire, wire_rate
 from tests.peer import GaPeer
 from tests.speech import speech
 from tests.standin.conftest import API_KEY, mint
@@ -45,19 +46,27 @@ async def connection(standin: StandIn) -> AsyncIterator[AsyncRealtimeConnection]
         yield conn
 
 
+@pytest.mark.parametrize("audio_format", ["audio/pcm", "audio/pcmu", "audio/pcma"])
 async def test_the_sdk_runs_a_voice_turn_over_a_websocket(
-    standin: StandIn, connection: AsyncRealtimeConnection
+    standin: StandIn, connection: AsyncRealtimeConnection, audio_format: str
 ) -> None:
     events: list[dict[str, Any]] = []
     created = await events_until(connection, "session.created", events)
     assert created["session"]["model"] == MODEL
+    fmt: Any = {"type": audio_format, **({"rate": 24_000} if audio_format == "audio/pcm" else {})}
     await connection.session.update(
-        session={"type": "realtime", "model": MODEL, "instructions": "Answer briefly."}
+        session={
+            "type": "realtime",
+            "model": MODEL,
+            "instructions": "Answer briefly.",
+            "audio": {"input": {"format": fmt}, "output": {"format": fmt}},
+        }
     )
     await events_until(connection, "session.updated", events)
-    question = speech("what is the weather like on the moon", rate=24_000, pad_s=1.0)
-    for start in range(0, question.size, 2400):  # 100 ms a message, faster than real time
-        chunk = question[start : start + 2400].astype("<i2").tobytes()
+    rate = wire_rate(audio_format)
+    question = speech("what is the weather like on the moon", rate=rate, pad_s=1.0)
+    for start in range(0, question.size, rate // 10):  # 100 ms a message, faster than real time
+        chunk = encode_wire(question[start : start + rate // 10], audio_format)
         await connection.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
     done = await events_until(connection, "response.done", events)
     assert done["response"]["status"] == "completed"
@@ -77,15 +86,15 @@ async def test_the_sdk_runs_a_voice_turn_over_a_websocket(
     assert not [t for t in types if t.startswith("output_audio_buffer.")], "WebRTC-only events"
     transcript = next(e for e in events if e["type"] == "response.output_audio_transcript.done")
     assert "moon" in transcript["transcript"]
-    audio = np.frombuffer(
+    audio = decode_wire(
         b"".join(
             base64.b64decode(e["delta"])
             for e in events
             if e["type"] == "response.output_audio.delta"
         ),
-        dtype="<i2",
+        audio_format,
     )
-    assert audio.size > 24_000, "more than a second of pcm16 at 24 kHz"
+    assert audio.size > rate, "more than a second of audio"
     assert np.sqrt(np.mean(audio.astype(float) ** 2)) > 300, "speech, not silence"
     (call,) = standin.calls.values()
     assert call.received, "the stand-in saw the SDK's events"
@@ -208,3 +217,14 @@ async def test_the_agents_realtime_runner_talks_and_calls_a_tool(standin: StandI
         validate_client(event)
     for event in call.sent:
         validate_server(event)
+
+
+def test_g711_bytes_are_the_standard_codes() -> None:
+    """Silence is 0xFF in mu-law and 0xD5 in A-law (ITU-T G.711), both ways."""
+    silence = np.zeros(8, dtype=np.int16)
+    assert encode_wire(silence, "audio/pcmu") == b"\xff" * 8
+    assert encode_wire(silence, "audio/pcma") == b"\xd5" * 8
+    assert np.abs(decode_wire(b"\xff" * 8, "audio/pcmu")).max() == 0
+    assert np.abs(decode_wire(b"\xd5" * 8, "audio/pcma")).max() <= 8
+    loud = decode_wire(b"\x80", "audio/pcmu")  # the largest positive mu-law code
+    assert loud.tolist() == [32124]
