@@ -228,3 +228,22 @@ def test_g711_bytes_are_the_standard_codes() -> None:
     assert np.abs(decode_wire(b"\xd5" * 8, "audio/pcma")).max() <= 8
     loud = decode_wire(b"\x80", "audio/pcmu")  # the largest positive mu-law code
     assert loud.tolist() == [32124]
+
+
+async def test_a_browser_authenticates_with_subprotocols(standin: StandIn) -> None:
+    """Browsers cannot set headers on a WebSocket: the key rides in a subprotocol."""
+    from websockets.asyncio.client import connect
+    from websockets.typing import Subprotocol
+
+    key = await mint(standin.base_url, {"type": "realtime", "model": MODEL})
+    url = standin.base_url.replace("http://", "ws://") + f"/v1/realtime?model={MODEL}"
+    offered = [Subprotocol("realtime"), Subprotocol(f"openai-insecure-api-key.{key}")]
+    async with connect(url, subprotocols=offered) as socket:
+        assert socket.subprotocol == "realtime"
+        created = json.loads(await socket.recv())
+    validate_server(created)
+    assert created["type"] == "session.created"
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(url, subprotocols=[Subprotocol("realtime")]):
+            pass
+    assert refused.value.response.status_code == 401
