@@ -27,7 +27,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from pydantic_core import from_json, to_json
 
-from appliance.audio.frames import Resampler
+from appliance.audio.frames import Pcm, Resampler
 from appliance.realtime.opus import ask_for_opus_fec
 from provisioning.standin import events as ev
 from provisioning.standin.media import (
@@ -672,7 +672,7 @@ class Call:
                 return
             self._hear(resampler.frame(frame))
 
-    def _hear(self, samples: Any) -> None:
+    def _hear(self, samples: Pcm) -> None:
         """Input audio at ``VAD_RATE``, from the track or from appended events."""
         pending = np.concatenate([self._vad_pending, samples])
         while pending.size >= VAD_FRAME:
