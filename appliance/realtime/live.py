@@ -40,7 +40,8 @@ from appliance import machine as m
 from appliance.audio.base import AudioSink, SinkWrapper
 from appliance.realtime.keys import EphemeralKey
 from appliance.realtime.media import MicTrack
-from appliance.realtime.webrtc import RealtimeSession, ask_for_opus_fec
+from appliance.realtime.opus import ask_for_opus_fec
+from appliance.realtime.webrtc import RealtimeSession
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]

@@ -1,17 +1,16 @@
 """The two audio legs of a call: mic → RTP (``MicTrack``), remote RTP → sink (``Playout``).
 
-Uplink: ``MicTrack`` encodes Opus itself (PyAV's libopus, ``UPLINK_BITRATE`` speech bitrate,
-in-band FEC for ``UPLINK_EXPECTED_LOSS_PCT``) and hands aiortc finished ``av.Packet``s,
-which aiortc's sender sends as they are (its ``pack`` path; its own 96 kbit/s stereo
-encoder is then never used). Downlink: ``Playout`` asks ``jitter.attach`` to conceal lost
-packets of the remote track (Opus PLC/FEC) before reading it.
+Uplink: ``MicTrack`` encodes Opus itself (``opus.OpusPacketEncoder``: ``UPLINK_BITRATE``
+speech bitrate, in-band FEC for ``UPLINK_EXPECTED_LOSS_PCT``) and hands aiortc finished
+``av.Packet``s, which aiortc's sender sends as they are (its ``pack`` path; its own
+96 kbit/s stereo encoder is then never used). Downlink: ``Playout`` asks ``jitter.attach``
+to conceal lost packets of the remote track (Opus PLC/FEC) before reading it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import logging
 import time
 from collections import deque
@@ -25,6 +24,7 @@ from aiortc.mediastreams import MediaStreamError
 from appliance.audio.base import AudioFormat, AudioSink
 from appliance.audio.frames import Rechunker, Resampler
 from appliance.realtime import jitter
+from appliance.realtime.opus import OpusPacketEncoder
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,9 @@ class MicTrack(MediaStreamTrack):
         self.expected_loss_pct = expected_loss_pct
         self.uplink_open = False
         self._queue: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(max_queue)
-        self._pts = 0
         self._silence = bytes(fmt.frame_bytes)
-        self._encoder: Any = None
+        self._encoder = OpusPacketEncoder(bitrate, expected_loss_pct)
         self._resampler = None if fmt.rate in OPUS_RATES else Resampler(RTP_CLOCK)
-        self._first_pts: int | None = None
         self._packets: deque[av.Packet[Any]] = deque()
         self.dropped = 0
         self.latencies: deque[float] = deque(maxlen=2000)
@@ -79,39 +77,12 @@ class MicTrack(MediaStreamTrack):
                 log.warning("uplink queue full: %d mic frames dropped so far", self.dropped)
         self._queue.put_nowait((frame, time.perf_counter()))
 
-    def _open_encoder(self, rate: int) -> Any:
-        codec = av.CodecContext.create("libopus", "w")
-        codec.bit_rate = self.bitrate
-        codec.format = "s16"
-        codec.layout = "mono"
-        codec.sample_rate = rate
-        codec.time_base = fractions.Fraction(1, rate)
-        options = {"application": "voip"}
-        if self.expected_loss_pct > 0:
-            options |= {"fec": "1", "packet_loss": str(self.expected_loss_pct)}
-        codec.options = options
-        return codec
-
     def _encode(self, data: bytes) -> list[av.Packet[Any]]:
         samples = np.frombuffer(data, dtype="<i2")
         rate = self.format.rate
         if self._resampler is not None:
             samples, rate = self._resampler.pcm(samples, rate), RTP_CLOCK
-        if self._encoder is None:
-            self._encoder = self._open_encoder(rate)
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = rate
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, rate)
-        self._pts += samples.size
-        packets: list[av.Packet[Any]] = list(self._encoder.encode(frame))
-        for packet in packets:
-            # libopus starts at -pre-skip; RTP timestamps count from the first packet
-            pts = packet.pts or 0
-            if self._first_pts is None:
-                self._first_pts = pts
-            packet.pts = pts - self._first_pts
-        return packets
+        return self._encoder.encode(samples, rate)
 
     async def recv(self) -> av.Packet[Any]:  # aiortc sends Packets as they are
         if self.readyState != "live":

@@ -28,6 +28,7 @@ from appliance.neterrors import describe
 from appliance.realtime import messages as msg
 from appliance.realtime.keys import CachedKeySource, KeySource
 from appliance.realtime.media import MicTrack, Playout
+from appliance.realtime.opus import ask_for_opus_fec
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -551,18 +552,6 @@ def _text(data: JSON, key: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{key} is {type(value).__name__}, not a string")
     return value
-
-
-def ask_for_opus_fec(sdp: str) -> str:
-    """Advertise that we decode Opus in-band FEC (``useinbandfec=1``): senders such as
-    libwebrtc only add FEC when the receiver asks, and our jitter buffer recovers lost
-    packets from it. aiortc's offer carries no ``a=fmtp`` line for Opus."""
-    found = re.search(r"^a=rtpmap:(\d+) opus/48000(?:/2)?\r?$", sdp, re.MULTILINE)
-    if found is None or re.search(rf"^a=fmtp:{found.group(1)} ", sdp, re.MULTILINE):
-        return sdp
-    line = found.group(0).rstrip("\r")
-    fmtp = f"a=fmtp:{found.group(1)} minptime=10;useinbandfec=1"
-    return sdp.replace(line, f"{line}\r\n{fmtp}", 1)
 
 
 def _error_detail(response: httpx.Response) -> tuple[str, str | None]:

@@ -1,19 +1,25 @@
-"""One WebRTC call to the stand-in: the GA event engine, server VAD and the scripted model.
+"""One call to the stand-in: the GA event engine, server VAD and the scripted model.
 
 Order of events follows the reference §4.3. Everything the stand-in sends is also kept in
 ``Call.sent`` (and everything received in ``Call.received``) so tests can validate the wire.
+
+Transports: a WebRTC call (``answer``) carries events on the ``oai-events`` data channel and
+audio on RTP; a WebSocket session (``media="websocket"``, ``start``) carries both as events
+through an *outlet*. More outlets may ``attach`` (the sideband, ``?call_id=``); each receives
+every server event, and client events from any of them go through ``receive``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import re
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import webrtcvad
@@ -21,9 +27,20 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from pydantic_core import from_json, to_json
 
-from appliance.audio.frames import Resampler
+from appliance.audio.frames import Pcm, Resampler
+from appliance.realtime.opus import ask_for_opus_fec
 from provisioning.standin import events as ev
-from provisioning.standin.media import RATE, ReplyTrack, make_track
+from provisioning.standin.media import (
+    RATE,
+    DeltaAudio,
+    ReplyAudio,
+    ReplyTrack,
+    answer_codecs,
+    decode_wire,
+    make_track,
+    sending_codec,
+    wire_rate,
+)
 from provisioning.standin.script import Decision, Script
 
 if TYPE_CHECKING:
@@ -241,6 +258,7 @@ class Call:
         faults: Faults,
         max_session_s: float,
         on_closed: Callable[[Call], None],
+        media: Literal["webrtc", "websocket"] = "webrtc",
     ) -> None:
         self.id = call_id
         self.session = session
@@ -249,8 +267,13 @@ class Call:
         self.faults = faults
         self.max_session_s = max_session_s
         self._on_closed = on_closed
-        self.pc = RTCPeerConnection()
-        self.track = ReplyTrack()
+        self.pc: RTCPeerConnection | None = None
+        self.track: ReplyAudio = (
+            DeltaAudio(self._send, lambda: self._audio_format("output"))
+            if media == "websocket"
+            else ReplyTrack()
+        )
+        self._outlets: list[Callable[[JSON], None]] = []
         self.sent: list[JSON] = []
         self.received: list[JSON] = []
         self.items: list[Item] = []
@@ -276,15 +299,45 @@ class Call:
         self._idle_handle: asyncio.TimerHandle | None = None
         self._cleared: set[str] = set()
         self._expiry_handle: asyncio.TimerHandle | None = None
+        self._vad = webrtcvad.Vad()
+        self._vad_in = Resampler(VAD_RATE)
+        self._vad_pending = np.zeros(0, dtype=np.int16)
         self.started = time.monotonic()
 
     # ------------------------------------------------------------------ set-up
 
+    def start(self) -> None:
+        """Open a session without a peer connection (WebSocket): ``session.created`` goes to
+        the outlets attached so far."""
+        self._send(ev.event("session.created", session=self.session))
+        self._arm_expiry()
+
+    def attach(self, outlet: Callable[[JSON], None]) -> None:
+        """Send every later server event to ``outlet`` too."""
+        self._outlets.append(outlet)
+
+    def detach(self, outlet: Callable[[JSON], None]) -> None:
+        if outlet in self._outlets:
+            self._outlets.remove(outlet)
+
+    def receive(self, message: str | bytes) -> None:
+        """A client event from an outlet's transport (a WebSocket text frame)."""
+        self._on_message(message)
+
+    def _arm_expiry(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._expiry_handle = loop.call_later(self.max_session_s, self._expire)
+
     async def answer(self, offer_sdp: str) -> str:
         """Set the remote offer and return the SDP answer. ``ValueError`` on bad SDP."""
-        self.pc.addTrack(make_track(self.track))
+        assert isinstance(self.track, ReplyTrack), "a WebSocket session has no peer connection"
+        pc = self.pc = RTCPeerConnection()
+        sender = pc.addTrack(make_track(self.track))
+        for transceiver in pc.getTransceivers():
+            if transceiver.sender is sender:  # the service's codecs, Opus first
+                transceiver.setCodecPreferences(answer_codecs())
 
-        @self.pc.on("datachannel")
+        @pc.on("datachannel")
         def _on_channel(channel: Any) -> None:
             if channel.label != "oai-events":
                 log.warning("call %s: ignoring data channel %r", self.id, channel.label)
@@ -293,32 +346,33 @@ class Call:
             channel.on("message", self._on_message)
             self._send(ev.event("session.created", session=self.session))
 
-        @self.pc.on("track")
+        @pc.on("track")
         def _on_track(track: Any) -> None:
             if track.kind == "audio":
                 self._spawn(self._listen(track))
 
-        @self.pc.on("connectionstatechange")
+        @pc.on("connectionstatechange")
         async def _on_state() -> None:
-            log.info("call %s: peer connection %s", self.id, self.pc.connectionState)
-            if self.pc.connectionState in ("failed", "closed"):
+            log.info("call %s: peer connection %s", self.id, pc.connectionState)
+            if pc.connectionState in ("failed", "closed"):
                 await self.close()
 
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         except Exception as exc:
-            await self.pc.close()
+            await pc.close()
             raise ValueError(f"invalid SDP offer: {exc}") from exc
-        if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
-            await self.pc.close()
+        if not any(t.kind == "audio" for t in pc.getTransceivers()):
+            await pc.close()
             raise ValueError("the offer has no audio m-line")
-        for transceiver in self.pc.getTransceivers():
+        for transceiver in pc.getTransceivers():
             if transceiver.kind == "audio":
                 transceiver.direction = "sendrecv"
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        loop = asyncio.get_running_loop()
-        self._expiry_handle = loop.call_later(self.max_session_s, self._expire)
-        return str(self.pc.localDescription.sdp)
+        await pc.setLocalDescription(await pc.createAnswer())
+        self._arm_expiry()
+        answer = ask_for_opus_fec(str(pc.localDescription.sdp))  # as the service's answer
+        self.track.opus = sending_codec(answer) == "opus"
+        return answer
 
     async def close(self) -> None:
         if self.closed.is_set():
@@ -331,7 +385,9 @@ class Call:
         for task in list(self._tasks):
             if task is not current:
                 task.cancel()
-        await self.pc.close()
+        if self.pc is not None:
+            await self.pc.close()
+        self._outlets.clear()
         self._on_closed(self)
         log.info("call %s closed", self.id)
 
@@ -375,6 +431,8 @@ class Call:
         )
         if self._channel is not None and self._channel.readyState == "open":
             self._channel.send(json.dumps(event))
+        for outlet in list(self._outlets):
+            outlet(event)
 
     def _on_message(self, message: str | bytes) -> None:
         try:
@@ -455,11 +513,16 @@ class Call:
         self._send(ev.event("session.updated", session=self.session))
 
     def _append(self, data: JSON, event_id: str | None) -> None:
-        # WebSocket path; over WebRTC audio arrives on the track. Accept and count it.
-        import base64
+        # the WebSocket path (over WebRTC audio arrives on the track), in the input format
+        raw = base64.b64decode(str(data["audio"]), validate=True)
+        kind = self._audio_format("input")
+        self._hear(self._vad_in.pcm(decode_wire(raw, kind), wire_rate(kind)))
 
-        raw = base64.b64decode(str(data["audio"]))
-        self._buffer_ms += len(raw) // 48  # pcm16 24 kHz: 48 bytes per ms
+    def _audio_format(self, direction: str) -> str:
+        """The session's ``audio.<direction>.format.type`` (``audio/pcm`` when unset)."""
+        audio = self.session.get("audio") or {}
+        fmt = (audio.get(direction) or {}).get("format") or {}
+        return str(fmt.get("type") or "audio/pcm")
 
     def _commit_event(self, data: JSON, event_id: str | None) -> None:
         if self._buffer_ms < 100:
@@ -663,17 +726,20 @@ class Call:
 
     async def _listen(self, track: Any) -> None:
         resampler = Resampler(VAD_RATE)
-        pending = np.zeros(0, dtype=np.int16)
-        vad = webrtcvad.Vad()
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            pending = np.concatenate([pending, resampler.frame(frame)])
-            while pending.size >= VAD_FRAME:
-                chunk, pending = pending[:VAD_FRAME], pending[VAD_FRAME:]
-                self._on_audio(vad, chunk.tobytes())
+            self._hear(resampler.frame(frame))
+
+    def _hear(self, samples: Pcm) -> None:
+        """Input audio at ``VAD_RATE``, from the track or from appended events."""
+        pending = np.concatenate([self._vad_pending, samples])
+        while pending.size >= VAD_FRAME:
+            chunk, pending = pending[:VAD_FRAME], pending[VAD_FRAME:]
+            self._on_audio(self._vad, chunk.tobytes())
+        self._vad_pending = pending
 
     def _on_audio(self, vad: webrtcvad.Vad, chunk: bytes) -> None:
         self._audio_ms += 20
@@ -1083,7 +1149,9 @@ class Call:
             self._voice_locked = True
             item["content"] = [{"type": "output_audio", "transcript": None}]
             self._send(ev.event("output_audio_buffer.started", response_id=response.id))
+            self.track.begin(response.id, item_id)
             await self._stream_audio(response, samples, words, item_id, index)
+            self.track.end()
             record.audio_ms = int(samples.size * 1000 / RATE)
             self._send(
                 ev.event(

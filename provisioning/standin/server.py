@@ -1,4 +1,5 @@
-"""HTTP face of the stand-in: ``client_secrets``, ``calls`` (SDP and multipart), ``hangup``.
+"""HTTP face of the stand-in: ``client_secrets``, ``calls`` (SDP and multipart), ``hangup``,
+and the WebSocket ``/v1/realtime`` (``?model=``: a session; ``?call_id=``: the sideband).
 
 ``StandIn`` serves it with uvicorn on the running event loop, so tests and the demo embed it
 as an async context manager. Errors are OpenAI-shaped: ``{"error": {message, type, code, param}}``.
@@ -6,6 +7,8 @@ as an async context manager. Errors are OpenAI-shaped: ``{"error": {message, typ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -14,12 +17,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 from pydantic_core import from_json, to_json
-from starlette.types import Scope
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Scope
 
 from appliance.realtime.ice import allow_loopback
 from provisioning.models import DEFAULT_MODEL, SHUTDOWN_DATES
@@ -214,7 +218,7 @@ class StandIn:
             base = ev.default_session(str(requested.get("model") or self.config.default_model))
         return apply_session_update(base, requested, voice_locked=False)
 
-    def _build_app(self) -> tuple[FastAPI, FastPath]:
+    def _build_app(self) -> tuple[FastAPI, ASGIApp]:
         app = FastAPI(title="Realtime stand-in", docs_url=None, redoc_url=None)
         bad_key = "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
 
@@ -287,8 +291,18 @@ class StandIn:
 
         app.post("/v1/realtime/client_secrets")(FastPath.endpoint(client_secrets))
         live.install(app, self)
-        # uvicorn serves the hot route straight in ASGI (the mint benchmark calls it)
-        asgi = FastPath(app, {("POST", "/v1/realtime/client_secrets"): client_secrets})
+        # uvicorn serves the hot route straight in ASGI (the mint benchmark calls it); CORS in
+        # front of everything, as browsers call the service directly (the official WebRTC
+        # client reads the call id from ``Location``). A request without ``Origin`` passes
+        # through untouched.
+        asgi = CORSMiddleware(
+            FastPath(app, {("POST", "/v1/realtime/client_secrets"): client_secrets}),
+            allow_origins=["*"],
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["Location"],
+            max_age=600,
+        )
 
         @app.post("/v1/realtime/calls")
         @replies
@@ -356,16 +370,8 @@ class StandIn:
                 )
             if not sdp.lstrip().startswith("v=0"):
                 return openai_error(400, "Invalid SDP offer.", code="invalid_offer", param="sdp")
-            call_id = "rtc_" + secrets.token_hex(16)
-            call = Call(
-                call_id,
-                session,
-                voice=self.voice,
-                script=self.script,
-                faults=self.faults,
-                max_session_s=self.config.max_session_s,
-                on_closed=self._call_closed,
-            )
+            call = self._new_call(session, "webrtc")
+            call_id = call.id
             try:
                 answer = await call.answer(sdp)
             except ValueError as exc:
@@ -388,6 +394,10 @@ class StandIn:
             ]
             return Reply(200, to_json({"object": "list", "data": data}))
 
+        @app.websocket("/v1/realtime")
+        async def realtime_socket(websocket: WebSocket) -> None:
+            await self._socket(websocket)
+
         @app.post("/v1/realtime/calls/{call_id}/hangup")
         @replies
         async def hangup(request: Request) -> Reply:
@@ -403,6 +413,119 @@ class StandIn:
             return Reply(200, b"")
 
         return app, asgi
+
+    # ------------------------------------------------------------------ WebSocket
+
+    def _socket_key(self, websocket: WebSocket) -> tuple[str | None, str | None]:
+        """The bearer token (header, or a browser's ``openai-insecure-api-key.`` subprotocol)
+        and the subprotocol to accept (``realtime`` when the client offered it)."""
+        token = self._bearer(websocket.scope)
+        offered = [p.strip() for p in header(websocket.scope, b"sec-websocket-protocol").split(",")]
+        for protocol in offered:
+            if token is None and protocol.startswith("openai-insecure-api-key."):
+                token = protocol.removeprefix("openai-insecure-api-key.")
+        return token, ("realtime" if "realtime" in offered else None)
+
+    async def _socket(self, websocket: WebSocket) -> None:
+        token, subprotocol = self._socket_key(websocket)
+        standard = token is not None and secrets.compare_digest(token, self.config.api_key)
+        key = self.keys.get(token or "")
+        call_id = websocket.query_params.get("call_id")
+        bad_key = "Incorrect API key provided."
+        if call_id is not None:  # the sideband: the server's standard key only
+            if not standard:
+                return await self._deny(
+                    websocket, openai_error(401, bad_key, code="invalid_api_key")
+                )
+            call = self.calls.get(call_id)
+            if call is None:
+                return await self._deny(
+                    websocket,
+                    openai_error(
+                        404,
+                        f"Call '{call_id}' not found.",
+                        code="call_id_not_found",
+                        param="call_id",
+                    ),
+                )
+            await websocket.accept(subprotocol)
+            await self._pump(websocket, call, sideband=True)
+            return
+        if key is not None and key[0] > self.clock():
+            session = json.loads(key[1])
+        elif standard:
+            model = websocket.query_params.get("model") or self.config.default_model
+            session = self._new_session({"type": "realtime", "model": model})
+        else:
+            expired = key is not None
+            message = "The ephemeral key has expired." if expired else bad_key
+            return await self._deny(websocket, openai_error(401, message, code="invalid_api_key"))
+        call = self._new_call(session, "websocket")
+        self.calls[call.id] = call
+        await websocket.accept(subprotocol)
+        log.info("websocket session %s opened", call.id)
+        await self._pump(websocket, call, sideband=False)
+
+    def _new_call(self, session: JSON, media: Literal["webrtc", "websocket"]) -> Call:
+        return Call(
+            ("rtc_" if media == "webrtc" else "ws_") + secrets.token_hex(16),
+            session,
+            voice=self.voice,
+            script=self.script,
+            faults=self.faults,
+            max_session_s=self.config.max_session_s,
+            on_closed=self._call_closed,
+            media=media,
+        )
+
+    @staticmethod
+    async def _deny(websocket: WebSocket, reply: Reply) -> None:
+        """Refuse the handshake with an HTTP error, as the service does."""
+        await websocket.send_denial_response(reply.response())
+
+    async def _pump(self, websocket: WebSocket, call: Call, *, sideband: bool) -> None:
+        """Carry ``call``'s server events to the socket and the socket's client events to the
+        call, until either side closes. A WebSocket session carries no ``output_audio_buffer``
+        events (those are WebRTC's); the sideband of a WebRTC call gets everything."""
+        outbox: asyncio.Queue[JSON | None] = asyncio.Queue()
+
+        def outlet(event: JSON) -> None:
+            if sideband or not str(event["type"]).startswith("output_audio_buffer."):
+                outbox.put_nowait(event)
+
+        async def writer() -> None:
+            while (event := await outbox.get()) is not None:
+                await websocket.send_text(json.dumps(event))
+
+        async def closer() -> None:
+            await call.closed.wait()
+            outbox.put_nowait(None)
+
+        call.attach(outlet)
+        if not sideband:
+            call.start()
+        writing = asyncio.ensure_future(writer())
+        closing = asyncio.ensure_future(closer())
+        try:
+            reading = asyncio.ensure_future(self._read(websocket, call))
+            await asyncio.wait({reading, writing}, return_when=asyncio.FIRST_COMPLETED)
+            reading.cancel()
+        finally:
+            call.detach(outlet)
+            closing.cancel()
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+                await writing
+            if not sideband:
+                await call.close()
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close()
+
+    @staticmethod
+    async def _read(websocket: WebSocket, call: Call) -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                call.receive(await websocket.receive_text())
 
     def _call_closed(self, call: Call) -> None:
         if self.calls.pop(call.id, None) is not None:

@@ -222,7 +222,7 @@ async def test_cached_keys_are_reused_until_shortly_before_expiry() -> None:
 
 
 def test_the_offer_asks_for_opus_in_band_fec() -> None:
-    from appliance.realtime.webrtc import ask_for_opus_fec
+    from appliance.realtime.opus import ask_for_opus_fec
 
     sdp = (
         "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96 0\r\n"
