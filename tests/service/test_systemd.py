@@ -10,14 +10,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from appliance.identity import enroll
 from appliance.service import Notifier, watchdog_loop
-from provisioning.server import ProvisioningServer, Settings
+from provisioning.server import ProvisioningServer
 from tests.conftest import require_tool
 
 UNITS = Path(__file__).parents[2] / "systemd"
@@ -94,15 +94,6 @@ async def test_watchdog_is_fed_only_while_audio_flows(
     assert drain(notify_socket) == [], "a deaf daemon must not feed the watchdog"
     for task in tasks:
         task.cancel()
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[ProvisioningServer]:
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'p.db'}", openai_api_key="sk-x", port=0
-    )
-    async with ProvisioningServer(settings) as srv:
-        yield srv
 
 
 async def test_daemon_notifies_ready_and_stops_cleanly_on_sigterm(
