@@ -31,7 +31,7 @@ from provisioning.admin import Metrics
 from provisioning.auth import AuthError, b64d, bearer_kid
 from provisioning.ledger import Admitted, MintLedger, Refused
 from provisioning.serving import FastPath, Reply, Served, header
-from provisioning.store import Device, EnrollmentToken, Store, hash_token
+from provisioning.store import Device, EnrollmentToken, Store, hash_token, name_taken
 from provisioning.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,10 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
                 return error_reply(410, "token_expired", "this enrollment token has expired")
             if row.uses >= row.max_uses:
                 return error_reply(409, "token_used", "this enrollment token has already been used")
+            if name_taken(db, name, public_key):  # refused before the token is spent
+                return error_reply(
+                    409, "name_taken", f"a device named {name!r} exists: enroll with another --name"
+                )
             row.uses += 1
             device = Device(
                 id="dev_" + secrets.token_hex(8),

@@ -88,7 +88,8 @@ class EnrollmentToken(Base):
 class Device(Base):
     __tablename__ = "devices"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    name: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    """Unique and never empty: the CLI takes a name or an id wherever a device is meant."""
     group: Mapped[str] = mapped_column(ForeignKey("groups.name"))
     public_key: Mapped[str] = mapped_column(String(64))
     """base64url raw Ed25519 public key."""
@@ -130,6 +131,12 @@ class Audit(Base):
     action: Mapped[str] = mapped_column(String(32))
     device_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+def name_taken(db: Session, name: str, public_key: str) -> bool:
+    """Whether another device (not the one holding ``public_key``) has this name."""
+    other = select(Device.id).where(Device.name == name, Device.public_key != public_key)
+    return db.scalars(other.limit(1)).first() is not None
 
 
 def hash_token(token: str) -> str:

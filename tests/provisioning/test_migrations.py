@@ -23,7 +23,7 @@ from provisioning.__main__ import main as cli
 from provisioning.store import Base, Device, Store, make_engine
 from tests.conftest import require
 
-HEAD = "0002"
+HEAD = migrations.head()
 TABLES = {
     "admin_keys",
     "audit",

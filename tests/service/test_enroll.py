@@ -74,3 +74,14 @@ async def test_refused_reenrollment_keeps_the_working_identity(
     kept = Identity.load(tmp_path)
     assert kept.device_id == first.device_id
     assert public_key_b64(kept.private_key) == public_key_b64(first.private_key)
+
+
+async def test_a_taken_name_is_refused_before_the_token_is_spent(
+    tmp_path: Path, server: ProvisioningServer
+) -> None:
+    await enroll(server.base_url, server.store.create_token("default"), tmp_path / "a", "hall")
+    token = server.store.create_token("default")
+    with pytest.raises(EnrollmentError, match=r"409.*named 'hall' exists"):
+        await enroll(server.base_url, token, tmp_path / "b", "hall")
+    again = await enroll(server.base_url, token, tmp_path / "b", "hall-2")
+    assert Identity.load(tmp_path / "b").device_id == again.device_id
