@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance import package_version
 from appliance.errors import EX_CONFIG, ApplianceError, ConfigError
 
 if TYPE_CHECKING:
@@ -131,18 +132,9 @@ def _devices() -> int:
     return 0
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("pi-realtime-appliance")
-    except PackageNotFoundError:  # a source tree that was never installed
-        return "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="appliance", description="Realtime voice appliance")
-    parser.add_argument("--version", action="version", version=f"appliance {_version()}")
+    parser.add_argument("--version", action="version", version=f"appliance {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", type=Path, default=None)
