@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -146,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         "--token-file", type=Path, help="read the token from this file (keeps it out of ps)"
     )
     enroll.add_argument("--state-dir", type=Path, default=Path("/var/lib/appliance"))
-    enroll.add_argument("--name", default="appliance")
+    enroll.add_argument(
+        "--name", default=socket.gethostname(), help="unique on the server (default: hostname)"
+    )
     sub.add_parser("devices", help="list audio devices")
     check = sub.add_parser("check", help="pass/fail checks of audio, LEDs, button, server, session")
     check.add_argument("--config", type=Path, default=None)
