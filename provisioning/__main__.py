@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from sqlalchemy import select
+from sqlalchemy.exc import ArgumentError, OperationalError
 
 from appliance import logging_setup, package_version
 
@@ -24,6 +25,7 @@ UVICORN: dict[str, Any] = {
 
 EX_USAGE = 64  # sysexits.h: the command was used wrongly
 EX_DATAERR = 65  # sysexits.h: the input data was wrong (bad JSON, unknown name)
+EX_UNAVAILABLE = 69  # sysexits.h: a service (the database) is unavailable
 EX_CONFIG = 78
 SERVICE_DATABASE_URL = "sqlite:////var/lib/provisioning/provisioning.db"
 """The database systemd/provisioning.service uses; the CLI's default too, so both agree."""
@@ -52,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("provisioning: interrupted", file=sys.stderr)
         return 130
+    except ArgumentError as exc:  # a database URL that is not one
+        print(f"provisioning: bad database URL: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except OperationalError as exc:  # the database is down, or the URL points nowhere
+        print(f"provisioning: cannot use the database: {exc.orig}", file=sys.stderr)
+        return EX_UNAVAILABLE
 
 
 def _parser() -> argparse.ArgumentParser:

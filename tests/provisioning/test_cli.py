@@ -121,6 +121,18 @@ def test_user_errors_are_one_line_not_a_traceback(
     assert err.count("\n") == 1
 
 
+def test_a_bad_or_unreachable_database_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(["--database-url", "nonsense", "device", "list"]) == EX_CONFIG
+    assert capsys.readouterr().err.startswith("provisioning: bad database URL")
+    missing = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
+    assert cli(["--database-url", missing, "device", "list"]) == 69
+    err = capsys.readouterr().err
+    assert err.startswith("provisioning: cannot use the database")
+    assert err.count("\n") == 1
+
+
 def test_without_a_url_the_services_database_is_used_or_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
