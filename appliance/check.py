@@ -74,13 +74,20 @@ async def check_audio(ctx: Context) -> Result:
 
     source, sink = make_audio(ctx.config)
     try:
-        await sink.start()
+        if ctx.config.audio.backend == "alsa":  # PortAudio's probe noise: the row says enough
+            from appliance.audio.alsa import quiet_stderr
+
+            with quiet_stderr():
+                await sink.start()
+                await source.start()
+        else:
+            await sink.start()
+            await source.start()
         fmt = sink.format
         pcm = tone(fmt.rate)
         pcm += bytes(-len(pcm) % fmt.frame_bytes)
         for i in range(0, len(pcm), fmt.frame_bytes):
             await sink.write(pcm[i : i + fmt.frame_bytes])
-        await source.start()
         frames = []
         for _ in range(int(2000 / source.format.frame_ms)):
             frames.append(await source.read())

@@ -79,7 +79,7 @@ def useful_devices(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
     """libasound and JACK print dozens of lines to fd 2 while PortAudio probes every PCM;
     they say nothing about the devices that do exist."""
     saved = os.dup(2)
@@ -94,7 +94,7 @@ def _quiet_stderr() -> Iterator[None]:
 
 def list_devices(quiet: bool = True) -> list[dict[str, Any]]:
     """Every PortAudio device: index, name, input/output channels, default rate."""
-    with _quiet_stderr() if quiet else contextlib.nullcontext():
+    with quiet_stderr() if quiet else contextlib.nullcontext():
         pa = _pyaudio().PyAudio()
     try:
         return [
