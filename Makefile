@@ -9,12 +9,13 @@ PIP := $(VENV)/bin/pip
 # portaudio19-dev libsystemd-dev pkg-config (see .ci/run and scripts/install.sh).
 EXTRAS ?= server,dev,wake,aec,postgres,pi
 
-.PHONY: help venv venv-dev demo test lint fmt typecheck pytest bench soak clean install uninstall
+.PHONY: help venv venv-dev demo test lint fmt typecheck pytest bench soak clean install uninstall pi-check
 
 help:
 	@echo "make demo   - run the stand-in, the provisioning server and a device on fake hardware"
 	@echo "make test   - lint (ruff), types (mypy --strict) and the test suite"
 	@echo "make bench  - latency, CPU, audio and mint benchmarks (prints tables)"
+	@echo "make pi-check - install on an emulated arm64 Debian trixie (Pi OS stand-in) and test there (root)"
 
 $(VENV)/.stamp-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +56,11 @@ soak: $(VENV)/.stamp-dev
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+
+# Emulated 64-bit Raspberry Pi OS (Debian trixie arm64 under qemu): install.sh, appliance check,
+# the device's unit tests. Root cached in /var/cache/appliance-pi-check. PI_CHECK_SUITE=bookworm too.
+pi-check:
+	./scripts/pi-check.sh
 
 install:
 	./scripts/install.sh

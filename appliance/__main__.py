@@ -16,10 +16,12 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance import package_version
 from appliance.errors import EX_CONFIG, ApplianceError, ConfigError
 
 if TYPE_CHECKING:
@@ -145,18 +147,27 @@ async def _enroll(server: str, token: str, state_dir: Path, name: str) -> int:
 
 
 def _devices() -> int:
-    from appliance.audio.alsa import list_devices
+    from appliance.audio.alsa import list_devices, useful_devices
 
-    for dev in list_devices():
-        kinds = ", ".join(
-            k for k, n in (("capture", dev["inputs"]), ("playback", dev["outputs"])) if n
+    devices = useful_devices(list_devices())
+    if not devices:
+        print(
+            "appliance: no capture or playback device found (is the HAT driver installed? "
+            "README: Install; `arecord -l` and `aplay -l` list the kernel's cards)",
+            file=sys.stderr,
         )
-        print(f"{dev['index']:>3}  {dev['name']:<40} {kinds:<18} {dev['rate']} Hz")
+        return 1
+    for dev in devices:
+        kinds = ", ".join(
+            f"{k} {n}ch" for k, n in (("capture", dev["inputs"]), ("playback", dev["outputs"])) if n
+        )
+        print(f"{dev['index']:>3}  {dev['name']:<44} {kinds:<26} {dev['rate']} Hz")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="appliance", description="Realtime voice appliance")
+    parser.add_argument("--version", action="version", version=f"appliance {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", type=Path, default=None)
@@ -168,11 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         "--token-file", type=Path, help="read the token from this file (keeps it out of ps)"
     )
     enroll.add_argument("--state-dir", type=Path, default=Path("/var/lib/appliance"))
-    enroll.add_argument("--name", default="appliance")
+    enroll.add_argument(
+        "--name", default=socket.gethostname(), help="unique on the server (default: hostname)"
+    )
     sub.add_parser("devices", help="list audio devices")
     check = sub.add_parser("check", help="pass/fail checks of audio, LEDs, button, server, session")
     check.add_argument("--config", type=Path, default=None)
     check.add_argument("--button-wait", type=float, default=10.0, help="seconds (0: skip)")
+    check.add_argument("--no-button", action="store_true", help="do not wait for a button press")
+    check.add_argument(
+        "--offline", action="store_true", help="hardware only: no provisioning, no session"
+    )
     sub.add_parser("demo", help="the whole system on fake hardware (same as make demo)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -205,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check":
             from appliance.check import main as check_main
 
-            return check_main(args.config, args.button_wait)
+            wait = 0.0 if args.no_button else args.button_wait
+            return check_main(args.config, wait, offline=args.offline)
         from appliance.demo import main as demo
 
         return demo([])

@@ -7,7 +7,7 @@ See ``hw/`` for wiring. APA102 LED rings (ReSpeaker) are driven over SPI0 by
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from appliance.leds import LedDriver
@@ -44,6 +44,21 @@ PROFILES: dict[str, BoardProfile] = {
     ),
     "aiy-voice": BoardProfile("aiy-voice", button_pin=23, led_pin=25, mic_field="far_field"),
 }
+
+
+def board_config(name: str) -> dict[str, Any]:
+    """The board's example ``appliance.toml`` (``appliance/board_configs/<name>.toml``), parsed;
+    ``KeyError`` for a board without a profile."""
+    import tomllib
+    from importlib import resources
+
+    if name not in PROFILES:
+        raise KeyError(name)
+    files = resources.files("appliance.board_configs")
+    path = files / f"{name}.toml"
+    if not path.is_file():  # mock: no file, nothing to start from
+        return {}
+    return tomllib.loads(path.read_text())
 
 
 def make_leds(board: BoardProfile) -> LedDriver | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,14 @@ class Result:
     detail: str
 
 
+SILENT_DBFS = -70.0
+"""Below this the mic is muted, unplugged or the wrong device (a quiet room is about -60)."""
+CLIPPED_PERCENT = 1.0
+"""At or above this share of full-scale samples the input gain is too high."""
+TONE_HZ = 880.0
+TONE_S = 0.5
+
+
 @dataclass
 class Context:
     config: Config
@@ -34,6 +43,32 @@ class Context:
     key: Any = None
     relay: Any = None
     """The provisioning server's Live relay, when the device's group uses GPT-Live."""
+    offline: bool = False
+
+
+def tone(rate: int, seconds: float = TONE_S, hz: float = TONE_HZ) -> bytes:
+    """A sine at -12 dBFS with 10 ms fades (no clicks), 16-bit mono."""
+    t = np.arange(int(rate * seconds)) / rate
+    wave = 0.25 * np.sin(2 * np.pi * hz * t)
+    fade = min(len(t) // 2, int(rate * 0.01))
+    if fade:
+        ramp = np.linspace(0.0, 1.0, fade)
+        wave[:fade] *= ramp
+        wave[-fade:] *= ramp[::-1]
+    return (wave * 32767).astype("<i2").tobytes()
+
+
+def judge_capture(data: bytes) -> tuple[bool, str]:
+    """PASS unless the recording is silent or clipped; the detail says which and why."""
+    samples = np.frombuffer(data, dtype="<i2").astype(np.float64)
+    level = rms_dbfs(data) if samples.size else float("-inf")
+    clipped = float(np.mean(np.abs(samples) >= 32767)) * 100 if samples.size else 0.0
+    detail = f"level {level:.1f} dBFS, clipping {clipped:.2f}%"
+    if level < SILENT_DBFS:
+        return False, f"{detail}: silent (mic muted, unplugged or the wrong audio.input_device?)"
+    if clipped >= CLIPPED_PERCENT:
+        return False, f"{detail}: clipped (lower the capture gain in alsamixer)"
+    return True, detail
 
 
 async def check_audio(ctx: Context) -> Result:
@@ -41,21 +76,28 @@ async def check_audio(ctx: Context) -> Result:
 
     source, sink = make_audio(ctx.config)
     try:
-        await source.start()
+        if ctx.config.audio.backend == "alsa":  # PortAudio's probe noise: the row says enough
+            from appliance.audio.alsa import quiet_stderr
+
+            with quiet_stderr():
+                await sink.start()
+                await source.start()
+        else:
+            await sink.start()
+            await source.start()
+        fmt = sink.format
+        pcm = tone(fmt.rate)
+        pcm += bytes(-len(pcm) % fmt.frame_bytes)
+        for i in range(0, len(pcm), fmt.frame_bytes):
+            await sink.write(pcm[i : i + fmt.frame_bytes])
         frames = []
         for _ in range(int(2000 / source.format.frame_ms)):
             frames.append(await source.read())
-        await sink.start()
-        await sink.write(bytes(sink.format.frame_bytes))
     finally:
         await source.close()
         await sink.close()
-    data = b"".join(frames)
-    level = rms_dbfs(data)
-    samples = np.frombuffer(data, dtype="<i2").astype(np.float64)
-    clipped = float(np.mean(np.abs(samples) >= 32767)) * 100 if samples.size else 0.0
-    detail = f"recorded 2 s: level {level:.1f} dBFS, clipping {clipped:.2f}%"
-    return Result("audio", clipped < 1.0, detail)
+    ok, detail = judge_capture(b"".join(frames))
+    return Result("audio", ok, f"played a {TONE_S:g} s {TONE_HZ:g} Hz tone; recorded 2 s: {detail}")
 
 
 async def check_leds(ctx: Context) -> Result:
@@ -84,7 +126,7 @@ async def check_button(ctx: Context) -> Result:
     if board.button_pin is None or not ctx.config.activation.button:
         return Result("button", True, "no button on this board/config")
     if ctx.wait_button_s <= 0:
-        return Result("button", True, "skipped (--no-button)")
+        return Result("button", True, "not waited for (--no-button)")
     pressed = asyncio.Event()
     loop = asyncio.get_running_loop()
     button = Button(board.button_pin)
@@ -103,6 +145,8 @@ async def check_provisioning(ctx: Context) -> Result:
     from appliance.identity import Identity
     from appliance.realtime.provisioning_keys import ProvisioningKeySource
 
+    if ctx.offline:
+        return Result("provisioning", True, "not tried (--offline)")
     try:
         identity = Identity.load(ctx.config.device.state_dir)
     except FileNotFoundError:
@@ -130,6 +174,8 @@ async def check_session(ctx: Context) -> Result:
     from appliance.realtime.media import MicTrack
     from appliance.realtime.webrtc import RealtimeSession
 
+    if ctx.offline:
+        return Result("session", True, "not tried (--offline)")
     session: RealtimeSession
     if ctx.relay is not None:
         session = LiveSession(
@@ -167,11 +213,18 @@ STEPS: list[tuple[str, Callable[[Context], Awaitable[Result]]]] = [
 
 
 async def run_checks(ctx: Context) -> list[Result]:
+    from gpiozero.exc import BadPinFactory, GPIOZeroError, PinFactoryFallback
+
     results = [Result("config", True, "valid")]
     for name, step in STEPS:
         try:
-            results.append(await step(ctx))
-        except (ApplianceError, OSError, TimeoutError, ValueError) as exc:
+            with warnings.catch_warnings():  # one line per failed factory; the row says it
+                warnings.simplefilter("ignore", PinFactoryFallback)
+                results.append(await step(ctx))
+        except BadPinFactory:
+            why = "no GPIO pin factory: not a Raspberry Pi, or python3-lgpio is missing"
+            results.append(Result(name, False, why))
+        except (ApplianceError, GPIOZeroError, OSError, TimeoutError, ValueError) as exc:
             results.append(Result(name, False, f"{type(exc).__name__}: {exc}"))
     return results
 
@@ -182,10 +235,10 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def main(config_path: Path | None, wait_button_s: float) -> int:
+def main(config_path: Path | None, wait_button_s: float, offline: bool = False) -> int:
     from appliance import config as cfg
 
     config = cfg.load(config_path)  # ConfigError → exit 78 in the CLI
-    results = asyncio.run(run_checks(Context(config, wait_button_s)))
+    results = asyncio.run(run_checks(Context(config, wait_button_s, offline=offline)))
     print(table(results))
     return 0 if all(r.ok for r in results) else 1

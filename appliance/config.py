@@ -346,4 +346,24 @@ def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> 
         if not isinstance(raw, dict):
             raise ConfigError(name, "must be a table")
         parts[name] = _section(name, hints[name], raw)
-    return Config(**parts)
+    config = Config(**parts)
+    _check_activation(config)
+    return config
+
+
+def _check_activation(config: Config) -> None:
+    """A device nobody can start a conversation with is a configuration error."""
+    from appliance.boards import PROFILES
+
+    board = PROFILES.get(config.device.board)
+    act = config.activation
+    has_button = act.button and board is not None and board.button_pin is not None
+    if not has_button and not act.wake_word and act.wake_model_path is None:
+        why = (
+            f"board {config.device.board!r} has no button"
+            if act.button
+            else "the button is off (activation.button = false)"
+        )
+        raise ConfigError(
+            "activation.wake_word", f"{why} and no wake word is set: set one (e.g. okay_nabu)"
+        )

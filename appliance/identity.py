@@ -25,6 +25,7 @@ from appliance.neterrors import describe
 
 AUDIENCE = "appliance-provisioning"
 KEY_FILE = "device.key"
+PENDING_KEY_FILE = "device.key.pending"
 ID_FILE = "device.json"
 
 
@@ -96,41 +97,105 @@ def public_key_b64(key: Ed25519PrivateKey) -> str:
 
 
 async def enroll(server: str, token: str, state_dir: Path, name: str) -> Identity:
-    """Make a key pair, register its public half with ``token``, store the identity."""
-    key = Ed25519PrivateKey.generate()
+    """Make (or reuse) a key pair, register its public half with ``token``, store the identity.
+
+    Everything local happens first: the state directory is created, a key is generated and
+    saved as ``device.key.pending`` (proving the directory is writable), and only then is the
+    single-use token spent. A failed claim leaves the pending key; a retry sends the same
+    public key, which the server accepts again for the same token (idempotent claim). Only a
+    successful claim turns the pending key into ``device.key`` and writes ``device.json``, so
+    a failed re-enrollment never replaces a working identity.
+    """
+    key = await asyncio.to_thread(_prepare, state_dir)
     body = {"token": token, "public_key": public_key_b64(key), "name": name}
     try:
         async with httpx.AsyncClient(timeout=10) as http:
             response = await http.post(f"{server.rstrip('/')}/v1/devices/enroll", json=body)
     except httpx.HTTPError as exc:
         raise ProvisioningUnavailable(f"provisioning server unreachable: {describe(exc)}") from exc
-    if response.status_code != 201:
+    if response.status_code not in (200, 201):
         try:
             detail = response.json()["error"]["message"]
         except (ValueError, KeyError, TypeError):
             detail = response.reason_phrase
         raise EnrollmentError(f"enrollment refused ({response.status_code}): {detail}")
     device_id = str(response.json()["device_id"])
-    await asyncio.to_thread(_save, state_dir, key, device_id, server, name)
+    await asyncio.to_thread(_commit, state_dir, device_id, server, name)
     return Identity(device_id, server, key)
 
 
-def _save(state_dir: Path, key: Ed25519PrivateKey, device_id: str, server: str, name: str) -> None:
-    state_dir.mkdir(parents=True, exist_ok=True)
+def _prepare(state_dir: Path) -> Ed25519PrivateKey:
+    """The pending key of an earlier, failed attempt, or a new one saved as pending.
+    Raises ``ConfigError`` naming ``--state-dir`` when the directory cannot be written."""
+    pending = state_dir / PENDING_KEY_FILE
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        key = _load_pending(pending) or Ed25519PrivateKey.generate()
+        _write_key(pending, key)  # (re)written: proves the directory is writable now
+        probe = state_dir / (ID_FILE + ".new")
+        probe.write_text("{}")
+        probe.unlink()
+    except OSError as exc:
+        who = f"user {os.getuid()}" if hasattr(os, "getuid") else "this user"
+        raise ConfigError(
+            "--state-dir",
+            f"cannot write {state_dir} as {who} ({exc.strerror or exc}); nothing was sent, "
+            "the token is unspent: run as the directory's owner (sudo -u appliance …) or as root",
+        ) from None
+    return key
+
+
+def _load_pending(path: Path) -> Ed25519PrivateKey | None:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None  # damaged: a new key replaces it
+    return key if isinstance(key, Ed25519PrivateKey) else None
+
+
+def _write_key(path: Path, key: Ed25519PrivateKey) -> None:
+    """Atomically: the old file or the new one, never half a key; mode 0600."""
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    key_path = state_dir / KEY_FILE
-    tmp = state_dir / (KEY_FILE + ".new")
+    tmp = path.with_name(path.name + ".new")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
         f.flush()
         os.fsync(f.fileno())
     os.chmod(tmp, 0o600)
-    os.replace(tmp, key_path)  # atomic: the old key or the new one, never half a key
+    _own_like_dir(tmp)
+    os.replace(tmp, path)
+
+
+def _own_like_dir(path: Path) -> None:
+    """Run as root (sudo appliance enroll …), files go to the state directory's owner, so
+    the service user can read its key."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        st = path.parent.stat()
+        os.chown(path, st.st_uid, st.st_gid)
+
+
+def _commit(state_dir: Path, device_id: str, server: str, name: str) -> None:
+    os.replace(state_dir / PENDING_KEY_FILE, state_dir / KEY_FILE)
+    _write_info(state_dir, device_id, server, name)
+
+
+def _write_info(state_dir: Path, device_id: str, server: str, name: str) -> None:
     info = {"device_id": device_id, "server": server, "name": name}
-    (state_dir / ID_FILE).write_text(json.dumps(info))
+    tmp = state_dir / (ID_FILE + ".new")
+    tmp.write_text(json.dumps(info))
+    _own_like_dir(tmp)
+    os.replace(tmp, state_dir / ID_FILE)
+
+
+def _save(state_dir: Path, key: Ed25519PrivateKey, device_id: str, server: str, name: str) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _write_key(state_dir / KEY_FILE, key)
+    _write_info(state_dir, device_id, server, name)
 
 
 async def rotate(identity: Identity, state_dir: Path) -> Identity:

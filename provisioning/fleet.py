@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from appliance.boards import PROFILES, board_config
+
 MANIFEST = "fleet-manifest.json"
 TOKEN_FILE = "enroll-token"  # noqa: S105 - a file name
 SCRIPT = "firstboot.sh"
@@ -170,6 +172,10 @@ def read_inventory(path: Path) -> list[Device]:
             )
         if name in seen:
             raise InventoryError(f"{path}: device name {name!r} appears twice")
+        board = values.get("board", "")
+        if board and board not in PROFILES:
+            known = ", ".join(sorted(PROFILES))
+            raise InventoryError(f"{path}: device {name!r}: unknown board {board!r} ({known})")
         seen.add(name)
         if values.get("host"):
             try:
@@ -235,9 +241,14 @@ def _toml_value(value: Any) -> str:
 
 
 def render_config(device: Device, server_url: str, template: Mapping[str, Any]) -> str:
+    """The board's own profile (audio devices, activation) first, then the ``--template``
+    over it key by key, then this device's name, board and server."""
     data: dict[str, dict[str, Any]] = {
-        k: dict(v) for k, v in template.items() if isinstance(v, Mapping)
+        k: dict(v) for k, v in (board_config(device.board) if device.board else {}).items()
     }
+    for section, values in template.items():
+        if isinstance(values, Mapping):
+            data.setdefault(section, {}).update(values)
     data.setdefault("device", {})["name"] = device.name
     if device.board:
         data["device"]["board"] = device.board

@@ -137,6 +137,7 @@ ENROLL_REFUSALS = {
     "token_expired": (410, "token_expired", "this enrollment token has expired"),
     "token_used": (409, "token_used", "this enrollment token has already been used"),
     "key_in_use": (409, "key_in_use", "this public key belongs to another device"),
+    "name_taken": (409, "name_taken", "a device with this name exists: enroll with another --name"),
 }
 ROTATE_REFUSALS = {
     "key_in_use": (409, "key_in_use", "this public key is in use"),

@@ -94,7 +94,8 @@ class EnrollmentToken(Base):
 class Device(Base):
     __tablename__ = "devices"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    name: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    """Unique and never empty: the CLI takes a name or an id wherever a device is meant."""
     group: Mapped[str] = mapped_column(ForeignKey("groups.name"))
     public_key: Mapped[str] = mapped_column(String(64), unique=True)
     """base64url raw Ed25519 public key; no two devices share one."""
@@ -155,6 +156,16 @@ class Audit(Base):
     action: Mapped[str] = mapped_column(String(32))
     device_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class _NameTakenError(Exception):
+    """Inside ``Store.enroll``: another device has the name (the claim is rolled back)."""
+
+
+def name_taken(db: Session, name: str, public_key: str) -> bool:
+    """Whether another device (not the one holding ``public_key``) has this name."""
+    other = select(Device.id).where(Device.name == name, Device.public_key != public_key)
+    return db.scalars(other.limit(1)).first() is not None
 
 
 def hash_token(token: str) -> str:
@@ -310,7 +321,8 @@ class Store:
 
     def enroll(self, token: str, public_key: str, name: str) -> Enrolled | str:
         """Claim a use of ``token`` for a new device with ``public_key``: the device, or why
-        not (``unknown_token``, ``token_expired``, ``token_used``, ``key_in_use``).
+        not (``unknown_token``, ``token_expired``, ``token_used``, ``key_in_use``,
+        ``name_taken``).
 
         The claim is one conditional ``UPDATE … WHERE uses < max_uses AND not expired``
         judged by the row it returns, so concurrent claims (several workers, SQLite or
@@ -337,6 +349,8 @@ class Store:
                     ).first()
                     if claim is None:
                         break
+                    if name_taken(db, name, public_key):
+                        raise _NameTakenError  # rolls the claim back: the token is not spent
                     device = Device(
                         id="dev_" + secrets.token_hex(8),
                         name=name,
@@ -349,7 +363,9 @@ class Store:
                     db.flush()  # the unique key is checked here
                     self.audit(db, "device.enroll", device.id, name=name, group=claim.group)
                 return Enrolled(device.id, device.group, created=True)
-            except IntegrityError:  # the same key enrolled meanwhile: look again
+            except _NameTakenError:
+                return "name_taken"
+            except IntegrityError:  # the same key or name enrolled meanwhile: look again
                 continue
         state = self.token_state(token_hash)
         if state is None:

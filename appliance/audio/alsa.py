@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from appliance.audio.base import AudioFormat
@@ -30,9 +33,69 @@ def _pyaudio() -> Any:
     return pyaudio
 
 
-def list_devices() -> list[dict[str, Any]]:
+# ALSA's stock plugin PCMs (alsa.conf): PortAudio lists them all, none is a device to pick
+PLUGIN_PCMS = frozenset(
+    [
+        "sysdefault",
+        "lavrate",
+        "samplerate",
+        "speexrate",
+        "pulse",
+        "upmix",
+        "vdownmix",
+        "dmix",
+        "dsnoop",
+        "front",
+        "rear",
+        "center_lfe",
+        "side",
+        "surround21",
+        "surround40",
+        "surround41",
+        "surround50",
+        "surround51",
+        "surround71",
+        "iec958",
+        "spdif",
+        "hdmi",
+        "modem",
+        "phoneline",
+        "jack",
+        "oss",
+        "null",
+        "pipewire",
+    ]
+)
+
+
+def useful_devices(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sound cards (``hw:``), ``default`` and PCMs of your own (``/etc/asound.conf``) that can
+    capture or play; ALSA's stock plugins are left out."""
+    return [
+        d
+        for d in devices
+        if (d["inputs"] or d["outputs"]) and ("(hw:" in d["name"] or d["name"] not in PLUGIN_PCMS)
+    ]
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """libasound and JACK print dozens of lines to fd 2 while PortAudio probes every PCM;
+    they say nothing about the devices that do exist."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def list_devices(quiet: bool = True) -> list[dict[str, Any]]:
     """Every PortAudio device: index, name, input/output channels, default rate."""
-    pa = _pyaudio().PyAudio()
+    with quiet_stderr() if quiet else contextlib.nullcontext():
+        pa = _pyaudio().PyAudio()
     try:
         return [
             {

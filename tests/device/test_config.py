@@ -140,3 +140,23 @@ def test_enroll_with_an_unreadable_token_file_exits_78_and_names_it(
     code = main(["enroll", "--server", "http://127.0.0.1:9", "--token-file", str(missing)])
     assert code == 78
     assert "--token-file" in capsys.readouterr().err
+
+
+def test_a_board_without_a_button_needs_a_wake_word(tmp_path: Path) -> None:
+    conf = tmp_path / "a.toml"
+    conf.write_text('[device]\nboard = "respeaker-4mic"\n')
+    with pytest.raises(ConfigError) as err:
+        load(conf, environ={})
+    assert err.value.key == "activation.wake_word"
+    assert "no button" in str(err.value)
+    conf.write_text('[device]\nboard = "generic"\n[activation]\nbutton = false\n')
+    with pytest.raises(ConfigError, match="button is off"):
+        load(conf, environ={})
+    conf.write_text('[device]\nboard = "respeaker-4mic"\n[activation]\nwake_word = "okay_nabu"\n')
+    assert load(conf, environ={}).activation.wake_word == "okay_nabu"
+
+
+def test_the_4mic_profile_starts_on_the_wake_word() -> None:
+    config = load(Path(__file__).parents[2] / "hw" / "respeaker-4mic.toml", environ={})
+    assert config.activation.wake_word
+    assert not config.activation.button

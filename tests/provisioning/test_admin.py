@@ -190,7 +190,7 @@ def test_cli_deletes_groups_and_devices(
         assert cli(["--database-url", url, "group", "delete", "lab"]) == 1
         assert "devices still belong to it" in capsys.readouterr().err
         assert cli(["--database-url", url, "device", "delete", "dev_1"]) == 0
-        assert cli(["--database-url", url, "device", "delete", "dev_1"]) == 1
+        assert cli(["--database-url", url, "device", "delete", "dev_1"]) == 65  # EX_DATAERR
         assert cli(["--database-url", url, "group", "delete", "lab"]) == 0
         assert cli(["--database-url", url, "group", "delete", "lab"]) == 1
         assert "no such group" in capsys.readouterr().err

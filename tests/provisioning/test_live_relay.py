@@ -221,7 +221,7 @@ def test_group_set_takes_a_live_profile_and_refuses_a_bad_one(
     good = live_profile("gpt-live-1.1", voice="cedar", instructions="Be brief.")
     assert main(["group", "set", "kitchen", "--profile", json.dumps(good)]) == 0
     bad = {**good, "turn_detection": None}  # a Realtime key: Live configs are strict
-    assert main(["group", "set", "kitchen", "--profile", json.dumps(bad)]) == 2
+    assert main(["group", "set", "kitchen", "--profile", json.dumps(bad)]) == 65
     assert "turn_detection" in capsys.readouterr().err
     store = Store(url)
     try:

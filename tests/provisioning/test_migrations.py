@@ -23,7 +23,7 @@ from provisioning.__main__ import main as cli
 from provisioning.store import Base, Device, Store, make_engine
 from tests.conftest import require
 
-HEAD = "server_attacks_1"
+HEAD = migrations.head()
 TABLES = {
     "admin_keys",
     "audit",

@@ -447,17 +447,17 @@ def test_cli_group_set_refuses_a_shut_down_or_unknown_model(
     url = f"sqlite:///{tmp_path / 'p.db'}"
     gone = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
     monkeypatch.setenv("PROVISIONING_MODEL_SHUTDOWN_DATES", json.dumps({"gpt-realtime": gone}))
-    assert cli(["--database-url", url, "group", "set", "--all", "--model", "gpt-realtime"]) == 1
+    assert cli(["--database-url", url, "group", "set", "--all", "--model", "gpt-realtime"]) == 65
     assert f"gpt-realtime was shut down on {gone}" in capsys.readouterr().err
     assert (
-        cli(["--database-url", url, "group", "set", "default", "--model", "gpt-realtim-2.1"]) == 1
+        cli(["--database-url", url, "group", "set", "default", "--model", "gpt-realtim-2.1"]) == 65
     )
     assert "unknown model 'gpt-realtim-2.1'" in capsys.readouterr().err
-    assert cli(["--database-url", url, "group", "set", "nope", "--model", DEFAULT_MODEL]) == 1
+    assert cli(["--database-url", url, "group", "set", "nope", "--model", DEFAULT_MODEL]) == 65
     assert "no group 'nope'" in capsys.readouterr().err
     args = ["group", "set", "default", "--model", "gpt-realtime-9", "--force"]
     assert cli(["--database-url", url, *args]) == 0
-    assert cli(["--database-url", url, "group", "set", "--all"]) == 2
+    assert cli(["--database-url", url, "group", "set", "--all"]) == 64
 
 
 def test_device_and_server_agree_on_the_defaults() -> None:

@@ -1,3 +1,5 @@
+"""Fixtures shared by the service tests."""
+
 from __future__ import annotations
 
 from collections.abc import AsyncIterator

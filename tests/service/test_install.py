@@ -72,3 +72,28 @@ def test_unknown_option_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 64
     assert "unknown option" in result.stderr
+
+
+def test_the_commands_land_on_path(tmp_path: Path) -> None:
+    out = install(tmp_path / "pi", "--board", "respeaker-4mic")
+    link = tmp_path / "pi/usr/local/bin/appliance"
+    assert link.is_symlink()
+    assert str(link.readlink()) == "/opt/appliance/venv/bin/appliance"
+    assert "sudo appliance enroll" in out
+    install(tmp_path / "pi", "--uninstall")
+    assert not link.is_symlink()
+
+
+def test_server_install_puts_provisioning_where_the_unit_runs_it(tmp_path: Path) -> None:
+    install(tmp_path, "--server")
+    unit = (tmp_path / "etc/systemd/system/provisioning.service").read_text()
+    assert "ExecStart=/opt/appliance/venv/bin/provisioning serve" in unit
+    assert str((tmp_path / "usr/local/bin/provisioning").readlink()) == (
+        "/opt/appliance/venv/bin/provisioning"
+    )
+    plan = (tmp_path / "install-plan.txt").read_text().splitlines()
+    assert (
+        "/opt/appliance/venv/bin/pip install --upgrade /opt/appliance/src[server,postgres]" in plan
+    )
+    assert plan[-1] == "systemctl enable provisioning.service"
+    assert (tmp_path / "etc/provisioning").stat().st_mode & 0o777 == 0o700
