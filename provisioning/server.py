@@ -27,7 +27,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Scope
 
-from provisioning import admin
+from provisioning import admin, console
 from provisioning.admin import Metrics
 from provisioning.auth import AuthError, b64d, bearer_kid
 from provisioning.ledger import Admitted, MintLedger, Refused
@@ -137,8 +137,14 @@ def create_app(
     store = store or server_store(settings.database_url)
     upstream = Upstream(settings.upstream_url, settings.openai_api_key, settings.key_ttl_s)
     metrics = Metrics()
-    ledger = MintLedger(store, on_transaction=metrics.ledger_transactions.inc)
     models = ModelWatch(store, settings.lifecycle(clock), upstream, metrics.registry)
+    fleet = console.Fleet(store, metrics.registry, models.lifecycle)
+    ledger = MintLedger(
+        store,
+        on_transaction=metrics.ledger_transactions.inc,
+        history=fleet.history,
+        on_refused=fleet.refused,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -155,6 +161,7 @@ def create_app(
     app.state.models = models
     store.ensure_group("default")
     admin.install(app, store, metrics, flush=ledger.flush, lifecycle=models.lifecycle)
+    console.install(app, fleet, flush=ledger.flush)
 
     def enroll_device(token: str, public_key: str, name: str) -> Device | Reply:
         """The enrollment transaction (in a worker thread: never on the event loop)."""

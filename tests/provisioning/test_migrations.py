@@ -23,7 +23,7 @@ from provisioning.__main__ import main as cli
 from provisioning.store import Base, Device, Store, make_engine
 from tests.conftest import require
 
-HEAD = "models_1"
+HEAD = "console_1"
 TABLES = {
     "admin_keys",
     "audit",
