@@ -282,9 +282,8 @@ class Fleet:
 
     def groups(self) -> list[JSON]:
         with self.store.session() as db:
-            counts = dict(
-                db.execute(select(Device.group, func.count()).group_by(Device.group)).tuples()
-            )
+            per_group = select(Device.group, func.count()).group_by(Device.group)
+            counts = {str(name): int(n) for name, n in db.execute(per_group)}
             rows = db.scalars(select(Group).order_by(Group.name)).all()
             return [
                 {

@@ -41,6 +41,7 @@ const filters = {q: "", status: "", group: ""};
 async function overview() {
   const query = new URLSearchParams({...filters, limit: 100});
   const data = await api("/v1/admin/fleet?" + query);
+  if (route() !== "") return;  // the user moved on while this was loading
   let view = $("#overview");
   if (!view) {
     view = el("section", {id: "overview"},
@@ -88,6 +89,7 @@ const PLOTS = [
 let deviceRange = "24h";
 async function devicePage(id) {
   const [d, h] = await Promise.all([api(`/v1/admin/devices/${id}/detail`), api(`/v1/admin/devices/${id}/history?range=${deviceRange}`)]);
+  if (location.hash !== "#/device/" + encodeURIComponent(id) && location.hash !== "#/device/" + id) return;
   const action = (verb) => async () => {
     if (verb === "revoke" && !confirm(`Revoke ${d.name}? It cannot come back.`)) return;
     await api(`/v1/admin/devices/${id}/${verb}`, {method: "POST"});
@@ -119,15 +121,15 @@ async function devicePage(id) {
   drawPlots(plots, h.series);
 }
 function drawPlots(root, s) {
-  const width = Math.max(280, Math.min(560, root.clientWidth - 16));
-  for (const [title, lines] of PLOTS) {
-    const box = el("div", {class: "plot"}, el("h3", {}, title));
-    root.append(box);
+  const boxes = PLOTS.map(([title]) => el("div", {class: "plot"}, el("h3", {}, title)));
+  root.append(...boxes);  // all laid out first: each plot then takes its box's width
+  for (const [i, [, lines]] of PLOTS.entries()) {
+    const box = boxes[i];
     const points = lines.reduce((n, [k]) => n + s[k].filter((v) => v !== null).length, 0);
     box.dataset.points = String(points);
-    new uPlot({width: Math.max(260, box.clientWidth - 10 || width), height: 160, legend: {show: true},
+    new uPlot({width: Math.max(240, box.clientWidth - 12), height: 160, legend: {show: true},
       series: [{}, ...lines.map(([, label, stroke]) => ({label, stroke, width: 2, spanGaps: false, points: {size: 5}}))],
-      axes: [{}, {size: 45}]}, [s.t, ...lines.map(([k]) => s[k])], box);
+      axes: [{}, {size: 58}]}, [s.t, ...lines.map(([k]) => s[k])], box);
   }
 }
 function auditTable(rows) {
@@ -186,6 +188,7 @@ async function auditPage() {
 }
 
 // ---- routing and live updates ----
+function route() { return (location.hash || "#/").split("/")[1] || ""; }
 async function refresh() {
   if (!sessionStorage.getItem("adm")) return showLogin();
   $("#login").hidden = true; $("#logout").hidden = false;
@@ -202,7 +205,7 @@ async function refresh() {
 function schedule() {
   clearInterval(timer);
   // live: the overview refreshes itself; other pages refresh on navigation and after actions
-  timer = setInterval(() => { const r = (location.hash || "#/").split("/")[1]; if (!r && !document.hidden) refresh(); }, POLL_MS);
+  timer = setInterval(() => { if (!route() && !document.hidden) refresh(); }, POLL_MS);
 }
 window.addEventListener("hashchange", () => { if (!location.hash.startsWith("#/device")) $("#view").replaceChildren(); refresh(); });
 $("#login").addEventListener("submit", (e) => { e.preventDefault(); sessionStorage.setItem("adm", $("#token").value); $("#token").value = ""; refresh(); });
