@@ -20,7 +20,7 @@ from provisioning.history import RESOLUTIONS, History, percentile, summarise
 from provisioning.server import ProvisioningServer, Settings
 from provisioning.standin import StandIn, StandInConfig
 from provisioning.store import Audit, Device, Group, HeartbeatBucket, Store
-from tests.browser import CHROMIUM, chromium_args
+from tests.browser import CHROMIUM, chromium_args, silent_wav
 from tests.provisioning.conftest import STANDIN_KEY
 
 ARTEFACTS = Path(os.environ.get("APPLIANCE_TEST_ARTIFACTS", "test-artifacts")) / "console"
@@ -264,11 +264,7 @@ async def test_console_in_chromium(server: ProvisioningServer, tmp_path: Path) -
     async def count(page: Page, kind: str, n: int) -> None:
         await page.wait_for_selector(f"[data-count='{kind}'] b:text-is('{n}')")
 
-    silence = tmp_path / "silence.wav"
-    silence.write_bytes(
-        b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80>\x00\x00"
-        b"\x00}\x00\x00\x02\x00\x10\x00data\x00\x00\x00\x00"
-    )
+    silence = silent_wav(tmp_path)
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(silence))
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
