@@ -366,11 +366,20 @@ class _Gauges(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         overview = self.fleet.overview(limit=1)
-        devices = GaugeMetricFamily("provisioning_devices", "Devices by status", labels=["status"])
-        for status, n in overview["counts"].items():
-            if status != "total":
-                devices.add_metric([status], n)
+        counts = overview["counts"]
+        devices = GaugeMetricFamily(
+            "provisioning_devices",
+            "Devices by status (online, offline, disabled, revoked: each device once)",
+            labels=["status"],
+        )
+        for status in ("online", "offline", "disabled", "revoked"):
+            devices.add_metric([status], counts[status])
         yield devices
+        yield GaugeMetricFamily(
+            "provisioning_devices_in_error",
+            "Online devices reporting an error (state error or a last error)",
+            value=counts["error"],
+        )
         states = GaugeMetricFamily(
             "provisioning_devices_by_state", "Online devices by reported state", labels=["state"]
         )

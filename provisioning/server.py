@@ -159,6 +159,7 @@ def create_app(
     app.state.ledger = ledger
     app.state.metrics = metrics
     app.state.models = models
+    app.state.fleet = fleet
     store.ensure_group("default")
     admin.install(app, store, metrics, flush=ledger.flush, lifecycle=models.lifecycle)
     console.install(app, fleet, flush=ledger.flush)

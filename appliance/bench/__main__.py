@@ -19,6 +19,7 @@ SECTIONS: dict[str, str] = {
     "audio": "Audio front end: echo cancellation, double talk, barge-in, CPU per frame",
     "wake": "Wake word: hit rate, false accepts, latency",
     "soak": "Soak: back-to-back sessions (RSS, fds) and frames played under loss",
+    "console": "Fleet console: heartbeat history size and console reads at 10,000 devices",
 }
 
 

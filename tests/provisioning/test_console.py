@@ -208,6 +208,7 @@ async def test_overview_counts_and_puts_attention_first(
     assert 'provisioning_devices_by_state{state="muted"} 1.0' in metrics
     assert "provisioning_heartbeats_total 4.0" in metrics
     assert "provisioning_devices_needing_attention 2.0" in metrics
+    assert "provisioning_devices_in_error 1.0" in metrics
 
 
 async def test_refusals_are_counted_by_reason(server: ProvisioningServer, tmp_path: Path) -> None:
