@@ -136,8 +136,8 @@ class History:
             for c in COLUMNS
         )
         self._upsert = self.sql(
-            "INSERT INTO heartbeat_buckets (device_id, span, bucket, {cols}) VALUES ({marks}) "
-            "ON CONFLICT (device_id, span, bucket) DO UPDATE SET {sets}",
+            "INSERT INTO heartbeat_buckets (span, bucket, device_id, {cols}) VALUES ({marks}) "
+            "ON CONFLICT (span, bucket, device_id) DO UPDATE SET {sets}",
             cols=cols,
             marks=", ".join(["?"] * (3 + len(COLUMNS))),
             sets=sets,
@@ -163,7 +163,7 @@ class History:
             ),
             ids,
         )
-        known = {row[0]: (_json(row[1]), bool(row[2])) for row in cur.fetchall()}
+        known = {row[0]: (as_dict(row[1]), bool(row[2])) for row in cur.fetchall()}
         rows = []
         for device_id, report in reports:
             previous, transcripts = known.get(device_id, (None, False))
@@ -173,7 +173,7 @@ class History:
             values = [summary[c] for c in COLUMNS]
             for res in RESOLUTIONS:
                 bucket = int(now) - int(now) % res.span_s
-                rows.append((device_id, res.span_s, bucket, *values))
+                rows.append((res.span_s, bucket, device_id, *values))
         cur.executemany(self._upsert, rows)
         if self._on_beats is not None:
             self._on_beats(len(reports))
@@ -233,6 +233,7 @@ def series(rows: Iterable[Any], span_s: int, start: int, end: int) -> dict[str, 
     return out
 
 
-def _json(value: Any) -> dict[str, Any] | None:
+def as_dict(value: Any) -> dict[str, Any] | None:
+    """A JSON column's object: text on SQLite, already decoded by psycopg."""
     decoded = from_json(value) if isinstance(value, str | bytes) else value
     return decoded if isinstance(decoded, dict) else None

@@ -86,10 +86,15 @@ class HeartbeatBucket(Base):
     ``provisioning/history.py``, which writes them)."""
 
     __tablename__ = "heartbeat_buckets"
-    __table_args__ = (Index("ix_heartbeat_buckets_span_bucket", "span", "bucket"),)
-    device_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    __table_args__ = (
+        Index("ix_heartbeat_buckets_device", "device_id", "span", "bucket"),
+        # SQLite: rows stored in key order, so the fleet's last hour is one contiguous read
+        # (through a separate index it was 50,000 lookups, half a second at 10,000 devices)
+        {"sqlite_with_rowid": False},
+    )
     span: Mapped[int] = mapped_column(Integer, primary_key=True)
     bucket: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(40), primary_key=True)
     beats: Mapped[int] = mapped_column(Integer, default=0)
     latency_n: Mapped[int] = mapped_column(Integer, default=0)
     latency_sum: Mapped[float] = mapped_column(Float, default=0.0)

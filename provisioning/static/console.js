@@ -165,9 +165,9 @@ async function tokensPage() {
       const t = await api("/v1/admin/tokens", {method: "POST", body: JSON.stringify({group: f.group.value, uses: Number(f.uses.value), ttl_s: Number(f.ttl.value) * 3600, label: f.label.value})});
       await tokensPage(); $("#new-token").textContent = `New token (shown once): ${t.token}`; }},
       el("select", {name: "group"}, ...groups.map((g) => el("option", {value: g.name}, g.name))),
-      el("input", {name: "uses", type: "number", min: 1, value: 1, "aria-label": "uses"}),
-      el("input", {name: "ttl", type: "number", min: 1, value: 24, "aria-label": "hours valid"}),
-      el("input", {name: "label", placeholder: "label"}), el("button", {type: "submit"}, "Create token")),
+      el("label", {}, "uses ", el("input", {name: "uses", type: "number", min: 1, value: 1, size: 5})),
+      el("label", {}, "valid (h) ", el("input", {name: "ttl", type: "number", min: 1, value: 24, size: 5})),
+      el("input", {name: "label", placeholder: "label"}), el("button", {type: "submit", id: "create-token"}, "Create token")),
     made,
     el("table", {class: "responsive"},
       el("thead", {}, el("tr", {}, ...["id", "group", "label", "uses", "expires", ""].map((h) => el("th", {}, h)))),

@@ -310,10 +310,21 @@ async def test_console_in_chromium(server: ProvisioningServer, tmp_path: Path) -
         await page.select_option("#range", "7d")
         await page.wait_for_selector("#plots .plot canvas")
 
+        await page.goto(f"{server.base_url}/console#/tokens")
+        await page.fill("#tokens input[name=label]", "shelf")
+        await page.click("#create-token")
+        await page.wait_for_selector("#new-token:has-text('enr_')")
         for name in ("groups", "tokens", "audit"):
             await page.goto(f"{server.base_url}/console#/{name}")
             await page.wait_for_selector(f"#{name} table")
             await page.screenshot(path=str(ARTEFACTS / f"{name}-desktop.png"), full_page=True)
+        await page.fill("#audit input[name=action]", "token.")
+        await page.click("#audit button[type=submit]")
+        await page.wait_for_selector("#audit td:text-is('device.enroll')", state="detached")
+        assert await page.locator("#audit td:text-is('token.create')").count() == 13
+        await page.fill("#audit input[name=action]", "device.")
+        await page.click("#audit button[type=submit]")
+        await page.wait_for_selector("#audit td:text-is('device.enable')")
         audit = await page.locator("#audit").inner_text()
         assert "device.disable" in audit
         assert "device.enable" in audit

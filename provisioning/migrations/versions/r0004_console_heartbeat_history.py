@@ -51,14 +51,17 @@ def upgrade() -> None:
     )
     op.create_table(
         "heartbeat_buckets",
-        sa.Column("device_id", sa.String(length=40), nullable=False),
         sa.Column("span", sa.Integer(), nullable=False),
         sa.Column("bucket", sa.Integer(), nullable=False),
+        sa.Column("device_id", sa.String(length=40), nullable=False),
         *(sa.Column(c, sa.Integer() if c in _INTS else sa.Float(), nullable=False) for c in order),
-        sa.PrimaryKeyConstraint("device_id", "span", "bucket", name=op.f("pk_heartbeat_buckets")),
+        sa.PrimaryKeyConstraint("span", "bucket", "device_id", name=op.f("pk_heartbeat_buckets")),
+        sqlite_with_rowid=False,
     )
     with op.batch_alter_table("heartbeat_buckets", schema=None) as batch_op:
-        batch_op.create_index("ix_heartbeat_buckets_span_bucket", ["span", "bucket"], unique=False)
+        batch_op.create_index(
+            "ix_heartbeat_buckets_device", ["device_id", "span", "bucket"], unique=False
+        )
     with op.batch_alter_table("groups", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("report_transcripts", sa.Boolean(), server_default=sa.false(), nullable=False)
