@@ -93,9 +93,9 @@ class DeviceView:
 
 def offline_after(health: JSON) -> float:
     interval = health.get("heartbeat_s")
-    if not isinstance(interval, int | float) or interval <= 0:
-        interval = DEFAULT_HEARTBEAT_S
-    return OFFLINE_AFTER_BEATS * float(interval)
+    if isinstance(interval, int | float) and interval > 0:
+        return OFFLINE_AFTER_BEATS * float(interval)
+    return OFFLINE_AFTER_BEATS * DEFAULT_HEARTBEAT_S
 
 
 class Fleet:
@@ -123,6 +123,11 @@ class Fleet:
         """The fleet as last read: consoles polling and scrapes share it for ``CACHE_S``."""
         registry.register(_Gauges(self))
 
+    def forget(self) -> None:
+        """Drop the shared read of the fleet: the next one reads the database."""
+        with self._lock:
+            self._cached = (float("-inf"), [])
+
     def refused(self, code: str) -> None:
         self.refusals.labels(code).inc()
 
@@ -140,21 +145,21 @@ class Fleet:
                 name: profile or {}
                 for name, profile in db.execute(select(Group.name, Group.profile))
             }
-            recent: dict[str, list[int]] = {}
-            # no GROUP BY: it made SQLite walk the whole table in key order instead of
-            # reading the last hour through the (span, bucket) index
-            for device_id, false_wakes, self_interruptions in db.execute(
-                select(
-                    HeartbeatBucket.device_id,
-                    HeartbeatBucket.false_wakes,
-                    HeartbeatBucket.self_interruptions,
+            false_wakes = func.sum(HeartbeatBucket.false_wakes)
+            self_interruptions = func.sum(HeartbeatBucket.self_interruptions)
+            recent = {  # only the devices over a threshold in the last hour
+                device_id: (int(f), int(s))
+                for device_id, f, s in db.execute(
+                    select(HeartbeatBucket.device_id, false_wakes, self_interruptions)
+                    .where(HeartbeatBucket.span == 900, HeartbeatBucket.bucket >= hour - 900)
+                    .where(HeartbeatBucket.device_id == only if only else true())
+                    .group_by(HeartbeatBucket.device_id)
+                    .having(
+                        (false_wakes > FALSE_WAKES_PER_HOUR)
+                        | (self_interruptions > SELF_INTERRUPTIONS_PER_HOUR)
+                    )
                 )
-                .where(HeartbeatBucket.span == 900, HeartbeatBucket.bucket >= hour - 900)
-                .where(HeartbeatBucket.device_id == only if only else true())
-            ):
-                sums = recent.setdefault(device_id, [0, 0])
-                sums[0] += false_wakes
-                sums[1] += self_interruptions
+            }
             rows = db.execute(
                 select(
                     Device.id,
@@ -193,14 +198,12 @@ class Fleet:
                 view.attention.append("offline")
             if status == "online" and (state == "error" or health.get("last_error")):
                 view.attention.append(f"error: {health.get('last_error') or 'state error'}")
-            false_wakes, self_interruptions = recent.get(r.id, (0, 0))
+            wakes, interruptions = recent.get(r.id, (0, 0))
             if status != "revoked":
-                if false_wakes > FALSE_WAKES_PER_HOUR:
-                    view.attention.append(f"{false_wakes} false wakes in the last hour")
-                if self_interruptions > SELF_INTERRUPTIONS_PER_HOUR:
-                    view.attention.append(
-                        f"{self_interruptions} self-interruptions in the last hour"
-                    )
+                if wakes > FALSE_WAKES_PER_HOUR:
+                    view.attention.append(f"{wakes} false wakes in the last hour")
+                if interruptions > SELF_INTERRUPTIONS_PER_HOUR:
+                    view.attention.append(f"{interruptions} self-interruptions in the last hour")
             if status != "revoked":
                 view.attention.extend(warnings.get(r.group, []))
             out.append(view)
