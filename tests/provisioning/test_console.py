@@ -171,11 +171,12 @@ async def test_console_api_needs_the_admin_credential(server: ProvisioningServer
 
 
 async def test_overview_counts_and_puts_attention_first(
-    server: ProvisioningServer, tmp_path: Path
+    db_server: ProvisioningServer, tmp_path: Path
 ) -> None:
+    server = db_server
     admin = server.store.create_admin()
     _quiet, quiet_src = await device(server, tmp_path, "aaa-quiet")
-    _noisy, noisy_src = await device(server, tmp_path, "zzz-noisy")
+    noisy, noisy_src = await device(server, tmp_path, "zzz-noisy")
     gone, gone_src = await device(server, tmp_path, "mmm-gone")
     _muted, muted_src = await device(server, tmp_path, "bbb-muted")
     await quiet_src.heartbeat(report(10))
@@ -202,6 +203,13 @@ async def test_overview_counts_and_puts_attention_first(
         attention = body["devices"][1]["attention"]
         assert "error: wake word model failed" in attention
         assert "9 false wakes in the last hour" in attention
+        detail = await http.get(f"{server.base_url}/v1/admin/devices/{gone.device_id}/detail")
+        assert detail.json()["status"] == "offline"
+        assert detail.json()["config"]["firmware"] == "0.3.0"
+        history = await http.get(
+            f"{server.base_url}/v1/admin/devices/{noisy.device_id}/history?range=7d"
+        )
+        assert [n for n in history.json()["series"]["false_wakes_per_h"] if n] == [9.0]
         metrics = (await http.get(f"{server.base_url}/metrics")).text
     assert 'provisioning_devices{status="online"} 3.0' in metrics
     assert 'provisioning_devices{status="offline"} 1.0' in metrics
