@@ -145,7 +145,7 @@ function auditTable(rows) {
 async function groupsPage() {
   const {groups} = await api("/v1/admin/console/groups");
   $("#view").replaceChildren(el("section", {id: "groups"}, el("h2", {}, "Groups"),
-    el("p", {class: "privacy"}, "Transcripts: a device's heartbeat carries the words of its last turn only when its group opts in here; otherwise the server drops them before storing anything."),
+    el("p", {class: "privacy"}, "Transcripts: the words of a device's last turn leave it only when its own setting provisioning.report_transcripts is on (off by default), and are stored only when its group opts in here; otherwise the server drops them before storing anything."),
     el("table", {class: "responsive"},
       el("thead", {}, el("tr", {}, ...["group", "devices", "model", "model warnings", "transcripts"].map((h) => el("th", {}, h)))),
       el("tbody", {}, ...groups.map((g) => el("tr", {dataset: {group: g.name}},
