@@ -54,10 +54,12 @@ class ProvisioningConfig:
     """Base URL of the provisioning server, e.g. ``https://prov.example.com``."""
     timeout_s: float = 10.0
     """HTTP timeout for provisioning requests."""
-    heartbeat_s: float = 300.0
-    """How often the device reports its health to the server (0: never)."""
-    report_transcripts: bool = True
-    """Include a short summary of the last turn's words in the heartbeat."""
+    heartbeat_s: float = 60.0
+    """How often the device reports its health to the server (0: never); the console counts a
+    device offline after 2.5 intervals without one."""
+    report_transcripts: bool = False
+    """Include a short summary of the last turn's words in the heartbeat. Off by default; the
+    server also drops them unless the device's group opts in (docs/console.md)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,12 @@
 """Heartbeats: the device tells its provisioning server how it is doing.
 
 Sent a few seconds after start and then every ``provisioning.heartbeat_s``: version, uptime,
-state, the last turn's latency and (unless ``provisioning.report_transcripts`` is off) a
-short summary of what was said, reconnect / wake / false-wake / barge-in counts, the echo
-canceller in use and the last error. The server stores it with last-seen; the dashboard
-shows it. A failed heartbeat is logged and retried at the next interval: it never affects
-the conversation, but an unreachable server while the device is idle shows as OFFLINE (and
-an answer ends that).
+the interval, state, the last turn's latency, reconnect / wake / false-wake / barge-in counts,
+the echo canceller in use and the last error; and only with ``provisioning.report_transcripts``
+on a short summary of what was said (stored only when the device's group opts in). The server
+stores it with last-seen and sums it into the console's history. A failed heartbeat is logged
+and retried at the next interval: it never affects the conversation, but an unreachable
+server while the device is idle shows as OFFLINE (and an answer ends that).
 """
 
 from __future__ import annotations
@@ -28,8 +28,11 @@ class HeartbeatSink(Protocol):
     async def heartbeat(self, health: dict[str, Any]) -> None: ...
 
 
-def health(app: App, started: float, transcripts: bool = True) -> dict[str, Any]:
-    """What the device reports (no secrets: no keys, no tokens)."""
+def health(
+    app: App, started: float, transcripts: bool = True, interval_s: float | None = None
+) -> dict[str, Any]:
+    """What the device reports (no secrets: no keys, no tokens); ``interval_s``, how often it
+    reports, tells the server when to call it offline."""
     stats = app.stats
     report: dict[str, Any] = {
         "version": __version__,
@@ -49,6 +52,8 @@ def health(app: App, started: float, transcripts: bool = True) -> dict[str, Any]
         **echo_health(app, time.monotonic() - started),
         "last_error": app.last_error,
     }
+    if interval_s is not None:
+        report["heartbeat_s"] = interval_s
     if transcripts:
         last: dict[str, str] = {}
         for role, text in reversed(stats.transcripts):
@@ -80,10 +85,16 @@ def echo_health(app: App, uptime_s: float) -> dict[str, Any]:
     return report
 
 
-async def send(sink: HeartbeatSink, app: App, started: float, transcripts: bool = True) -> bool:
+async def send(
+    sink: HeartbeatSink,
+    app: App,
+    started: float,
+    transcripts: bool = True,
+    interval_s: float | None = None,
+) -> bool:
     """One heartbeat; ``False`` (logged) when the server could not be reached."""
     try:
-        await sink.heartbeat(health(app, started, transcripts))
+        await sink.heartbeat(health(app, started, transcripts, interval_s))
     except ProvisioningUnavailable as exc:
         log.warning("heartbeat not delivered: %s", exc)
         app.server_unreachable(exc)
@@ -105,5 +116,5 @@ async def heartbeat_loop(
     started = time.monotonic()
     await asyncio.sleep(first_s)
     while True:
-        await send(sink, app, started, transcripts)
+        await send(sink, app, started, transcripts, interval_s)
         await asyncio.sleep(interval_s)

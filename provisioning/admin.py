@@ -294,6 +294,7 @@ def install(
         return JSONResponse({"audit": await run_in_threadpool(read)})
 
     app.include_router(router)
+    app.state.admin_identity = admin  # the console's routes use the same check
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:

@@ -52,6 +52,7 @@ from provisioning.auth import (
     DeviceKeys,
     verify,
 )
+from provisioning.history import History
 from provisioning.store import DEFAULT_LIMITS, Device, Store, make_engine
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,13 @@ class MintLedger:
         store: Store,
         on_transaction: Callable[[], None] | None = None,
         purge_every_s: float = PURGE_EVERY_S,
+        history: History | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.store = store
+        self.history = history
+        """Heartbeat history: summarises each batch's reports into buckets (console)."""
+        self._on_refused = on_refused
         self.purge_every_s = purge_every_s
         """How often expired counters and JWT ids are deleted (with the next batch)."""
         self._on_transaction = on_transaction
@@ -247,6 +253,8 @@ class MintLedger:
             if not future.done():  # not cancelled (the client went away)
                 assert admit.outcome is not None
                 future.set_result(admit.outcome)
+            if self._on_refused is not None and isinstance(admit.outcome, Refused):
+                self._on_refused(admit.outcome.code)
 
     # --- on the ledger thread ---
 
@@ -362,6 +370,8 @@ class MintLedger:
                     sql.audit(cur, audit)
                 if now >= self._next_purge or self.purge_every_s <= 0:
                     sql.purge(cur, now)
+                    if self.history is not None:
+                        self.history.purge(cur, now)
                     self._next_purge = now + self.purge_every_s
         except BaseException:
             for admit in admits:
@@ -472,6 +482,8 @@ class MintLedger:
             sql.seen(cur, sorted(seen), now)
         reports = {a.kid: a.health for a in admitted if a.health is not None}
         if reports:  # the last report of each device in the batch
+            if self.history is not None:  # before the store: it reads the previous reports
+                self.history.record(cur, sorted(reports.items()), now)
             sql.health(cur, sorted(reports.items()))
         for admit in admitted:
             if not admit.mint:

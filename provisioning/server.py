@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Scope
 
-from provisioning import admin, live_relay, schema
+from provisioning import admin, console, live_relay, schema
 from provisioning.admin import Metrics
 from provisioning.auth import AuthError, bearer_kid, public_key_ok
 from provisioning.ledger import Admitted, MintLedger, Refused
@@ -178,8 +178,14 @@ def create_app(
     store = store or server_store(settings.database_url)
     upstream = Upstream(settings.upstream_url, settings.openai_api_key, settings.key_ttl_s)
     metrics = Metrics()
-    ledger = MintLedger(store, on_transaction=metrics.ledger_transactions.inc)
     models = ModelWatch(store, settings.lifecycle(clock), upstream, metrics.registry)
+    fleet = console.Fleet(store, metrics.registry, models.lifecycle)
+    ledger = MintLedger(
+        store,
+        on_transaction=metrics.ledger_transactions.inc,
+        history=fleet.history,
+        on_refused=fleet.refused,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -200,12 +206,14 @@ def create_app(
     app.state.ledger = ledger
     app.state.metrics = metrics
     app.state.models = models
+    app.state.fleet = fleet
     store.ensure_group("default")
     admin.install(app, store, metrics, flush=ledger.flush, lifecycle=models.lifecycle)
     app.state.live_upstream = live_relay.LiveUpstream(
         settings.upstream_url, settings.openai_api_key
     )
     live_relay.install(app, ledger, app.state.live_upstream)  # POST /v1/live/sessions
+    console.install(app, fleet, flush=ledger.flush)
 
     @app.exception_handler(AuthError)
     async def _auth_error(_request: Request, exc: AuthError) -> Response:

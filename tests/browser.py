@@ -29,3 +29,13 @@ def chromium_args(fake_mic: Path) -> list[str]:
         "--allow-loopback-in-peer-connection",
         "--disable-features=WebRtcHideLocalIpsWithMdns",
     ]
+
+
+def silent_wav(folder: Path) -> Path:
+    """An empty 16 kHz WAV for Chromium's fake microphone (pages that need no audio)."""
+    path = folder / "silence.wav"
+    path.write_bytes(
+        b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80>\x00\x00"
+        b"\x00}\x00\x00\x02\x00\x10\x00data\x00\x00\x00\x00"
+    )
+    return path

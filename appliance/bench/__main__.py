@@ -20,6 +20,7 @@ SECTIONS: dict[str, str] = {
     "wake": "Wake word: hit rate, false accepts, latency",
     "soak": "Soak: back-to-back sessions (RSS, fds) and frames played under loss",
     "backends": "Realtime vs GPT-Live: connect, relay overhead, per-turn latency, standby",
+    "console": "Fleet console: heartbeat history size and console reads at 10,000 devices",
 }
 
 

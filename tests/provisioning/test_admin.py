@@ -14,7 +14,7 @@ from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.__main__ import main as cli
 from provisioning.server import ProvisioningServer
 from provisioning.store import Device, Group, Store, hash_token
-from tests.browser import CHROMIUM, chromium_args
+from tests.browser import CHROMIUM, chromium_args, silent_wav
 from tests.provisioning.conftest import STANDIN_KEY
 
 KEY = STANDIN_KEY
@@ -151,11 +151,7 @@ async def test_dashboard_lists_devices_and_revokes(
     )
     await enroll(server.base_url, server.store.create_token("default"), tmp_path / "b", "hall")
     await ProvisioningKeySource(a).heartbeat({"version": "0.1.0", "last_turn_latency_ms": 640})
-    silence = tmp_path / "silence.wav"
-    silence.write_bytes(
-        b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80>\x00\x00"
-        b"\x00}\x00\x00\x02\x00\x10\x00data\x00\x00\x00\x00"
-    )
+    silence = silent_wav(tmp_path)
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(silence))
         page = await browser.new_page()

@@ -482,17 +482,13 @@ def test_device_and_server_agree_on_the_defaults() -> None:
 async def test_dashboard_shows_groups_on_retiring_models(standin: StandIn, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 
-    from tests.browser import CHROMIUM, chromium_args
+    from tests.browser import CHROMIUM, chromium_args, silent_wav
 
     url = f"sqlite:///{tmp_path / 'p.db'}"
     async with ProvisioningServer(settings(url, standin), clock=day("2026-12-05")) as server:
         server.store.ensure_group("kitchen", OLD)
         admin = server.store.create_admin()
-        silence = tmp_path / "silence.wav"
-        silence.write_bytes(
-            b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00\x80>\x00\x00"
-            b"\x00}\x00\x00\x02\x00\x10\x00data\x00\x00\x00\x00"
-        )
+        silence = silent_wav(tmp_path)
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(
                 executable_path=CHROMIUM, args=chromium_args(silence)
