@@ -159,6 +159,7 @@ class FrontEnd:
                 act.wake_threshold,
                 act.wake_refractory_s,
                 act.wake_model_path,
+                act.wake_sensitivity,
             )
             log.info("wake word %s (say %r)", self.wake.name, self.wake.phrase)
         self._resampler = Resampler(DSP_FORMAT.rate) if capture.rate != DSP_FORMAT.rate else None
