@@ -178,7 +178,8 @@ class ActivationConfig:
     mute_s: float = 3.0
     """Holding the button this long toggles the privacy mute (0 disables it)."""
     wake_word: str = ""
-    """Wake-word model (e.g. ``okay_nabu``); empty disables the wake word."""
+    """Wake-word model: ``alexa`` (recommended: the most robust across voices and noise,
+    docs/audio.md), ``okay_nabu``, ``hey_jarvis``, ``hey_mycroft``; empty disables it."""
     wake_threshold: float = 0.0
     """Detection threshold 0–1 for the wake word (0: from the model's cut-off and
     ``wake_sensitivity``); a non-zero value overrides ``wake_sensitivity``."""

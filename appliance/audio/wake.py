@@ -25,10 +25,8 @@ Built-in models (shipped in the wheel, no download): ``okay_nabu``, ``hey_jarvis
 names a ``.tflite`` beside it (``activation.wake_model_path``; a ``.tflite`` path is accepted
 when the ``.json`` of the same stem sits beside it).
 
-Measured on this x86-64 machine (``python -m appliance.bench wake``): 80–90 µs of CPU per
-20 ms frame (RTF ≈ 0.0045); detection 190 ms (p50) after the end of the keyword; no false
-accepts in 11 min of other speech plus 5 min of noise. On espeak-ng speech ``alexa`` fires
-for every voice, ``okay_nabu`` for male voices only (the female variants mostly miss).
+Measured figures (hit rates by voice, noise and sensitivity, false accepts per hour, cost,
+latency) and the method are in docs/audio.md, "Wake word" (``python -m appliance.bench wake``).
 Not thread-safe: feed it from one thread.
 """
 
@@ -52,6 +50,10 @@ THRESHOLD_KEY = "activation.wake_threshold"
 REFRACTORY_KEY = "activation.wake_refractory_s"
 PATH_KEY = "activation.wake_model_path"
 SENSITIVITY_KEY = "activation.wake_sensitivity"
+
+DEFAULT_MODEL = "alexa"
+"""The recommended built-in model: the most robust across voices and noise in the bench
+(docs/audio.md, "Wake word")."""
 
 SENSITIVITY_MARGIN = {"low": 0.5, "medium": 1.0, "high": 2.0, "max": 3.0}
 """Sensitivity → factor on the model's margin ``1 − probability_cutoff``."""
@@ -138,7 +140,7 @@ class WakeWord:
 
     def __init__(
         self,
-        model: str = "okay_nabu",
+        model: str = DEFAULT_MODEL,
         threshold: float = 0.0,
         refractory_s: float = 2.0,
         model_path: Path | None = None,

@@ -58,6 +58,7 @@ def _keyword(text: str) -> tuple[Pcm, float]:
 
 def test_builtin_models_are_listed() -> None:
     assert available_models() == ["alexa", "hey_jarvis", "hey_mycroft", "okay_nabu"]
+    assert WakeWord().name == "alexa"  # the recommended default (docs/audio.md)
     assert WakeWord.available_models() == available_models()
 
 
@@ -94,14 +95,17 @@ def test_each_model_hears_only_its_own_word() -> None:
 def test_refractory_period_suppresses_a_quick_repeat() -> None:
     clip, _ = _keyword("okay nabu")
     twice = np.concatenate([clip, clip])  # the keyword about 2.5 s apart
-    assert len(_detections(WakeWord(refractory_s=0.0), twice)) == 2
-    assert len(_detections(WakeWord(refractory_s=1.0), twice)) == 2
-    assert len(_detections(WakeWord(refractory_s=4.0), twice)) == 1
-    assert len(_detections(WakeWord(refractory_s=4.0), np.concatenate([twice, clip]))) == 2
+    assert len(_detections(WakeWord("okay_nabu", refractory_s=0.0), twice)) == 2
+    assert len(_detections(WakeWord("okay_nabu", refractory_s=1.0), twice)) == 2
+    assert len(_detections(WakeWord("okay_nabu", refractory_s=4.0), twice)) == 1
+    assert (
+        len(_detections(WakeWord("okay_nabu", refractory_s=4.0), np.concatenate([twice, clip])))
+        == 2
+    )
 
 
 def test_reset_starts_over() -> None:
-    wake = WakeWord(refractory_s=30.0)
+    wake = WakeWord("okay_nabu", refractory_s=30.0)
     clip, _ = _keyword("okay nabu")
     assert len(_detections(wake, clip)) == 1
     assert _detections(wake, clip) == []  # still refractory
@@ -113,7 +117,7 @@ def test_reset_starts_over() -> None:
 
 def test_threshold_overrides_the_model_cut_off() -> None:
     clip, _ = _keyword("okay nabu")
-    strict = WakeWord(threshold=0.999)
+    strict = WakeWord("okay_nabu", threshold=0.999)
     assert strict.threshold == 0.999
     assert _detections(strict, clip) == []
 
