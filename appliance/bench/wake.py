@@ -369,6 +369,9 @@ class _Trials:
     peaks: dict[tuple[str, str, str], float] = field(default_factory=dict)
     crossings: dict[str, list[float]] = field(default_factory=dict)  # model -> seconds
 
+    def peaks_of(self, model: str, condition: str) -> list[float]:
+        return [p for (m, c, _), p in self.peaks.items() if m == model and c == condition]
+
     def hit_rate(self, model: str, condition: str, threshold: float, engine: str = "") -> float:
         got = [
             peak > threshold
@@ -462,6 +465,16 @@ def wake_rows() -> Rows:
                     f"{hours * 60:.0f} min speech + babble)",
                 )
             )
+        babble = trials.peaks_of(wake.name, "babble 10 dB")
+        needed = float(np.percentile(babble, 10)) if babble else float("nan")
+        false = len(detections(fa_scores, needed, refractory))
+        rows.append(
+            (
+                f"{wake.name} threshold for 90 % hits at babble 10 dB",
+                f"{needed:.3f}: clean {trials.hit_rate(wake.name, 'clean', needed):.0%}, "
+                f"false accepts {false / hours:.2f}/h",
+            )
+        )
         medium = wake.threshold
         rows.append(
             (
