@@ -15,6 +15,8 @@ period), at each ``activation.wake_sensitivity``:
   (:func:`detections` replays the detector's rising-edge and refractory logic);
 - **false accepts per hour**: ``$BENCH_WAKE_FA_MINUTES`` (default 20) of generated
   sentences by the same speakers over babble 10 dB under them;
+- **near misses**: phrases close to each word ("Alexander", "okay now", …) said clean by
+  the espeak-ng and flite voices;
 - **latency** from the end of the word to the first detection (clean), and **cost** per
   20 ms frame inside ``WakeWord.process``.
 
@@ -246,6 +248,13 @@ WAKE_PHRASES = {
     "hey_jarvis": "hey jarvis",
     "hey_mycroft": "hey mycroft",
 }
+NEAR_MISSES = {
+    "okay_nabu": ("okay now", "okay, no", "okay Nora", "okay, new boots", "a canal boat"),
+    "alexa": ("Alexander", "a Lexus", "election", "Alexis", "relax a bit"),
+    "hey_jarvis": ("hey Travis", "hey, Charles", "a jar of this", "hey, harvest", "hey Jarvie"),
+    "hey_mycroft": ("hey Microsoft", "hey, my craft", "my crofter", "hey Mike, right", "aircraft"),
+}
+"""Phrases close to each wake word, said clean by every unshifted espeak-ng and flite voice."""
 NOISE_KINDS = ("white", "pink", "babble")
 WAKE_CONDITIONS: tuple[tuple[str, float | None], ...] = (
     ("clean", None),
@@ -463,6 +472,22 @@ def wake_rows() -> Rows:
                     f"{wake.name} {sensitivity} (threshold {threshold:.3f})",
                     f"hits {rates}; false accepts {false / hours:.2f}/h ({false} in "
                     f"{hours * 60:.0f} min speech + babble)",
+                )
+            )
+        near = [
+            (phrase, score_trace(wake, to_pcm(synthesize(who, phrase)), meter).max())
+            for phrase in NEAR_MISSES[wake.name]
+            for who in cast
+            if (who.tempo, who.pitch) == (1.0, 0) and who.engine != "festival"
+        ]
+        for sensitivity in ("medium", "max"):
+            threshold = sensitivity_threshold(wake.cutoff, sensitivity)
+            fired = [phrase for phrase, peak in near if peak > threshold]
+            rows.append(
+                (
+                    f"{wake.name} {sensitivity}: near-miss phrases that fired",
+                    f"{len(fired)} of {len(near)}"
+                    + "".join(f"; {p!r} ×{fired.count(p)}" for p in dict.fromkeys(fired)),
                 )
             )
         babble = trials.peaks_of(wake.name, "babble 10 dB")
