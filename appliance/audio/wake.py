@@ -150,8 +150,7 @@ class WakeWord:
             raise ConfigError(
                 THRESHOLD_KEY, f"must be 0 (model default) or in (0, 1), not {threshold}"
             )
-        if sensitivity not in SENSITIVITY_MARGIN:
-            sensitivity_threshold(0.5, sensitivity)  # raises, naming the key
+        sensitivity_threshold(0.5, sensitivity)  # checks it before the model loads
         if refractory_s < 0:
             raise ConfigError(REFRACTORY_KEY, f"must be ≥ 0, not {refractory_s}")
         package = _package()
