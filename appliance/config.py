@@ -181,9 +181,17 @@ class ActivationConfig:
     mute_s: float = 3.0
     """Holding the button this long toggles the privacy mute (0 disables it)."""
     wake_word: str = ""
-    """Wake-word model (e.g. ``okay_nabu``); empty disables the wake word."""
+    """Wake-word model: ``alexa`` (recommended: the most robust across voices and noise,
+    docs/audio.md), ``okay_nabu``, ``hey_jarvis``, ``hey_mycroft``; empty disables it."""
     wake_threshold: float = 0.0
-    """Detection threshold 0–1 for the wake word (0: the model's own cut-off)."""
+    """Detection threshold 0–1 for the wake word (0: from the model's cut-off and
+    ``wake_sensitivity``); a non-zero value overrides ``wake_sensitivity``."""
+    wake_sensitivity: str = field(
+        default="medium", metadata=_choice("low", "medium", "high", "max")
+    )
+    """How readily the wake word fires: ``medium`` is the model's own cut-off; ``low`` halves
+    its margin below certainty (fewer false wakes, more misses), ``high`` doubles it and
+    ``max`` triples it (``okay_nabu``: threshold 0.925 / 0.85 / 0.70 / 0.55; docs/audio.md)."""
     wake_refractory_s: float = 2.0
     """After a detection, ignore the wake word for this long."""
     wake_model_path: Path | None = None

@@ -29,7 +29,7 @@ from appliance.audio.delay import DelayEstimator
 from appliance.audio.echoguard import EchoGuard
 from appliance.audio.frames import Rechunker, Resampler, rms_dbfs
 from appliance.audio.vad import Gate, make_gate
-from appliance.audio.wake import WakeWord
+from appliance.audio.wake import DEFAULT_MODEL, WakeWord
 from appliance.config import Config
 
 log = logging.getLogger(__name__)
@@ -155,10 +155,11 @@ class FrontEnd:
         self.wake: WakeWord | None = None
         if act.wake_word or act.wake_model_path:
             self.wake = WakeWord(
-                act.wake_word or "okay_nabu",
+                act.wake_word or DEFAULT_MODEL,
                 act.wake_threshold,
                 act.wake_refractory_s,
                 act.wake_model_path,
+                act.wake_sensitivity,
             )
             log.info("wake word %s (say %r)", self.wake.name, self.wake.phrase)
         self._resampler = Resampler(DSP_FORMAT.rate) if capture.rate != DSP_FORMAT.rate else None

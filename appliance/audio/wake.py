@@ -11,15 +11,22 @@ number of samples; 20 ms in the app) and returns True exactly once per detection
 * after a detection, further detections are ignored for ``refractory_s`` seconds of *audio*
   (counted in samples fed, so the behaviour is the same in real time and in tests).
 
+**Sensitivity** (``activation.wake_sensitivity``, per device): ``low``, ``medium``,
+``high`` or ``max`` scales the model's margin below certainty, ``1 − cutoff``, by
+×0.5 / ×1 / ×2 / ×3 (:data:`SENSITIVITY_MARGIN`, :func:`sensitivity_threshold`): for
+``okay_nabu`` (cut-off 0.85) the threshold is 0.925 / 0.85 / 0.70 / 0.55, for ``alexa``
+(0.90) 0.95 / 0.90 / 0.80 / 0.70. Higher sensitivity hears more voices in more noise and
+wakes falsely more often (docs/audio.md, "Wake word", has the measured trade-off). A non-zero
+``activation.wake_threshold`` overrides the sensitivity. The sliding window (5 inferences,
+150 ms) is the model's and is not changed.
+
 Built-in models (shipped in the wheel, no download): ``okay_nabu``, ``hey_jarvis``,
 ``alexa``, ``hey_mycroft``. A custom model is a microWakeWord ``.json`` whose ``model`` field
 names a ``.tflite`` beside it (``activation.wake_model_path``; a ``.tflite`` path is accepted
 when the ``.json`` of the same stem sits beside it).
 
-Measured on this x86-64 machine (``python -m appliance.bench wake``): 80–90 µs of CPU per
-20 ms frame (RTF ≈ 0.0045); detection 190 ms (p50) after the end of the keyword; no false
-accepts in 11 min of other speech plus 5 min of noise. On espeak-ng speech ``alexa`` fires
-for every voice, ``okay_nabu`` for male voices only (the female variants mostly miss).
+Measured figures (hit rates by voice, noise and sensitivity, false accepts per hour, cost,
+latency) and the method are in docs/audio.md, "Wake word" (``python -m appliance.bench wake``).
 Not thread-safe: feed it from one thread.
 """
 
@@ -42,6 +49,15 @@ WORD_KEY = "activation.wake_word"
 THRESHOLD_KEY = "activation.wake_threshold"
 REFRACTORY_KEY = "activation.wake_refractory_s"
 PATH_KEY = "activation.wake_model_path"
+SENSITIVITY_KEY = "activation.wake_sensitivity"
+
+DEFAULT_MODEL = "alexa"
+"""The recommended built-in model: the most robust across voices and noise in the bench
+(docs/audio.md, "Wake word")."""
+
+SENSITIVITY_MARGIN = {"low": 0.5, "medium": 1.0, "high": 2.0, "max": 3.0}
+"""Sensitivity → factor on the model's margin ``1 − probability_cutoff``."""
+MIN_THRESHOLD = 0.05
 
 _TFLITE_MAGIC = b"TFL3"  # flatbuffer file identifier at bytes 4..8 of a .tflite
 
@@ -65,6 +81,18 @@ def available_models() -> list[str]:
     except ImportError:
         return []
     return sorted(model.value for model in Model)
+
+
+def sensitivity_threshold(cutoff: float, sensitivity: str) -> float:
+    """The detection threshold for a model with ``cutoff`` at ``sensitivity``:
+    ``1 − (1 − cutoff) × SENSITIVITY_MARGIN[sensitivity]``, never below ``MIN_THRESHOLD``."""
+    if sensitivity not in SENSITIVITY_MARGIN:
+        raise ConfigError(
+            SENSITIVITY_KEY,
+            f"must be one of {', '.join(SENSITIVITY_MARGIN)}, not {sensitivity!r}",
+        )
+    margin = (1.0 - cutoff) * SENSITIVITY_MARGIN[sensitivity]
+    return round(max(MIN_THRESHOLD, 1.0 - margin), 6)
 
 
 def _custom_config(path: Path) -> Path:
@@ -104,22 +132,25 @@ class WakeWord:
     """One wake-word model listening to a 16 kHz mic stream.
 
     ``model``: a built-in name (``activation.wake_word``); ignored when ``model_path`` is
-    given. ``threshold``: 0 uses the model's own cut-off, else 0 < threshold < 1.
+    given. ``threshold``: 0 derives it from the model's cut-off and ``sensitivity``
+    (:func:`sensitivity_threshold`), else 0 < threshold < 1 and ``sensitivity`` is ignored.
     ``refractory_s``: after a detection, ignore the word for this much audio.
     Bad settings raise ``ConfigError`` naming the ``activation.*`` key.
     """
 
     def __init__(
         self,
-        model: str = "okay_nabu",
+        model: str = DEFAULT_MODEL,
         threshold: float = 0.0,
         refractory_s: float = 2.0,
         model_path: Path | None = None,
+        sensitivity: str = "medium",
     ) -> None:
         if not 0.0 <= threshold < 1.0:
             raise ConfigError(
                 THRESHOLD_KEY, f"must be 0 (model default) or in (0, 1), not {threshold}"
             )
+        sensitivity_threshold(0.5, sensitivity)  # checks it before the model loads
         if refractory_s < 0:
             raise ConfigError(REFRACTORY_KEY, f"must be ≥ 0, not {refractory_s}")
         package = _package()
@@ -141,7 +172,9 @@ class WakeWord:
         """Model id (the ``.tflite`` stem), e.g. ``okay_nabu``."""
         self.phrase: str = self._model.wake_word
         """What to say, e.g. ``Okay Nabu``."""
-        self.threshold: float = threshold or float(self._model.probability_cutoff)
+        self.cutoff: float = float(self._model.probability_cutoff)
+        """The model's own cut-off (its ``micro.probability_cutoff``)."""
+        self.threshold: float = threshold or sensitivity_threshold(self.cutoff, sensitivity)
         self.refractory_s = refractory_s
         self._samples = 0
         self._slices = 0

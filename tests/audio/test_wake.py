@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from appliance.audio.frames import Pcm
-from appliance.audio.wake import WakeWord, available_models
+from appliance.audio.frontend import DSP_FORMAT, FrontEnd
+from appliance.audio.wake import (
+    MIN_THRESHOLD,
+    SENSITIVITY_MARGIN,
+    WakeWord,
+    available_models,
+    sensitivity_threshold,
+)
+from appliance.bench.wake import score_trace
+from appliance.config import ActivationConfig, Config
 from appliance.errors import ConfigError
 from tests.conftest import require
 from tests.speech import speech
@@ -48,6 +58,7 @@ def _keyword(text: str) -> tuple[Pcm, float]:
 
 def test_builtin_models_are_listed() -> None:
     assert available_models() == ["alexa", "hey_jarvis", "hey_mycroft", "okay_nabu"]
+    assert WakeWord().name == "alexa"  # the recommended default (docs/audio.md)
     assert WakeWord.available_models() == available_models()
 
 
@@ -84,14 +95,17 @@ def test_each_model_hears_only_its_own_word() -> None:
 def test_refractory_period_suppresses_a_quick_repeat() -> None:
     clip, _ = _keyword("okay nabu")
     twice = np.concatenate([clip, clip])  # the keyword about 2.5 s apart
-    assert len(_detections(WakeWord(refractory_s=0.0), twice)) == 2
-    assert len(_detections(WakeWord(refractory_s=1.0), twice)) == 2
-    assert len(_detections(WakeWord(refractory_s=4.0), twice)) == 1
-    assert len(_detections(WakeWord(refractory_s=4.0), np.concatenate([twice, clip]))) == 2
+    assert len(_detections(WakeWord("okay_nabu", refractory_s=0.0), twice)) == 2
+    assert len(_detections(WakeWord("okay_nabu", refractory_s=1.0), twice)) == 2
+    assert len(_detections(WakeWord("okay_nabu", refractory_s=4.0), twice)) == 1
+    assert (
+        len(_detections(WakeWord("okay_nabu", refractory_s=4.0), np.concatenate([twice, clip])))
+        == 2
+    )
 
 
 def test_reset_starts_over() -> None:
-    wake = WakeWord(refractory_s=30.0)
+    wake = WakeWord("okay_nabu", refractory_s=30.0)
     clip, _ = _keyword("okay nabu")
     assert len(_detections(wake, clip)) == 1
     assert _detections(wake, clip) == []  # still refractory
@@ -103,7 +117,7 @@ def test_reset_starts_over() -> None:
 
 def test_threshold_overrides_the_model_cut_off() -> None:
     clip, _ = _keyword("okay nabu")
-    strict = WakeWord(threshold=0.999)
+    strict = WakeWord("okay_nabu", threshold=0.999)
     assert strict.threshold == 0.999
     assert _detections(strict, clip) == []
 
@@ -140,3 +154,44 @@ def test_bad_settings_name_their_key(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert key_of(model_path=tmp_path / "fake.json") == "activation.wake_model_path"
+
+
+def test_sensitivity_maps_to_a_documented_threshold() -> None:
+    # 1 − (1 − cutoff) × {low 0.5, medium 1, high 2, max 3}
+    assert [sensitivity_threshold(0.85, s) for s in SENSITIVITY_MARGIN] == pytest.approx(
+        [0.925, 0.85, 0.70, 0.55]
+    )
+    assert [sensitivity_threshold(0.9, s) for s in SENSITIVITY_MARGIN] == pytest.approx(
+        [0.95, 0.9, 0.8, 0.7]
+    )
+    assert sensitivity_threshold(0.5, "max") == MIN_THRESHOLD  # never down to zero
+    with pytest.raises(ConfigError) as err:
+        sensitivity_threshold(0.85, "loud")
+    assert err.value.key == "activation.wake_sensitivity"
+
+
+def test_sensitivity_sets_the_threshold_unless_one_is_given() -> None:
+    assert WakeWord("okay_nabu", sensitivity="high").threshold == pytest.approx(0.70)
+    assert WakeWord("alexa", sensitivity="low").threshold == pytest.approx(0.95)
+    assert WakeWord("okay_nabu", threshold=0.6, sensitivity="low").threshold == 0.6
+    with pytest.raises(ConfigError) as err:
+        WakeWord(sensitivity="loud")
+    assert err.value.key == "activation.wake_sensitivity"
+
+
+def test_the_device_front_end_takes_the_sensitivity_from_its_config() -> None:
+    activation = replace(ActivationConfig(), wake_word="alexa", wake_sensitivity="max")
+    front = FrontEnd(replace(Config(), activation=activation), DSP_FORMAT)
+    assert front.wake is not None
+    assert front.wake.threshold == pytest.approx(0.7)
+
+
+def test_sensitivity_decides_a_borderline_keyword() -> None:
+    # espeak-ng's en-us+f3 saying "okay nabu" after 0.5 s of silence peaks near 0.80 on
+    # okay_nabu: below the model's own cut-off (0.85, "medium"), above "high" (0.70).
+    clip = np.concatenate([_silence(0.5), speech("okay nabu", RATE, "en-us+f3", pad_s=1.0)])
+    peak = float(score_trace(WakeWord("okay_nabu"), clip).max())
+    assert 0.70 < peak < 0.85
+    assert _detections(WakeWord("okay_nabu", sensitivity="low"), clip) == []
+    assert _detections(WakeWord("okay_nabu", sensitivity="medium"), clip) == []
+    assert len(_detections(WakeWord("okay_nabu", sensitivity="high"), clip)) == 1

@@ -95,6 +95,7 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
     [
         ("[audio]\ncapture_rate = 44100\n", "audio.capture_rate"),
         ("[realtime]\nidle_timeout_ms = 40000\n", "realtime.idle_timeout_ms"),
+        ('[activation]\nwake_sensitivity = "loud"\n', "activation.wake_sensitivity"),
     ],
 )
 def test_cli_exits_78_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
