@@ -18,12 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
 from appliance import machine as m
 from appliance.audio.base import AudioSink
 from appliance.errors import CallRejected, RealtimeUnreachable, SessionLost
 from appliance.realtime import messages as msg
+from appliance.realtime.ice import PeerConnection
 from appliance.realtime.keys import CachedKeySource, KeySource
 from appliance.realtime.media import MicTrack, Playout
 
@@ -68,7 +69,7 @@ class RealtimeSession:
         self.rate_limits: dict[str, tuple[int, float]] = {}
         """From ``rate_limits.updated``: name → (remaining, monotonic time it resets)."""
         self._deferred: asyncio.TimerHandle | None = None
-        self.pc = RTCPeerConnection()
+        self.pc = PeerConnection()
         self._channel: Any = None
         self.call_id: str | None = None
         self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import webrtcvad
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from pydantic_core import from_json, to_json
 
 from appliance.audio.frames import Resampler
+from appliance.realtime.ice import PeerConnection
 from provisioning.standin import events as ev
 from provisioning.standin.media import RATE, ReplyTrack, make_track
 from provisioning.standin.script import Decision, Script
@@ -249,7 +250,7 @@ class Call:
         self.faults = faults
         self.max_session_s = max_session_s
         self._on_closed = on_closed
-        self.pc = RTCPeerConnection()
+        self.pc = PeerConnection()
         self.track = ReplyTrack()
         self.sent: list[JSON] = []
         self.received: list[JSON] = []
