@@ -2,8 +2,8 @@
 
 aioice hands the UDP sockets it makes while gathering to its ``Connection`` only when all
 are made, so ``close()`` during ``setLocalDescription()``, or cancelling it, leaked them.
-``PeerConnection`` gathers in a task of its own that cancellation does not interrupt, and
-its ``close()`` waits for that task.
+A cancelled ``close()`` left them open too. ``PeerConnection`` gathers and closes in tasks
+of its own that cancelling the caller does not interrupt; its ``close()`` waits for gathering.
 
 aioice skips 127.0.0.1 when it lists host addresses, so two peers on one machine with
 no other interface could never connect. ``allow_loopback()`` patches aioice's address
@@ -25,11 +25,13 @@ GATHERING_WAIT_S = 10.0
 
 
 class PeerConnection(RTCPeerConnection):
-    """An ``RTCPeerConnection`` whose ``close()`` closes every socket it gathered."""
+    """An ``RTCPeerConnection`` whose ``close()`` closes every socket it gathered, even when
+    the task that calls it is cancelled."""
 
     def __init__(self, configuration: RTCConfiguration | None = None) -> None:
         super().__init__(configuration)
         self._describing: set[asyncio.Task[None]] = set()
+        self._closing: asyncio.Task[None] | None = None
 
     async def setLocalDescription(
         self, sessionDescription: RTCSessionDescription | None = None
@@ -45,6 +47,11 @@ class PeerConnection(RTCPeerConnection):
             log.debug("setLocalDescription failed: %r", task.exception())
 
     async def close(self) -> None:
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if self._describing:
             _, pending = await asyncio.wait(self._describing, timeout=GATHERING_WAIT_S)
             if pending:

@@ -178,12 +178,14 @@ class RealtimeSession:
         self._closing = True
         if self._deferred is not None:
             self._deferred.cancel()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-        await self.playout.stop()
-        await self.pc.close()
+        try:
+            if self._watch_task is not None:
+                self._watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch_task
+            await self.playout.stop()
+        finally:
+            await self.pc.close()  # even when cancelled (App.shutdown): no socket left open
 
     # ------------------------------------------------------------------ liveness
 

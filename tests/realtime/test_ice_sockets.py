@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from appliance.errors import RealtimeUnreachable
 from appliance.realtime.ice import PeerConnection
 from appliance.realtime.webrtc import RealtimeSession
 from provisioning.standin import StandIn, StandInConfig
@@ -118,5 +119,34 @@ async def test_a_stand_in_answer_cancelled_while_gathering_leaves_no_socket_open
     gathering.let_go.set()
     await closing
     await offerer.close()
+    assert gathering.created
+    assert gathering.left_open() == []
+
+
+async def test_a_close_cancelled_halfway_still_closes_every_socket(
+    gathering: HeldGathering,
+) -> None:
+    gathering.armed = True
+    gathering.let_go.set()
+    session = offline_session([])
+    with pytest.raises(RealtimeUnreachable):  # nothing listens on port 9
+        await session.connect()
+    pc = session.pc
+    halfway = asyncio.Event()
+
+    @pc.on("signalingstatechange")
+    def _closing_started() -> None:
+        if pc.signalingState == "closed":
+            halfway.set()
+
+    closing = asyncio.create_task(session.close())
+    await halfway.wait()
+    closing.cancel()  # App.shutdown cancels its tasks, a session's close among them
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    try:  # a second close() returns when the first one is done
+        await asyncio.wait_for(pc.close(), 10)
+    except TimeoutError:
+        pytest.fail("the cancelled close never finished")
     assert gathering.created
     assert gathering.left_open() == []
