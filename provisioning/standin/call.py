@@ -316,7 +316,11 @@ class Call:
         for transceiver in self.pc.getTransceivers():
             if transceiver.kind == "audio":
                 transceiver.direction = "sendrecv"
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        try:
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except BaseException:  # the request went away: no call to close later
+            await self.pc.close()
+            raise
         loop = asyncio.get_running_loop()
         self._expiry_handle = loop.call_later(self.max_session_s, self._expire)
         return str(self.pc.localDescription.sdp)
