@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
+from appliance.realtime.ice import PeerConnection
 from tests.peer import ClipTrack
 from tests.wire_live import (
     validate_create_request,
@@ -36,7 +37,7 @@ class LivePeer:
     mic: ClipTrack = field(default_factory=ClipTrack)
 
     def __post_init__(self) -> None:
-        self.pc = RTCPeerConnection()
+        self.pc = PeerConnection()
         self._new_event = asyncio.Event()
         self.channel: Any = None
 

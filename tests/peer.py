@@ -16,10 +16,11 @@ from typing import Any
 import av
 import httpx
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from appliance.audio.frames import Pcm, Resampler
+from appliance.realtime.ice import PeerConnection
 from tests.wire import validate_client, validate_server
 
 RATE = 48_000
@@ -75,7 +76,7 @@ class GaPeer:
     mic: ClipTrack = field(default_factory=ClipTrack)
 
     def __post_init__(self) -> None:
-        self.pc = RTCPeerConnection()
+        self.pc = PeerConnection()
         self._new_event = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.channel: Any = None

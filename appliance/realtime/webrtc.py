@@ -19,13 +19,14 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
 from appliance import machine as m
 from appliance.audio.base import AudioSink
 from appliance.errors import CallRejected, RealtimeUnreachable, SessionError, SessionLost
 from appliance.neterrors import describe
 from appliance.realtime import messages as msg
+from appliance.realtime.ice import PeerConnection
 from appliance.realtime.keys import CachedKeySource, KeySource
 from appliance.realtime.media import MicTrack, Playout
 from appliance.realtime.opus import ask_for_opus_fec
@@ -79,7 +80,7 @@ class RealtimeSession:
         self.bad_events = msg.QuietLog(
             log, "ignoring a malformed server event", logging.WARNING, burst=5
         )
-        self.pc = RTCPeerConnection()
+        self.pc = PeerConnection()
         self._channel: Any = None
         self.call_id: str | None = None
         self.max_message_size = DEFAULT_MAX_MESSAGE_SIZE
@@ -211,12 +212,14 @@ class RealtimeSession:
         self._closing = True
         if self._deferred is not None:
             self._deferred.cancel()
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-        await self.playout.stop()
-        await self.pc.close()
+        try:
+            if self._watch_task is not None:
+                self._watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch_task
+            await self.playout.stop()
+        finally:
+            await self.pc.close()  # even when cancelled (App.shutdown): no socket left open
 
     # ------------------------------------------------------------------ liveness
 

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import webrtcvad
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from pydantic_core import from_json, to_json
 
 from appliance.audio.frames import Pcm, Resampler
+from appliance.realtime.ice import PeerConnection
 from appliance.realtime.opus import ask_for_opus_fec
 from provisioning.standin import events as ev
 from provisioning.standin.media import (
@@ -267,7 +268,7 @@ class Call:
         self.faults = faults
         self.max_session_s = max_session_s
         self._on_closed = on_closed
-        self.pc: RTCPeerConnection | None = None
+        self.pc: PeerConnection | None = None
         self.track: ReplyAudio = (
             DeltaAudio(self._send, lambda: self._audio_format("output"))
             if media == "websocket"
@@ -331,7 +332,7 @@ class Call:
     async def answer(self, offer_sdp: str) -> str:
         """Set the remote offer and return the SDP answer. ``ValueError`` on bad SDP."""
         assert isinstance(self.track, ReplyTrack), "a WebSocket session has no peer connection"
-        pc = self.pc = RTCPeerConnection()
+        pc = self.pc = PeerConnection()
         sender = pc.addTrack(make_track(self.track))
         for transceiver in pc.getTransceivers():
             if transceiver.sender is sender:  # the service's codecs, Opus first
@@ -368,7 +369,11 @@ class Call:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "audio":
                 transceiver.direction = "sendrecv"
-        await pc.setLocalDescription(await pc.createAnswer())
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except BaseException:  # the request went away: no call to close later
+            await pc.close()
+            raise
         self._arm_expiry()
         answer = ask_for_opus_fec(str(pc.localDescription.sdp))  # as the service's answer
         self.track.opus = sending_codec(answer) == "opus"

@@ -30,12 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import webrtcvad
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from appliance.audio.frames import Resampler
+from appliance.realtime.ice import PeerConnection
 from provisioning.standin.media import RATE, ReplyTrack, make_track
 from provisioning.standin.script import Script
 
@@ -147,7 +148,7 @@ class LiveSession:
         self.max_session_s = max_session_s
         self._on_closed = on_closed
         self.created_at = clock()
-        self.pc = RTCPeerConnection()
+        self.pc = PeerConnection()
         self.track = ReplyTrack()
         self.sent: list[JSON] = []
         self.received: list[JSON] = []

@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
 from appliance import machine as m
 from appliance.audio.base import AudioFormat
 from appliance.audio.wav import WavSink
-from appliance.realtime.ice import allow_loopback
+from appliance.realtime.ice import PeerConnection, allow_loopback
 from appliance.realtime.live import VOICE_HANG_MS, LiveSession, VoiceGate
 from appliance.realtime.media import MicTrack
 from provisioning.standin.media import ReplyTrack, make_track
@@ -30,7 +30,7 @@ class ScriptedService:
     """Answers the device's offer like the Live service and lets the test send any event."""
 
     def __init__(self) -> None:
-        self.pc = RTCPeerConnection()
+        self.pc = PeerConnection()
         self.channel: Any = None
         self.received: list[dict[str, Any]] = []
         self.opened = asyncio.Event()
