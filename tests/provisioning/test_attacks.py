@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -255,12 +256,15 @@ async def _status_line(server: ProvisioningServer, request: bytes) -> bytes:
     """The status line the server answers ``request`` (raw bytes, sent as they are) with."""
     host, port = server.base_url.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(request)
-    await writer.drain()
-    async with asyncio.timeout(10):  # the server's answer is the event waited on
-        status = await reader.readline()
-    writer.close()
-    return status
+    try:
+        writer.write(request)
+        await writer.drain()
+        async with asyncio.timeout(10):  # the server's answer is the event waited on
+            return await reader.readline()
+    finally:  # also when the server resets the connection mid-request
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
