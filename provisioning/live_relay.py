@@ -23,19 +23,29 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_core import from_json, to_json
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
 
+from provisioning import schema
 from provisioning.auth import AuthError, bearer_kid
 from provisioning.ledger import MintLedger, Refused
+from provisioning.refusals import error_reply, refusal, refused_early
+from provisioning.schema import (
+    DEVICE_JWT,
+    MAX_DEVICE_TOOLS,
+    MAX_OFFER_BYTES,
+    DeviceTool,
+    LiveSessionRequest,
+    errors,
+)
 from provisioning.upstream import UpstreamError, _retry_after, safety_identifier
 
 log = logging.getLogger(__name__)
@@ -43,10 +53,8 @@ JSON = dict[str, Any]
 
 LIVE = "live"
 REALTIME = "realtime"
-MAX_OFFER_BYTES = 64 * 1024
-MAX_DEVICE_TOOLS = 32
 MAX_TOOLS_BYTES = 32 * 1024
-TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_TOOLS = TypeAdapter(Annotated[list[DeviceTool], Field(max_length=MAX_DEVICE_TOOLS)])
 LIVE_SESSION_KEYS = {
     "model",
     "audio",
@@ -120,29 +128,25 @@ def check_live_profile(profile: JSON) -> None:
 
 
 def device_tools(raw: Any) -> list[JSON]:
-    """The device's function tools, checked: ``FunctionTool`` shape, bounded in number and size.
-    ``ValueError`` says what is wrong."""
+    """The device's function tools, checked: ``FunctionTool`` shape (``schema.DeviceTool``),
+    bounded in number and size. ``ValueError`` says what is wrong."""
     if raw is None:
         return []
-    if not isinstance(raw, list) or len(raw) > MAX_DEVICE_TOOLS:
-        raise ValueError(f"tools: a list of at most {MAX_DEVICE_TOOLS} function tools")
-    if len(to_json(raw)) > MAX_TOOLS_BYTES:
+    try:
+        tools = _TOOLS.validate_python(raw)
+    except ValidationError as exc:
+        raise ValueError(f"tools: {_first(exc)}") from None
+    listed = [tool.model_dump(exclude_unset=True) for tool in tools]
+    if len(to_json(listed)) > MAX_TOOLS_BYTES:
         raise ValueError(f"tools: at most {MAX_TOOLS_BYTES} bytes")
-    tools = []
-    for tool in raw:
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise ValueError("tools: each must be {type: function, name, description, parameters}")
-        name = tool.get("name")
-        if not isinstance(name, str) or not TOOL_NAME.match(name):
-            raise ValueError("tools: a name of 1-64 letters, digits, _ or -")
-        if set(tool) - {"type", "name", "description", "parameters", "strict"}:
-            raise ValueError(f"tools: unknown field in {name}")
-        if not isinstance(tool.get("description", ""), str) or not isinstance(
-            tool.get("parameters", {}), dict
-        ):
-            raise ValueError(f"tools: bad description or parameters in {name}")
-        tools.append(dict(tool))
-    return tools
+    return listed
+
+
+def _first(exc: ValidationError) -> str:
+    """What is wrong, and where, for the device (the first of pydantic's errors)."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else str(error["msg"])
 
 
 def session_config(profile: JSON, device_id: str, tools: list[JSON]) -> JSON:
@@ -230,44 +234,43 @@ class LiveUpstream:
             self._client = None
 
 
-def _error(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
-    headers = {} if retry_after is None else {"Retry-After": str(max(1, round(retry_after)))}
-    body = {"error": {"code": code, "message": message}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 def install(app: FastAPI, ledger: MintLedger, upstream: LiveUpstream) -> None:
     """Serve ``POST /v1/live/sessions`` (device JWT) on the provisioning server's app."""
 
-    @app.post("/v1/live/sessions")
+    @app.post(
+        "/v1/live/sessions",
+        response_model=schema.LiveSession,
+        responses=errors(400, 401, 409, 429, 502, 503),
+        openapi_extra=schema.body(LiveSessionRequest),
+        dependencies=DEVICE_JWT,
+    )
     async def open_live_session(request: Request) -> Response:
         """Relay the device's SDP offer to GPT-Live with its group's config; return the
         answer and the session id (nothing else)."""
         try:
             token, kid = bearer_kid(request.headers.get("authorization", ""))
         except AuthError as exc:
-            return _error(exc.status, exc.code, str(exc))
+            return refused_early(exc).response()
         raw = await request.body()
         try:
             if len(raw) > MAX_OFFER_BYTES + MAX_TOOLS_BYTES:
                 raise ValueError("the request is too large")
-            body = from_json(raw or b"{}")
-            if not isinstance(body, dict):
-                raise ValueError("the body must be a JSON object")
-            sdp = body.get("sdp")
-            if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_OFFER_BYTES:
-                raise ValueError("sdp: the device's SDP offer")
-            tools = device_tools(body.get("tools"))
+            try:
+                body = LiveSessionRequest.model_validate_json(raw)
+            except ValidationError as exc:
+                raise ValueError(_first(exc)) from None
+            sdp = body.sdp
+            tools = device_tools(body.model_dump(exclude_unset=True).get("tools"))
         except ValueError as exc:
-            return _error(400, "bad_request", str(exc))
+            return error_reply(400, "bad_request", str(exc)).response()
         admitted = await ledger.admit(token, kid)  # the mint's rules: JWT, replay, limits
         if isinstance(admitted, Refused):
-            return _error(
-                admitted.status, admitted.code, admitted.message, retry_after=admitted.retry_after
-            )
+            return refusal(admitted).response()
         if backend_of(admitted.profile) != LIVE:
             ledger.record("live.session", admitted.device_id, outcome="wrong_backend")
-            return _error(409, "backend_realtime", "this device's group uses the Realtime API")
+            return error_reply(
+                409, "backend_realtime", "this device's group uses the Realtime API"
+            ).response()
         session = session_config(admitted.profile, admitted.device_id, tools)
         try:
             created = await upstream.create(session, sdp)
@@ -276,13 +279,15 @@ def install(app: FastAPI, ledger: MintLedger, upstream: LiveUpstream) -> None:
                 "live.session", admitted.device_id, outcome="upstream_error", status=exc.status
             )
             if exc.status == 400:
-                return _error(502, "live_config_rejected", "GPT-Live refused the group's config")
-            return _error(
+                return error_reply(
+                    502, "live_config_rejected", "GPT-Live refused the group's config"
+                ).response()
+            return error_reply(
                 503,
                 "upstream_unavailable",
                 "the GPT-Live service is unavailable",
                 retry_after=exc.retry_after,
-            )
+            ).response()
         ledger.record(
             "live.session",
             admitted.device_id,

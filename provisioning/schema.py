@@ -3,7 +3,7 @@ bounds nesting) and described in the OpenAPI schema, every status code included.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Security
 from fastapi.security import HTTPBearer
@@ -67,6 +67,36 @@ class MintedKey(BaseModel):
     realtime_base: str
 
 
+MAX_OFFER_BYTES = 64 * 1024
+MAX_DEVICE_TOOLS = 32
+
+
+class DeviceTool(BaseModel):
+    """One of the device's function tools (``FunctionTool``), called by the Responses backend."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    name: str = Field(pattern="^[a-zA-Z0-9_-]{1,64}$")
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    strict: bool | None = None
+
+
+class LiveSessionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sdp: str = Field(
+        pattern="^v=0", max_length=MAX_OFFER_BYTES, description="the device's SDP offer"
+    )
+    tools: list[DeviceTool] | None = Field(
+        default=None, max_length=MAX_DEVICE_TOOLS, description="at most 32 KiB in all"
+    )
+
+
+class LiveSession(BaseModel):
+    session_id: str
+    sdp: str = Field(description="the answer SDP")
+
+
 class ErrorDetail(BaseModel):
     code: str
     message: str
@@ -82,8 +112,27 @@ class ErrorBody(BaseModel):
 def body(model: type[BaseModel] | None) -> dict[str, Any]:
     """``openapi_extra`` for a route that reads its JSON body itself: its request body
     (``model`` ``None``: any JSON object)."""
-    schema = {"type": "object"} if model is None else model.model_json_schema()
+    schema = {"type": "object"} if model is None else _inline(model.model_json_schema())
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its nested models (``$defs``) written in place, as the
+    OpenAPI document has no ``$defs`` for a route's own body."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
 
 
 DEVICE_JWT = [Security(HTTPBearer(auto_error=False, scheme_name="deviceJWT", bearerFormat="JWT"))]
@@ -116,11 +165,13 @@ _REASONS = {
     403: "the credential may not do this (a superseded key)",
     404: "no such device, group or action",
     408: "the request body was not received in time",
-    409: "conflict (token used up, key in use, concurrent rotation)",
+    409: "conflict (token used up, key in use, concurrent rotation, the group uses the other "
+    "backend: `backend_live`, `backend_realtime`)",
     410: "enrollment token expired",
     413: "request body too large",
     429: "rate limited (see Retry-After)",
     431: "request headers too large",
+    502: "the upstream refused the group's session config",
     503: "database or upstream unavailable (see Retry-After)",
 }
 

@@ -33,6 +33,7 @@ from provisioning.admin import Metrics
 from provisioning.auth import AuthError, bearer_kid, public_key_ok
 from provisioning.ledger import Admitted, MintLedger, Refused
 from provisioning.models import DEFAULT_MODEL, ModelLifecycle, ModelWatch
+from provisioning.refusals import error_reply, refusal, refused_early
 from provisioning.schema import DEVICE_JWT, EnrollRequest, RotateRequest, errors, name_ok
 from provisioning.serving import MAX_ADMIN_BODY, FastPath, Reply, Served, header
 from provisioning.store import Enrolled, Store, hash_token
@@ -93,42 +94,12 @@ class Settings:
         )
 
 
-def error_reply(
-    status: int,
-    code: str,
-    message: str,
-    retry_after: float | None = None,
-    server_time: float | None = None,
-) -> Reply:
-    """The server's error shape, ``{"error": {"code", "message"}}`` (with ``server_time``
-    for ``clock_skew``), with ``Retry-After``."""
-    headers = () if retry_after is None else ((b"retry-after", b"%d" % max(1, round(retry_after))),)
-    detail: dict[str, Any] = {"code": code, "message": message}
-    if server_time is not None:
-        detail["server_time"] = server_time
-    return Reply(status, to_json({"error": detail}), headers)
-
-
 def error(status: int, code: str, message: str, retry_after: float | None = None) -> Response:
     return error_reply(status, code, message, retry_after).response()
 
 
 MODEL_RETIRED_RETRY_S = 300.0
 """Retry-After of a mint refused because the group's model was shut down."""
-
-
-def refusal(exc: AuthError | Refused) -> Reply:
-    """A refused device request as its reply."""
-    if isinstance(exc, AuthError):
-        return error_reply(exc.status, exc.code, str(exc), server_time=exc.server_time)
-    return error_reply(exc.status, exc.code, exc.message, exc.retry_after, exc.server_time)
-
-
-def refused_early(exc: AuthError) -> Reply:
-    """A device JWT refused before the ledger (no or a malformed token): logged with the
-    reason, never the token."""
-    log.info("device JWT refused: %s (%s)", exc.code, exc, extra={"reason": exc.code})
-    return refusal(exc)
 
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -420,7 +391,7 @@ def create_app(
     fast = {("POST", "/v1/realtime/keys"): mint, ("POST", "/v1/devices/heartbeat"): heartbeat}
     bodies = {
         "/v1/admin/": MAX_ADMIN_BODY,
-        "/v1/live/": live_relay.MAX_OFFER_BYTES + live_relay.MAX_TOOLS_BYTES,
+        "/v1/live/": schema.MAX_OFFER_BYTES + live_relay.MAX_TOOLS_BYTES,
     }
     app.state.asgi = FastPath(app, fast, bodies=bodies)
 

@@ -12,12 +12,13 @@ Realtime session uses (one machine for both backends):
   the journal and dictation when the user's turn ends.
 - ``session.delegation.created``: the model has taken its turn and handed work off
   (``ResponseStarted``: THINKING). Client delegations carry no task text (the type says so), so
-  the device answers them with ``session.commentary.append``. Under Responses delegation the
-  device's function tools (declared to the relay) are called by the backend: a nested
-  ``function_call`` arrives in ``response.event`` (``ToolCallRequested``); the result goes back
-  with ``response.item.create`` + ``response.create``.
+  the device answers them with ``session.commentary.append`` (``ResponseDone``). A Responses
+  delegation is done at the backend's nested ``response.completed`` (failed, incomplete). Under
+  Responses delegation the device's function tools (declared to the relay) are called by the
+  backend: a nested ``function_call`` arrives in ``response.event`` (``ToolCallRequested``); the
+  result goes back with ``response.item.create`` + ``response.create``.
 - the model's voice on the RTP track: ``ResponseStarted`` + ``ReplyAudioStarted`` when it starts
-  (SPEAKING), ``ReplyAudioStopped`` + ``ResponseDone`` after ``VOICE_HANG_MS`` of silence.
+  (SPEAKING), ``ResponseDone`` + ``ReplyAudioStopped`` after ``VOICE_HANG_MS`` of silence.
   ``session.output_transcript.delta`` fills the assistant's transcript.
 - ``session.closed`` (expired, content, hang-up, lost): ``SessionLost`` (reconnect, carry over).
 
@@ -280,8 +281,10 @@ class LiveSession(RealtimeSession):
             self._on_transcript(role, self.partial_reply.strip())
         self.partial_reply = ""
         self._announcing = False
-        self._on_event(m.ReplyAudioStopped(reply))
+        # as on Realtime (response.done, then output_audio_buffer.stopped): the reply is over
+        # once its audio stops, not back to THINKING in between
         self._on_event(m.ResponseDone(reply, "completed", had_audio=True))
+        self._on_event(m.ReplyAudioStopped(reply))
 
     def _track(self, data: JSON) -> None:
         kind = data["type"]
@@ -308,6 +311,8 @@ class LiveSession(RealtimeSession):
                         "content": CLIENT_DELEGATION_ANSWER,
                     }
                 )
+                # the device's part is done; the model's spoken answer is still to come
+                self._on_event(m.ResponseDone(str(delegation["id"]), "completed", had_audio=True))
         elif kind == "response.event":
             self._on_backend_event(data["event"])
         elif kind == "session.usage.updated":
@@ -331,7 +336,14 @@ class LiveSession(RealtimeSession):
             log.info("ignoring unknown server event %r", kind)
 
     def _on_backend_event(self, nested: JSON) -> None:
-        """A Responses event from the delegated backend: only its function calls concern us."""
+        """A Responses event from the delegated backend: its function calls, and its end (the
+        machine asks for the answer to tool outputs once the response is done; the model's
+        spoken answer is still to come)."""
+        if nested.get("type") in _BACKEND_DONE:
+            response = nested.get("response") or {}
+            status = str(response.get("status") or _BACKEND_DONE[nested["type"]])
+            self._on_event(m.ResponseDone(str(response.get("id")), status, had_audio=True))
+            return
         if nested.get("type") != "response.output_item.done":
             return
         item = nested.get("item") or {}
@@ -343,6 +355,11 @@ class LiveSession(RealtimeSession):
             )
 
 
+_BACKEND_DONE = {
+    "response.completed": "completed",
+    "response.failed": "failed",
+    "response.incomplete": "incomplete",
+}
 _KNOWN = {
     "session.updated",
     "session.input_audio.muted",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from provisioning.live_relay import (
 from provisioning.server import ProvisioningServer, Settings, profile_for
 from provisioning.standin import StandIn, StandInConfig
 from provisioning.store import Audit
+from tests.provisioning.test_server import forged
 from tests.wire_live import validate_create_request
 
 PROJECT_KEY = "sk-standin-" + secrets.token_hex(12)
@@ -139,7 +141,18 @@ async def test_the_relay_applies_the_mint_rules(
             replay = await http.post(
                 url, headers={"Authorization": f"Bearer {token}"}, json={"sdp": sdp}
             )
-            assert (replay.status_code, replay.json()["error"]["code"]) == (401, "replayed_token")
+            assert (replay.status_code, replay.json()["error"]["code"]) == (401, "replayed")
+            now = int(time.time())
+            skewed = await http.post(
+                url,
+                headers={
+                    "Authorization": f"Bearer {forged(identity, iat=now + 90, exp=now + 120)}"
+                },
+                json={"sdp": sdp},
+            )
+            refused = skewed.json()["error"]
+            assert (skewed.status_code, refused["code"]) == (401, "clock_skew")
+            assert refused["server_time"] == pytest.approx(time.time(), abs=5)
             unsigned = await http.post(url, json={"sdp": sdp})
             assert unsigned.status_code == 401
             bad = await http.post(

@@ -162,6 +162,8 @@ async def test_the_models_turns_become_machine_events(
     }
     nested = {"type": "response.output_item.done", "output_index": 0, "item": call}
     service.send("response.event", event=nested, delegation_id="dlg_2")
+    done = {"type": "response.completed", "response": {"id": "resp_2", "status": "completed"}}
+    service.send("response.event", event=done, delegation_id="dlg_2")
     error = {
         "type": "invalid_request_error",
         "code": "unknown_delegation",
@@ -181,7 +183,9 @@ async def test_the_models_turns_become_machine_events(
     assert events == [
         m.SpeechStarted(),
         m.ResponseStarted("dlg_1"),
+        m.ResponseDone("dlg_1", "completed", had_audio=True),  # answered; the voice follows
         m.ToolCallRequested("call_1", "get_time", "{}"),
+        m.ResponseDone("resp_2", "completed", had_audio=True),
         m.SessionLost("session closed: expired"),
     ]
     assert pair.transcripts == [("user", "what time is it")]
