@@ -414,10 +414,7 @@ class _Gauges(Collector):
 
 def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | None = None) -> None:
     """Mount the console's page and API (after ``admin.install``: it uses its check)."""
-    identity: Callable[[Request], Awaitable[str | None]] = app.state.admin_identity
-
-    def denied() -> JSONResponse:
-        return _error(401, "admin_required", "an admin credential is required")
+    identity: Callable[[Request], Awaitable[str | Response]] = app.state.admin_identity
 
     @app.get("/console", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -440,8 +437,9 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
         limit: int = 50,
         offset: int = 0,
     ) -> Response:
-        if await identity(request) is None:
-            return denied()
+        who = await identity(request)
+        if not isinstance(who, str):  # the admin check's own refusal (401, 429)
+            return who
         if flush is not None:
             await flush()
         body = await run_in_threadpool(fleet.overview, q, status, group, limit, offset)
@@ -449,8 +447,9 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
 
     @app.get("/v1/admin/devices/{device_id}/detail")
     async def detail(device_id: str, request: Request) -> Response:
-        if await identity(request) is None:
-            return denied()
+        who = await identity(request)
+        if not isinstance(who, str):  # the admin check's own refusal (401, 429)
+            return who
         found = await run_in_threadpool(fleet.device, device_id)
         if found is None:
             return _error(404, "unknown_device", f"no device {device_id!r}")
@@ -458,8 +457,9 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
 
     @app.get("/v1/admin/devices/{device_id}/history")
     async def history(device_id: str, request: Request, range: str = "24h") -> Response:
-        if await identity(request) is None:
-            return denied()
+        who = await identity(request)
+        if not isinstance(who, str):  # the admin check's own refusal (401, 429)
+            return who
         if range not in RANGES:
             return _error(400, "bad_request", "range is 24h or 7d")
         if flush is not None:
@@ -468,15 +468,16 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
 
     @app.get("/v1/admin/console/groups")
     async def groups(request: Request) -> Response:
-        if await identity(request) is None:
-            return denied()
+        who = await identity(request)
+        if not isinstance(who, str):  # the admin check's own refusal (401, 429)
+            return who
         return JSONResponse({"groups": await run_in_threadpool(fleet.groups)})
 
     @app.put("/v1/admin/groups/{name}/transcripts")
     async def transcripts(name: str, request: Request) -> Response:
         who = await identity(request)
-        if who is None:
-            return denied()
+        if not isinstance(who, str):  # the admin check's own refusal (401, 429)
+            return who
         try:
             enabled = (await request.json())["enabled"]
             if not isinstance(enabled, bool):
@@ -489,15 +490,16 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
 
     @app.get("/v1/admin/tokens")
     async def tokens(request: Request, group: str = "") -> Response:
-        if await identity(request) is None:
-            return denied()
+        who = await identity(request)
+        if not isinstance(who, str):  # the admin check's own refusal (401, 429)
+            return who
         return JSONResponse({"tokens": await run_in_threadpool(fleet.tokens, group)})
 
     @app.post("/v1/admin/tokens/{token_id}/expire")
     async def expire(token_id: int, request: Request) -> Response:
         who = await identity(request)
-        if who is None:
-            return denied()
+        if not isinstance(who, str):  # the admin check's own refusal (401, 429)
+            return who
         if not await run_in_threadpool(fleet.expire_token, token_id, who):
             return _error(404, "unknown_token", f"no token {token_id}")
         return JSONResponse({"id": token_id, "expired": True})
@@ -510,8 +512,9 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
         before: int | None = None,
         limit: int = 100,
     ) -> Response:
-        if await identity(request) is None:
-            return denied()
+        who = await identity(request)
+        if not isinstance(who, str):  # the admin check's own refusal (401, 429)
+            return who
         if flush is not None:
             await flush()
         rows = await run_in_threadpool(fleet.audit, action, device_id, before, limit)

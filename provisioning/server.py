@@ -242,6 +242,9 @@ def create_app(
         outcome = await run_in_threadpool(store.enroll, req.token, req.public_key, name)
         if not isinstance(outcome, Enrolled):
             metrics.enrollments.labels("refused").inc()
+            if outcome == "name_taken":
+                message = f"a device named {name!r} exists: enroll with another --name"
+                return error(409, "name_taken", message)
             return error(*ENROLL_REFUSALS[outcome])
         log.info(
             "device %s %s in group %s",

@@ -48,7 +48,9 @@ def _key() -> str:
     return public_key_b64(Ed25519PrivateKey.generate())
 
 
-async def _enroll(base: str, token: str, public_key: str, name: Any = "x") -> httpx.Response:
+async def _enroll(base: str, token: str, public_key: str, name: Any = None) -> httpx.Response:
+    """Names are unique: by default each key enrolls under a name of its own."""
+    name = f"d-{public_key[:12]}" if name is None else name
     async with httpx.AsyncClient() as http:
         return await http.post(
             f"{base}/v1/devices/enroll",

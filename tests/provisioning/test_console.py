@@ -223,11 +223,11 @@ async def test_refusals_are_counted_by_reason(server: ProvisioningServer, tmp_pa
     identity, source = await device(server, tmp_path, "den")
     await source.heartbeat(report(1))
     server.store.set_device_state(identity.device_id, "disable")
-    with pytest.raises(DeviceRevoked, match="403"):
+    with pytest.raises(DeviceRevoked, match="401 disabled"):
         await source.heartbeat(report(2))
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(f"{server.base_url}/metrics")).text
-    assert 'provisioning_refusals_total{reason="device_disabled"} 1.0' in metrics
+    assert 'provisioning_refusals_total{reason="disabled"} 1.0' in metrics
 
 
 def seed_history(server: ProvisioningServer, identity: Identity, hours: int) -> None:
@@ -310,7 +310,7 @@ async def test_console_in_chromium(server: ProvisioningServer, tmp_path: Path) -
         await page.screenshot(path=str(ARTEFACTS / "device-desktop.png"), full_page=True)
         await page.click("#disable")
         await page.wait_for_selector("#device-status:text-is('disabled')")
-        with pytest.raises(DeviceRevoked, match="403"):
+        with pytest.raises(DeviceRevoked, match="401 disabled"):
             await star_src.heartbeat(report(90060))
         await page.click("#enable")
         await page.wait_for_selector("#device-status:text-is('online')")

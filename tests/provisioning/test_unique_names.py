@@ -52,9 +52,10 @@ def test_upgrade_renames_duplicates_and_then_refuses_them(empty_url: str) -> Non
                 conn.execute(
                     text(
                         'INSERT INTO devices (id, name, "group", public_key, enabled, revoked,'
-                        " created_at, health) VALUES (:id, :name, 'g', 'k', true, false, :at, '{}')"
+                        " created_at, health)"
+                        " VALUES (:id, :name, 'g', :key, true, false, :at, '{}')"
                     ),
-                    {"id": f"dev_{i}", "name": name, "at": float(i)},
+                    {"id": f"dev_{i}", "name": name, "key": f"k{i}", "at": float(i)},
                 )
         migrations.upgrade(engine)
         with engine.connect() as conn:

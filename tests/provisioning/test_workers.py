@@ -108,12 +108,13 @@ async def test_a_token_is_claimed_at_most_its_uses_across_workers(
     token = store.create_token("default", max_uses=uses, label="race")
     store.close()
 
-    async def claim() -> int:
-        body = {"token": token, "public_key": public_key_b64(Ed25519PrivateKey.generate())}
+    async def claim(n: int) -> int:
+        key = public_key_b64(Ed25519PrivateKey.generate())
+        body = {"token": token, "public_key": key, "name": f"race-{n}"}
         async with httpx.AsyncClient(timeout=30) as http:
             return (await http.post(f"{workers}/v1/devices/enroll", json=body)).status_code
 
-    codes = await asyncio.gather(*(claim() for _ in range(50)))
+    codes = await asyncio.gather(*(claim(n) for n in range(50)))
     assert sorted(codes) == [201] * uses + [409] * (50 - uses)
     store = Store(db_url)
     try:

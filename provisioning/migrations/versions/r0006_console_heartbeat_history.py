@@ -62,10 +62,12 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_heartbeat_buckets_device", ["device_id", "span", "bucket"], unique=False
         )
-    with op.batch_alter_table("groups", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("report_transcripts", sa.Boolean(), server_default=sa.false(), nullable=False)
-        )
+    # a plain ADD COLUMN, also on SQLite: a batch copy of "groups" would drop the table that
+    # devices point at (refused with foreign keys on, once a device exists)
+    op.add_column(
+        "groups",
+        sa.Column("report_transcripts", sa.Boolean(), server_default=sa.false(), nullable=False),
+    )
 
 
 def downgrade() -> None:
