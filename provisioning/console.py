@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from provisioning.admin import _error
 from provisioning.history import History, as_dict, series
 from provisioning.models import ModelLifecycle
+from provisioning.schema import TranscriptsRequest, body, errors
 from provisioning.store import (
     Audit,
     Device,
@@ -428,7 +429,7 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
         body = (resources.files("provisioning") / "static" / name).read_bytes()
         return Response(body, media_type=STATIC[name], headers={"Cache-Control": "max-age=300"})
 
-    @app.get("/v1/admin/fleet")
+    @app.get("/v1/admin/fleet", responses=errors(401, 429))
     async def overview(
         request: Request,
         q: str = "",
@@ -445,7 +446,7 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
         body = await run_in_threadpool(fleet.overview, q, status, group, limit, offset)
         return JSONResponse(body)
 
-    @app.get("/v1/admin/devices/{device_id}/detail")
+    @app.get("/v1/admin/devices/{device_id}/detail", responses=errors(401, 404, 429))
     async def detail(device_id: str, request: Request) -> Response:
         who = await identity(request)
         if not isinstance(who, str):  # the admin check's own refusal (401, 429)
@@ -455,7 +456,7 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
             return _error(404, "unknown_device", f"no device {device_id!r}")
         return JSONResponse(found)
 
-    @app.get("/v1/admin/devices/{device_id}/history")
+    @app.get("/v1/admin/devices/{device_id}/history", responses=errors(400, 401, 404, 429))
     async def history(device_id: str, request: Request, range: str = "24h") -> Response:
         who = await identity(request)
         if not isinstance(who, str):  # the admin check's own refusal (401, 429)
@@ -466,14 +467,18 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
             await flush()
         return JSONResponse(await run_in_threadpool(fleet.device_history, device_id, range))
 
-    @app.get("/v1/admin/console/groups")
+    @app.get("/v1/admin/console/groups", responses=errors(401, 429))
     async def groups(request: Request) -> Response:
         who = await identity(request)
         if not isinstance(who, str):  # the admin check's own refusal (401, 429)
             return who
         return JSONResponse({"groups": await run_in_threadpool(fleet.groups)})
 
-    @app.put("/v1/admin/groups/{name}/transcripts")
+    @app.put(
+        "/v1/admin/groups/{name}/transcripts",
+        responses=errors(400, 401, 404, 429),
+        openapi_extra=body(TranscriptsRequest),
+    )
     async def transcripts(name: str, request: Request) -> Response:
         who = await identity(request)
         if not isinstance(who, str):  # the admin check's own refusal (401, 429)
@@ -488,14 +493,14 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
             return _error(404, "unknown_group", f"no group {name!r}")
         return JSONResponse({"name": name, "transcripts": enabled})
 
-    @app.get("/v1/admin/tokens")
+    @app.get("/v1/admin/tokens", responses=errors(401, 429))
     async def tokens(request: Request, group: str = "") -> Response:
         who = await identity(request)
         if not isinstance(who, str):  # the admin check's own refusal (401, 429)
             return who
         return JSONResponse({"tokens": await run_in_threadpool(fleet.tokens, group)})
 
-    @app.post("/v1/admin/tokens/{token_id}/expire")
+    @app.post("/v1/admin/tokens/{token_id}/expire", responses=errors(401, 404, 429))
     async def expire(token_id: int, request: Request) -> Response:
         who = await identity(request)
         if not isinstance(who, str):  # the admin check's own refusal (401, 429)
@@ -504,7 +509,7 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
             return _error(404, "unknown_token", f"no token {token_id}")
         return JSONResponse({"id": token_id, "expired": True})
 
-    @app.get("/v1/admin/audit/search")
+    @app.get("/v1/admin/audit/search", responses=errors(400, 401, 429))
     async def audit(
         request: Request,
         action: str = "",

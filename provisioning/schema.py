@@ -149,6 +149,10 @@ class TokenRequest(BaseModel):
     label: str = Field(default="", max_length=128)
 
 
+class TranscriptsRequest(BaseModel):
+    enabled: bool
+
+
 class GroupRequest(BaseModel):
     profile: dict[str, Any] | None = Field(
         default=None, description="the Realtime session object minted into keys; has a `type`"

@@ -12,6 +12,7 @@ import datetime as dt
 import gc
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +26,6 @@ from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError, from_json, to_json
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Scope
 
 from provisioning import admin, console, live_relay, schema
@@ -100,6 +100,21 @@ def error(status: int, code: str, message: str, retry_after: float | None = None
 
 MODEL_RETIRED_RETRY_S = 300.0
 """Retry-After of a mint refused because the group's model was shut down."""
+
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def allowed_methods(openapi: dict[str, Any], path: str) -> list[str]:
+    """The methods the schema documents for ``path`` (``Allow`` of a 405). Read off the
+    schema rather than the router: FastAPI may keep an included router's routes to itself."""
+    found: dict[int, set[str]] = {}  # by how many parameters the template has
+    for template, operations in openapi.get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods = found.setdefault(template.count("{"), set())
+            methods |= {m.upper() for m in operations if m in HTTP_METHODS}
+    return sorted(found[min(found)]) if found else []  # the most specific template wins
 
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
@@ -198,13 +213,7 @@ def create_app(
             exc.status_code, HTTP_CODES.get(exc.status_code, "bad_request"), exc.detail
         )
         if exc.status_code == 405:
-            methods = {
-                method
-                for route in app.router.routes
-                if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE
-                for method in route.methods or ()
-            }
-            response.headers["Allow"] = ", ".join(sorted(methods))
+            response.headers["Allow"] = ", ".join(allowed_methods(app.openapi(), request.url.path))
         return response
 
     @app.get("/healthz")
