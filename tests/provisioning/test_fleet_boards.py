@@ -43,7 +43,7 @@ def test_a_bundle_keeps_the_boards_audio_and_activation(tmp_path: Path) -> None:
 
 def test_the_4mic_bundle_can_be_activated(tmp_path: Path) -> None:
     cfg = appliance_config.load(bundle_config(tmp_path, "respeaker-4mic"), environ={})
-    assert cfg.activation.wake_word == "okay_nabu"
+    assert cfg.activation.wake_word == "alexa"
     assert cfg.audio.input_device == "seeed-4mic-voicecard"
 
 
