@@ -7,7 +7,13 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Pi-only extras (PyAudio, systemd-python) build from source and need apt packages:
 # portaudio19-dev libsystemd-dev pkg-config (see .ci/run and scripts/install.sh).
-EXTRAS ?= server,dev,wake,aec,postgres,pi
+# Five distributions in one repository (see pyproject.toml); editable installs of all of them.
+BASE_PKGS := -e ./common[webrtc,http] -e ./device -e ./server -e ./stand-in -e ./devtools
+DEV_PKGS ?= -e ./common[webrtc,http] -e ./device[pi,wake,aec,test] -e ./server[postgres] \
+	-e ./stand-in -e ./devtools[test]
+SOURCES := common device server stand-in devtools tests
+PYPROJECTS := pyproject.toml common/pyproject.toml device/pyproject.toml server/pyproject.toml \
+	stand-in/pyproject.toml devtools/pyproject.toml
 
 .PHONY: help venv venv-dev demo test lint fmt typecheck pytest bench soak clean install uninstall pi-check
 
@@ -17,14 +23,14 @@ help:
 	@echo "make bench  - latency, CPU, audio and mint benchmarks (prints tables)"
 	@echo "make pi-check - install on an emulated arm64 Debian trixie (Pi OS stand-in) and test there (root)"
 
-$(VENV)/.stamp-base: pyproject.toml
+$(VENV)/.stamp-base: $(PYPROJECTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[server]"
+	$(PIP) install -q $(BASE_PKGS)
 	touch $@
 
-$(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-base
-	$(PIP) install -q -e ".[$(EXTRAS)]"
+$(VENV)/.stamp-dev: $(PYPROJECTS) $(VENV)/.stamp-base
+	$(PIP) install -q $(DEV_PKGS)
 	touch $@
 
 venv: $(VENV)/.stamp-base
@@ -32,16 +38,16 @@ venv-dev: $(VENV)/.stamp-dev
 
 BACKEND ?= realtime
 demo: $(VENV)/.stamp-base
-	$(PY) -m appliance.demo --backend $(BACKEND)
+	$(PY) -m appliance_dev.demo --backend $(BACKEND)
 
 lint: $(VENV)/.stamp-dev
-	$(VENV)/bin/ruff check appliance provisioning tests
-	$(VENV)/bin/ruff format --check appliance provisioning tests
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
 	$(VENV)/bin/mypy
 
 fmt: $(VENV)/.stamp-dev
-	$(VENV)/bin/ruff format appliance provisioning tests
-	$(VENV)/bin/ruff check --fix appliance provisioning tests
+	$(VENV)/bin/ruff format $(SOURCES)
+	$(VENV)/bin/ruff check --fix $(SOURCES)
 
 pytest: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -49,13 +55,13 @@ pytest: $(VENV)/.stamp-dev
 test: lint pytest
 
 bench: $(VENV)/.stamp-dev
-	$(PY) -m appliance.bench
+	$(PY) -m appliance_dev.bench
 
 soak: $(VENV)/.stamp-dev
-	$(PY) -m appliance.bench soak
+	$(PY) -m appliance_dev.bench soak
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build */*.egg-info
 
 # Emulated 64-bit Raspberry Pi OS (Debian trixie arm64 under qemu): install.sh, appliance check,
 # the device's unit tests. Root cached in /var/cache/appliance-pi-check. PI_CHECK_SUITE=bookworm too.

@@ -104,7 +104,8 @@ install_all() {
   # the code, and a venv that can see Debian's PyAudio/systemd/lgpio
   copy_source
   run python3 -m venv --system-site-packages /opt/appliance/venv
-  run /opt/appliance/venv/bin/pip install --upgrade "/opt/appliance/src[wake]"
+  # the device distribution and the shared one, nothing of the server's
+  run /opt/appliance/venv/bin/pip install --upgrade "/opt/appliance/src/common[webrtc]" "/opt/appliance/src/device[wake]"
   link_command appliance
 
   install -m 0644 "$SRC/systemd/appliance.service" "$UNIT_DIR/appliance.service"
@@ -124,7 +125,8 @@ install_server() {
   run apt-get install -y --no-install-recommends $SERVER_APT_PACKAGES
   copy_source
   run python3 -m venv /opt/appliance/venv
-  run /opt/appliance/venv/bin/pip install --upgrade "/opt/appliance/src[server,postgres]"
+  # the server distribution and the shared one: no WebRTC, audio or GPIO packages
+  run /opt/appliance/venv/bin/pip install --upgrade "/opt/appliance/src/common[http]" "/opt/appliance/src/server[postgres]"
   link_command provisioning
   mkdir -p "$UNIT_DIR" "$ROOT/etc/provisioning"
   chmod 0700 "$ROOT/etc/provisioning"

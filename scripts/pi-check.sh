@@ -159,7 +159,7 @@ grep -q "board = \"$BOARD\"" "$ROOT/etc/appliance/appliance.toml" ||
 
 step "appliance check on mock pins and WAV audio (must pass)"
 in_root "$ROOT" /usr/bin/env GPIOZERO_PIN_FACTORY=mock APPLIANCE_AUDIO_BACKEND=wav \
-  APPLIANCE_AUDIO_WAV_INPUT=/opt/appliance/src/appliance/assets/question-time.wav \
+  APPLIANCE_AUDIO_WAV_INPUT=/opt/appliance/src/device/appliance/assets/question-time.wav \
   appliance check --config /etc/appliance/appliance.toml --no-button --offline
 
 step "appliance check without hardware (FAIL rows, no traceback)"
@@ -175,7 +175,7 @@ fi
 step "device unit tests under Python $PY_EXPECT (tests/device tests/hw)"
 # the `test` extra's packages alone (the project itself is installed already)
 in_root "$ROOT" /bin/sh -c '/opt/appliance/venv/bin/pip install -q $(/opt/appliance/venv/bin/python -c \
-  "import tomllib; print(*tomllib.load(open(\"/home/pi/appliance/pyproject.toml\", \"rb\"))[\"project\"][\"optional-dependencies\"][\"test\"])")' 
+  "import tomllib; print(*tomllib.load(open(\"/home/pi/appliance/device/pyproject.toml\", \"rb\"))[\"project\"][\"optional-dependencies\"][\"test\"])")' 
 started=$SECONDS
 in_root "$ROOT" /bin/sh -c 'cd /home/pi/appliance && exec /opt/appliance/venv/bin/python -m pytest -q -p no:cacheprovider tests/device tests/hw'
 echo "   tests took $((SECONDS - started)) s"

@@ -15,7 +15,7 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from appliance.realtime.ice import allow_loopback
+from appliance_common.ice import allow_loopback
 
 REQUIRE_ALL = os.environ.get("APPLIANCE_REQUIRE_ALL") == "1"
 

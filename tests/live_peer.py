@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from aiortc import RTCSessionDescription
 
-from appliance.realtime.ice import PeerConnection
+from appliance_common.ice import PeerConnection
 from tests.peer import ClipTrack
 from tests.wire_live import (
     validate_create_request,

@@ -20,7 +20,7 @@ from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from appliance.audio.frames import Pcm, Resampler
-from appliance.realtime.ice import PeerConnection
+from appliance_common.ice import PeerConnection
 from tests.wire import validate_client, validate_server
 
 RATE = 48_000

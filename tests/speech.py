@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 
 from appliance.audio.frames import Pcm, resample
-from provisioning.standin.voice import read_wav
+from standin.voice import read_wav
 from tests.conftest import require_tool
 
 

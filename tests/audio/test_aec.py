@@ -10,7 +10,6 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from appliance.audio import room
 from appliance.audio.aec import (
     EchoCanceller,
     EchoSuppressor,
@@ -32,6 +31,7 @@ from appliance.audio.speexdsp import (
     SpeexPreprocessor,
     load_library,
 )
+from appliance_dev import room
 from tests.conftest import require
 
 RATE = 16_000

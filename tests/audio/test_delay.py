@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from appliance.audio import room
 from appliance.audio.aec import ReferenceBuffer
 from appliance.audio.delay import DelayEstimator, gcc_phat
 from appliance.audio.frontend import DSP_FORMAT, FrontEnd
 from appliance.config import Config
+from appliance_dev import room
 
 RATE = 16_000
 FRAME = RATE // 50

@@ -1,7 +1,7 @@
 """The front end's barge-in decision on hard rooms: divergence is detected, not assumed away.
 
-Each test plays a seeded room of ``appliance.audio.roomset`` through the app's own
-``FrontEnd`` on stream time (``appliance.bench.audio.play``) and looks at what the app acts
+Each test plays a seeded room of ``appliance_dev.roomset`` through the app's own
+``FrontEnd`` on stream time (``appliance_dev.bench.audio.play``) and looks at what the app acts
 on: ``speech_started``. The user speaks only at the very end (11.5 s), so any earlier start
 is the device interrupting itself.
 """
@@ -13,9 +13,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from appliance.audio import roomset
 from appliance.audio.echoguard import EchoGuard
-from appliance.bench.audio import StreamClock, front_end, play
+from appliance_dev import roomset
+from appliance_dev.bench.audio import StreamClock, front_end, play
 
 FRAME = 320
 USER_AT_S = 11.5

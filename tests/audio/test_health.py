@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from appliance.audio import roomset
 from appliance.audio.base import AudioFormat
 from appliance.audio.frontend import FrontEnd
-from appliance.bench.audio import StreamClock, front_end, play
+from appliance_dev import roomset
+from appliance_dev.bench.audio import StreamClock, front_end, play
 
 
 def _played(condition: str, seed: int, guard: bool, **kw: float) -> tuple[FrontEnd, list[int]]:

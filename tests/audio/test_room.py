@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.audio import room
 from appliance.audio.aec import HalfDuplex, Passthrough
+from appliance_dev import room
 
 RATE = 16_000
 

@@ -19,9 +19,9 @@ from appliance.audio.wake import (
     available_models,
     sensitivity_threshold,
 )
-from appliance.bench.wake import score_trace
 from appliance.config import ActivationConfig, Config
 from appliance.errors import ConfigError
+from appliance_dev.bench.wake import score_trace
 from tests.conftest import require
 from tests.speech import speech
 

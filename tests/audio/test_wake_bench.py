@@ -1,4 +1,4 @@
-"""Helpers of the wake-word bench (appliance/bench/wake.py) on tiny inputs."""
+"""Helpers of the wake-word bench (devtools/appliance_dev/bench/wake.py) on tiny inputs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.bench import wake as bench
+from appliance_dev.bench import wake as bench
 from tests.conftest import require_tool
 
 

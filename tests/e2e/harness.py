@@ -26,10 +26,10 @@ from appliance.config import (
     RealtimeConfig,
     SessionConfig,
 )
-from appliance.demo import asset
 from appliance.realtime.keys import CachedKeySource, EphemeralKey, KeySource
 from appliance.realtime.tools import ToolRegistry, builtin_registry
-from provisioning.standin import StandIn
+from appliance_dev.demo import asset
+from standin import StandIn
 from tests.standin.conftest import mint
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance import machine as m
-from appliance.realtime.ice import allow_loopback
-from provisioning.standin import StandIn, StandInConfig
+from appliance_common.ice import allow_loopback
+from standin import StandIn, StandInConfig
 from tests.e2e.harness import device
 from tests.standin.conftest import API_KEY
 

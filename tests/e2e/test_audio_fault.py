@@ -12,7 +12,7 @@ from appliance import machine as m
 from appliance.audio.base import AudioFormat
 from appliance.audio.wav import WavSink, WavSource
 from appliance.errors import AudioDeviceError
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.e2e.harness import device
 from tests.standin.conftest import API_KEY
 

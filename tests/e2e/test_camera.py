@@ -12,7 +12,7 @@ import pytest
 
 from appliance import machine as m
 from appliance.camera import encode_jpeg, jpeg_budget, jpeg_that_fits
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.e2e.harness import device
 from tests.standin.conftest import API_KEY
 from tests.wire import validate_client

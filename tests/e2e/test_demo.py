@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pytest
 
 from appliance import machine as m
-from appliance.demo import Report, run_demo
+from appliance_dev.demo import Report, run_demo
 from tests.wire import validate_client, validate_server
 
 
@@ -92,7 +92,7 @@ def test_every_event_on_the_wire_is_valid_ga(report: Report) -> None:
 
 def test_make_demo_command_exits_zero(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "appliance.demo", "--out", str(tmp_path)],
+        [sys.executable, "-m", "appliance_dev.demo", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from appliance.demo import STANDIN_KEY, Report, run_demo
+from appliance_dev.demo import STANDIN_KEY, Report, run_demo
 from tests.e2e.test_demo import TWO_TURNS, states
 from tests.wire_live import validate_live_client, validate_live_server
 

@@ -12,8 +12,8 @@ import pytest
 
 from appliance import machine as m
 from appliance.config import RealtimeConfig
-from appliance.demo import asset
-from provisioning.standin import StandIn, StandInConfig
+from appliance_dev.demo import asset
+from standin import StandIn, StandInConfig
 from tests.e2e.harness import client_events, device
 from tests.standin.conftest import API_KEY
 from tests.wire import validate_client

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from appliance import machine as m
-from appliance.audio.simroom import SimRoom
 from appliance.config import ActivationConfig, AudioConfig
-from provisioning.standin import StandIn, StandInConfig
+from appliance_dev.simroom import SimRoom
+from standin import StandIn, StandInConfig
 from tests.conftest import require
 from tests.e2e.harness import client_events, device
 from tests.speech import speech

@@ -24,15 +24,15 @@ from appliance import machine as m
 from appliance.app import make_gpio
 from appliance.audio.base import AudioFormat
 from appliance.audio.wav import WavSink, WavSource
-from appliance.demo import asset
 from appliance.errors import AudioDeviceError, ConfigError
 from appliance.heartbeat import health, send
 from appliance.identity import Identity
 from appliance.leds import PATTERNS, GpioLeds, Kind
 from appliance.realtime.keys import EphemeralKey
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
-from provisioning.standin import StandIn, StandInConfig
-from provisioning.standin.call import Call
+from appliance_dev.demo import asset
+from standin import StandIn, StandInConfig
+from standin.call import Call
 from tests.e2e.harness import Device as Dev
 from tests.e2e.harness import client_events, device
 from tests.fakehttp import Fixed, fixed_reply

@@ -21,7 +21,7 @@ from appliance.audio.wav import WavSink, WavSource
 from appliance.config import AudioConfig, Config, DeviceConfig
 from appliance.realtime.live import LiveSession
 from appliance.realtime.tools import builtin_registry
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.e2e.harness import Device, StandInKeys
 from tests.standin.conftest import API_KEY
 from tests.wire_live import validate_live_client

@@ -16,7 +16,7 @@ from appliance.realtime.keys import CachedKeySource
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from appliance.realtime.tools import builtin_registry
 from provisioning.server import ProvisioningServer, Settings
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.e2e.harness import Device
 from tests.standin.conftest import API_KEY
 

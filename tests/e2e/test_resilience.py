@@ -10,7 +10,7 @@ import pytest
 
 from appliance import machine as m
 from appliance.heartbeat import health
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.e2e.harness import client_events, device
 from tests.standin.conftest import API_KEY
 from tests.wire import validate_client

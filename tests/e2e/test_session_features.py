@@ -15,10 +15,10 @@ import pytest
 
 from appliance import machine as m
 from appliance.config import RealtimeConfig
-from appliance.demo import asset
 from appliance.realtime import messages as msg
 from appliance.realtime.tools import Tool, builtin_registry
-from provisioning.standin import StandIn
+from appliance_dev.demo import asset
+from standin import StandIn
 from tests.e2e.harness import Device, client_events, device
 from tests.realtime.test_session import until
 from tests.standin.conftest import scripted

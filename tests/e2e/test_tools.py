@@ -17,7 +17,7 @@ from appliance.audio.base import AudioFormat
 from appliance.audio.wav import WavSink
 from appliance.devicetools import GainSink, Volume, load_entry_point_tools
 from appliance.realtime.tools import ToolRegistry
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.e2e.harness import client_events, device
 from tests.standin.conftest import API_KEY
 from tests.wire import validate_client

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import MetaData
 
 from provisioning.server import ProvisioningServer, Settings
-from provisioning.standin import StandIn, StandInConfig
 from provisioning.store import make_engine
+from standin import StandIn, StandInConfig
 from tests.conftest import require
 
 STANDIN_KEY = "sk-standin-provisioning-test"

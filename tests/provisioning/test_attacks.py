@@ -23,11 +23,11 @@ from sqlalchemy import select
 from starlette.types import Receive, Scope, Send
 
 from appliance.identity import Identity, public_key_b64, rotate
-from provisioning import serving
+from appliance_common import serving
+from appliance_common.serving import Served
 from provisioning.server import ProvisioningServer, Settings
-from provisioning.serving import Served
-from provisioning.standin import StandIn
 from provisioning.store import Audit, Device, hash_token
+from standin import StandIn
 from tests.provisioning import test_server
 from tests.provisioning.test_server import enrolled, forged, post
 

@@ -18,8 +18,8 @@ from appliance.identity import Identity, enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.history import RESOLUTIONS, History, percentile, summarise
 from provisioning.server import ProvisioningServer, Settings
-from provisioning.standin import StandIn, StandInConfig
 from provisioning.store import Audit, Device, Group, HeartbeatBucket, Store
+from standin import StandIn, StandInConfig
 from tests.browser import CHROMIUM, chromium_args, silent_wav
 from tests.provisioning.conftest import STANDIN_KEY
 

@@ -24,8 +24,8 @@ from provisioning.live_relay import (
     session_config,
 )
 from provisioning.server import ProvisioningServer, Settings, profile_for
-from provisioning.standin import StandIn, StandInConfig
 from provisioning.store import Audit
+from standin import StandIn, StandInConfig
 from tests.provisioning.test_server import forged
 from tests.wire_live import validate_create_request
 

@@ -17,11 +17,14 @@ import pytest
 from sqlalchemy import select
 
 from appliance.identity import Identity, enroll
-from provisioning.__main__ import main as cli
-from provisioning.models import (
+from appliance_common.models import (
     DEFAULT_MINI_MODEL,
     DEFAULT_MODEL,
     DEFAULT_TRANSCRIPTION_MODEL,
+    SHUTDOWN_DATES,
+)
+from provisioning.__main__ import main as cli
+from provisioning.models import (
     ModelLifecycle,
     ModelWatch,
     SettingsError,
@@ -30,8 +33,8 @@ from provisioning.models import (
     parse_models_list,
 )
 from provisioning.server import ProvisioningServer, Settings
-from provisioning.standin import StandIn, StandInConfig
 from provisioning.store import Audit, Group, Store
+from standin import StandIn, StandInConfig
 
 KEY = "sk-standin-models-test"
 OLD = {
@@ -460,16 +463,13 @@ def test_cli_group_set_refuses_a_shut_down_or_unknown_model(
     assert cli(["--database-url", url, "group", "set", "--all"]) == 64
 
 
-def test_device_and_server_agree_on_the_defaults() -> None:
-    """One constant per package (the device does not import the server): they must match."""
+def test_device_and_server_defaults_are_current() -> None:
+    """Device config and server read one catalogue (appliance_common.models); none retires."""
     from appliance import config
-    from provisioning import models
 
-    assert (config.DEFAULT_MODEL, config.DEFAULT_MINI_MODEL) == (DEFAULT_MODEL, DEFAULT_MINI_MODEL)
-    assert config.DEFAULT_TRANSCRIPTION_MODEL == models.DEFAULT_TRANSCRIPTION_MODEL
     assert config.RealtimeConfig().transcription_model == DEFAULT_TRANSCRIPTION_MODEL
-    assert models.SHUTDOWN_DATES[DEFAULT_TRANSCRIPTION_MODEL] is None
-    assert models.SHUTDOWN_DATES[DEFAULT_MODEL] is None
+    assert SHUTDOWN_DATES[DEFAULT_TRANSCRIPTION_MODEL] is None
+    assert SHUTDOWN_DATES[DEFAULT_MODEL] is None
     store = Store("sqlite://")
     try:
         store.ensure_group("default")

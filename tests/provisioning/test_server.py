@@ -22,8 +22,8 @@ from appliance.errors import DeviceRevoked, EnrollmentError, ProvisioningUnavail
 from appliance.identity import AUDIENCE, Identity, enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.server import ProvisioningServer, Settings, profile_for
-from provisioning.standin import StandIn, StandInConfig
 from provisioning.store import Audit, Device, MintCounter, UsedJti
+from standin import StandIn, StandInConfig
 
 STANDARD_KEY = "sk-standin-" + secrets.token_hex(12)
 

@@ -10,7 +10,7 @@ import httpx
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
-from provisioning.serving import MAX_BODY, FastPath, Reply, Served, header
+from appliance_common.serving import MAX_BODY, FastPath, Reply, Served, header
 
 
 async def _ok(scope: Scope, receive: Receive, send: Send) -> None:

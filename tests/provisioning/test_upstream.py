@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from starlette.types import Receive, Scope, Send
 
-from provisioning.serving import Served
-from provisioning.standin import StandIn, StandInConfig
+from appliance_common.serving import Served
 from provisioning.upstream import Upstream, UpstreamError
+from standin import StandIn, StandInConfig
 
 KEY = "sk-standin-upstream-test"
 PROFILE = {"type": "realtime", "model": "gpt-realtime-2.1"}

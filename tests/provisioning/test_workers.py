@@ -19,8 +19,8 @@ from sqlalchemy import select
 from appliance.errors import RateLimited
 from appliance.identity import enroll, public_key_b64
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
-from provisioning.standin import StandIn, StandInConfig
 from provisioning.store import Device, Store, hash_token
+from standin import StandIn, StandInConfig
 from tests.standin.conftest import API_KEY
 
 LIMIT = 5

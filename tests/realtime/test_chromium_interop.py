@@ -21,7 +21,7 @@ from appliance.audio.wav import WavSink, WavSource
 from appliance.config import Config
 from appliance.realtime.keys import EphemeralKey, StaticKeySource
 from appliance.realtime.tools import builtin_registry
-from provisioning.serving import Served
+from appliance_common.serving import Served
 from tests.browser import CHROMIUM, chromium_args
 from tests.speech import speech
 from tests.wire import validate_client, validate_server

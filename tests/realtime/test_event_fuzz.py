@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from appliance import machine as m
 from appliance.realtime.webrtc import RealtimeSession
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.e2e.harness import Device, device
 from tests.standin.conftest import API_KEY
 from tests.wire import validate_server

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from appliance.errors import RealtimeUnreachable
-from appliance.realtime.ice import PeerConnection
 from appliance.realtime.webrtc import RealtimeSession
-from provisioning.standin import StandIn, StandInConfig
-from provisioning.standin.call import Call
+from appliance_common.ice import PeerConnection
+from standin import StandIn, StandInConfig
+from standin.call import Call
 from tests.realtime.test_session_events import offline_session
 
 

@@ -19,10 +19,10 @@ from aiortc import RTCSessionDescription
 from appliance import machine as m
 from appliance.audio.base import AudioFormat
 from appliance.audio.wav import WavSink
-from appliance.realtime.ice import PeerConnection, allow_loopback
 from appliance.realtime.live import VOICE_HANG_MS, LiveSession, VoiceGate
 from appliance.realtime.media import MicTrack
-from provisioning.standin.media import ReplyTrack, make_track
+from appliance_common.ice import PeerConnection, allow_loopback
+from standin.media import ReplyTrack, make_track
 from tests.wire_live import validate_live_client, validate_live_server
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from appliance.audio.base import AudioFormat
-from appliance.bench.soak import loss_available, measure_loss
 from appliance.realtime import jitter
 from appliance.realtime.jitter import ConcealingJitterBuffer, OpusDecoder
 from appliance.realtime.media import UPLINK_BITRATE, MicTrack
+from appliance_dev.bench.soak import loss_available, measure_loss
 from tests.conftest import require, require_tool
 
 

@@ -19,7 +19,7 @@ from appliance.realtime.keys import CachedKeySource, EphemeralKey, StaticKeySour
 from appliance.realtime.media import MicTrack
 from appliance.realtime.tools import Tool, ToolRegistry, builtin_registry
 from appliance.realtime.webrtc import RealtimeSession
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.standin.conftest import API_KEY, mint
 from tests.wire import validate_client
 
@@ -222,7 +222,7 @@ async def test_cached_keys_are_reused_until_shortly_before_expiry() -> None:
 
 
 def test_the_offer_asks_for_opus_in_band_fec() -> None:
-    from appliance.realtime.opus import ask_for_opus_fec
+    from appliance_common.opus import ask_for_opus_fec
 
     sdp = (
         "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96 0\r\n"

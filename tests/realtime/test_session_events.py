@@ -17,7 +17,7 @@ from appliance.audio.wav import WavSink
 from appliance.realtime.keys import EphemeralKey, StaticKeySource
 from appliance.realtime.media import MicTrack
 from appliance.realtime.webrtc import RealtimeSession
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.realtime.test_session import open_session, until
 from tests.standin.conftest import API_KEY
 from tests.wire import validate_client, validate_server

@@ -21,7 +21,7 @@ from appliance.config import AudioConfig, Config, DeviceConfig
 from appliance.identity import enroll
 from provisioning.live_relay import live_profile
 from provisioning.server import ProvisioningServer, Settings
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from appliance.identity import Identity, enroll
 from appliance.realtime.keys import CachedKeySource, EphemeralKey
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.server import ProvisioningServer, Settings
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.conftest import require_tool
 from tests.e2e.harness import device
 from tests.fakehttp import Fixed, fixed_reply

@@ -93,7 +93,8 @@ def test_server_install_puts_provisioning_where_the_unit_runs_it(tmp_path: Path)
     )
     plan = (tmp_path / "install-plan.txt").read_text().splitlines()
     assert (
-        "/opt/appliance/venv/bin/pip install --upgrade /opt/appliance/src[server,postgres]" in plan
+        "/opt/appliance/venv/bin/pip install --upgrade /opt/appliance/src/common[http]"
+        " /opt/appliance/src/server[postgres]" in plan
     )
     assert plan[-1] == "systemctl enable provisioning.service"
     assert (tmp_path / "etc/provisioning").stat().st_mode & 0o777 == 0o700

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from appliance.logging_setup import Redact, redact, setup, under_systemd
+from appliance_common.logging_setup import Redact, redact, setup, under_systemd
 
 SECRETS = [
     "sk-proj-AbCdEf0123456789",

@@ -23,7 +23,7 @@ from appliance.realtime.keys import EphemeralKey, StaticKeySource
 from appliance.realtime.media import MicTrack
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from appliance.realtime.webrtc import RealtimeSession
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.e2e.harness import device
 from tests.fakehttp import Fixed, fixed_reply
 from tests.service.test_startup import write_identity

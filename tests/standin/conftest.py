@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 
 API_KEY = "sk-standin-test"
 

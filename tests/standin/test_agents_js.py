@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from starlette.staticfiles import StaticFiles
 
-from provisioning.serving import Served
-from provisioning.standin import StandIn
+from appliance_common.serving import Served
+from standin import StandIn
 from tests.browser import CHROMIUM, chromium_args
 from tests.conftest import require
 from tests.speech import speech

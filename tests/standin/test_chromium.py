@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.responses import HTMLResponse
 
-from provisioning.standin import StandIn
+from standin import StandIn
 from tests.browser import CHROMIUM, chromium_args
 from tests.speech import speech
 from tests.standin.conftest import mint

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from provisioning.standin import StandIn
+from standin import StandIn
 from tests.standin.conftest import API_KEY
 
 ORIGIN = "http://127.0.0.1:1"

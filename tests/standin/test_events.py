@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.peer import GaPeer
 from tests.speech import speech
 from tests.standin.conftest import API_KEY, mint

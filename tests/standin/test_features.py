@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from provisioning.standin import StandIn
+from standin import StandIn
 from tests.peer import GaPeer
 from tests.speech import speech
 from tests.standin.conftest import scripted
@@ -266,7 +266,7 @@ async def test_good_feature_values_are_applied_and_echoed(standin: StandIn) -> N
 
 
 def test_script_rules_for_parallel_calls_and_preambles() -> None:
-    from provisioning.standin.script import Rule, Script, _normalise
+    from standin.script import Rule, Script, _normalise
 
     rule = Rule(**_normalise({"when_contains": "x", "calls": [{"name": "a"}, {"name": "b"}]}))
     script = Script(rules=(rule,))

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
-from provisioning.standin import StandIn, StandInConfig
+from standin import StandIn, StandInConfig
 from tests.peer import GaPeer
 from tests.standin.conftest import API_KEY, mint
 
@@ -185,7 +185,7 @@ async def test_the_openai_sdk_works_against_the_stand_in(standin: StandIn) -> No
 
 
 async def test_a_long_run_forgets_keys_long_expired(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("provisioning.standin.server.KEEP_KEYS", 3)
+    monkeypatch.setattr("standin.server.KEEP_KEYS", 3)
     now = [1_000_000.0]
     async with StandIn(StandInConfig(api_key=API_KEY), clock=lambda: now[0]) as standin:
         old = [await mint(standin.base_url, seconds=10) for _ in range(3)]

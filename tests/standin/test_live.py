@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from provisioning.standin import StandIn
+from standin import StandIn
 from tests.live_peer import LivePeer
 from tests.speech import speech
 from tests.standin.conftest import API_KEY

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.responses import HTMLResponse
 
-from provisioning.standin import StandIn
+from standin import StandIn
 from tests.browser import CHROMIUM, chromium_args
 from tests.standin.conftest import API_KEY
 from tests.standin.test_chromium import write_wav

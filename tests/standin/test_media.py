@@ -13,8 +13,8 @@ from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.rtp import RtpPacket
 
 from appliance.realtime.jitter import ConcealingReceiver
-from provisioning.standin import StandIn
-from provisioning.standin.media import ReplyTrack, make_track
+from standin import StandIn
+from standin.media import ReplyTrack, make_track
 from tests.realtime.test_loss import decode_with_loss, error_db
 from tests.speech import speech
 from tests.standin.conftest import mint

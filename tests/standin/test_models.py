@@ -9,8 +9,8 @@ import httpx
 import pytest
 from openai.types import Model
 
-from provisioning.models import DEFAULT_MODEL, DEFAULT_TRANSCRIPTION_MODEL
-from provisioning.standin import StandIn
+from appliance_common.models import DEFAULT_MODEL, DEFAULT_TRANSCRIPTION_MODEL
+from standin import StandIn
 from tests.standin.conftest import API_KEY
 from tests.standin.test_events import GET_TIME, connect
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.standin import StandIn, StandInConfig
-from provisioning.standin.script import Script
+from standin import StandIn, StandInConfig
+from standin.script import Script
 from tests.peer import GaPeer
 from tests.standin.conftest import API_KEY, mint
 

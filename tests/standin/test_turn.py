@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from provisioning.standin import StandIn
+from standin import StandIn
 from tests.peer import GaPeer
 from tests.speech import speech
 from tests.standin.conftest import mint

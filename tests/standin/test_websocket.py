@@ -14,8 +14,8 @@ from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 from websockets.exceptions import InvalidStatus
 
-from provisioning.standin import StandIn
-from provisioning.standin.media import decode_wire, encode_wire, wire_rate
+from standin import StandIn
+from standin.media import decode_wire, encode_wire, wire_rate
 from tests.peer import GaPeer
 from tests.speech import speech
 from tests.standin.conftest import API_KEY, mint

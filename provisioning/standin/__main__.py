@@ -1,3 +1,0 @@
-from provisioning.standin.cli import main
-
-raise SystemExit(main())
