@@ -29,7 +29,7 @@ def pins(mock_pins: MockFactory) -> MockFactory:
     return mock_pins
 
 
-SPEECH = Path(__file__).parents[2] / "appliance" / "assets" / "question-time.wav"
+SPEECH = Path(__file__).parents[2] / "device" / "appliance" / "assets" / "question-time.wav"
 
 
 def config(state: Path, mic: Path | None = SPEECH, speaker: Path | None = None) -> Config:

@@ -42,7 +42,6 @@ from appliance.audio.base import AudioSink, SinkWrapper
 from appliance.realtime.keys import EphemeralKey
 from appliance.realtime.media import MicTrack
 from appliance.realtime.webrtc import RealtimeSession
-from appliance_common.opus import ask_for_opus_fec
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
@@ -156,14 +155,7 @@ class LiveSession(RealtimeSession):
     async def connect(self) -> None:
         """Open the session through the relay and wait for ``session.started``."""
         started = time.perf_counter()
-        self.pc.addTransceiver(self.mic, direction="sendrecv")
-        self._channel = self.pc.createDataChannel("oai-events")
-        self._channel.on("message", self._on_message)
-        self._channel.on("close", lambda: self._lose("data channel closed"))
-        self.pc.on("track", self._on_track)
-        self.pc.on("connectionstatechange", self._on_connection_state)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        offer = ask_for_opus_fec(self.pc.localDescription.sdp)
+        offer = await self._offer()
         self.call_id, answer = await self._relay.open_live(offer, self._tools)
         self.timings["answer_s"] = time.perf_counter() - started
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))

@@ -108,11 +108,8 @@ class RealtimeSession:
 
     # ------------------------------------------------------------------ connect / close
 
-    async def connect(self) -> None:
-        """Open and configure the call. Raises ``SessionError``/``ProvisioningError`` subclasses."""
-        started = time.perf_counter()
-        key = await self._keys.get_key()
-        self.timings["key_s"] = time.perf_counter() - started
+    async def _offer(self) -> str:
+        """The mic's track and the ``oai-events`` channel wired, the local offer (Opus FEC)."""
         self.pc.addTransceiver(self.mic, direction="sendrecv")
         self._channel = self.pc.createDataChannel("oai-events")
         self._channel.on("message", self._on_message)
@@ -120,7 +117,14 @@ class RealtimeSession:
         self.pc.on("track", self._on_track)
         self.pc.on("connectionstatechange", self._on_connection_state)
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        offer = ask_for_opus_fec(self.pc.localDescription.sdp)
+        return ask_for_opus_fec(self.pc.localDescription.sdp)
+
+    async def connect(self) -> None:
+        """Open and configure the call. Raises ``SessionError``/``ProvisioningError`` subclasses."""
+        started = time.perf_counter()
+        key = await self._keys.get_key()
+        self.timings["key_s"] = time.perf_counter() - started
+        offer = await self._offer()
         try:
             answer = await self._post_offer(key.realtime_base, key.value, offer)
         except CallRejected as exc:

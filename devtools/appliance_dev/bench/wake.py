@@ -82,11 +82,15 @@ def espeak(text: str, voice: str = "en-us", speed: int = 175, pitch: int = 50) -
 
 def _shipped_speech() -> list[Signal]:
     """The stand-in's WAV assets: utterances for the gate bench without espeak-ng."""
+    from importlib import resources
+
     from standin.voice import read_wav
 
-    assets = Path(__file__).resolve().parents[2] / "provisioning" / "standin" / "assets"
+    assets = resources.files("standin") / "assets"
     clips = []
-    for path in sorted(assets.glob("*.wav")):
+    for path in sorted(assets.iterdir(), key=lambda p: p.name):
+        if not path.name.endswith(".wav"):
+            continue
         samples, rate = read_wav(path.read_bytes())
         clips.append(resample(samples, rate, RATE).astype(np.float64))
     return clips
