@@ -27,6 +27,8 @@ from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from provisioning.errors import ProvisioningError
+
 AUDIENCE = "appliance-provisioning"
 MAX_JWT_LIFETIME_S = 60
 REQUIRED_CLAIMS = ("aud", "exp", "iat", "iss", "jti", "sub")
@@ -55,7 +57,7 @@ DISABLED = "disabled"
 INVALID_TOKEN = "invalid_token"  # noqa: S105  # an error code, not a secret
 
 
-class AuthError(Exception):
+class AuthError(ProvisioningError):
     """A refused credential: HTTP ``status`` and a machine-readable ``code``; for
     ``clock_skew`` the server's time (``server_time``) so the device can correct itself."""
 

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from provisioning.errors import ProvisioningError
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
@@ -88,7 +90,7 @@ REPLACEMENTS: dict[str, str] = {
 RETIRED_POLICIES = ("substitute", "refuse")
 
 
-class SettingsError(ValueError):
+class SettingsError(ProvisioningError, ValueError):
     """A bad setting: names the environment variable (the CLI exits 78)."""
 
     def __init__(self, key: str, message: str) -> None:

@@ -37,6 +37,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from provisioning.errors import ProvisioningError
 from provisioning.models import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ class Audit(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-class _NameTakenError(Exception):
+class _NameTakenError(ProvisioningError):
     """Inside ``Store.enroll``: another device has the name (the claim is rolled back)."""
 
 

@@ -21,6 +21,8 @@ from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
 from pyreqwest.response import Response
 
+from provisioning.errors import ProvisioningError
+
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 256
@@ -31,7 +33,7 @@ MAX_RETRY_AFTER_S = 300.0
 """The upstream's ``Retry-After`` is passed on to devices, clamped to 1 s – this."""
 
 
-class UpstreamError(Exception):
+class UpstreamError(ProvisioningError):
     """The upstream refused or failed. ``retry_after`` seconds; never carries its body."""
 
     def __init__(self, status: int, retry_after: float) -> None:

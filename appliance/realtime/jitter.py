@@ -72,6 +72,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from appliance.errors import ApplianceError
 from appliance.realtime import aiortc_adapter
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ StepKind = Literal["decode", "fec", "plc"]
 # ---------------------------------------------------------------------------- libopus
 
 
-class OpusUnavailable(ImportError):
+class OpusUnavailable(ApplianceError, ImportError):
     """No loadable libopus (Debian: apt install libopus0; PyAV's wheel also ships one)."""
 
 
