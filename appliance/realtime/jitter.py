@@ -3,8 +3,8 @@
 aiortc's audio receiver holds RTP in a 16-packet ``JitterBuffer`` (prefetch 4) and decodes
 with FFmpeg's libopus wrapper, which has no way to say "this packet is lost". A lost packet
 stalls that buffer until 16 newer ones have arrived and it then throws away whole runs of
-good packets: measured 96% / 83% / 60% of frames delivered at 1% / 5% / 10% random loss,
-and every gap is silence (or, with a real-time sink, an underrun).
+good packets, and every gap is silence (or, with a real-time sink, an underrun). Figures:
+docs/audio.md, "Incoming audio under packet loss".
 
 This module replaces that path for the device's *incoming audio only*:
 
@@ -33,7 +33,7 @@ This module replaces that path for the device's *incoming audio only*:
     Stands in for aiortc's audio jitter buffer object inside one ``RTCRtpReceiver``
     (same ``add(packet) -> (pli_flag, frame)`` method). It never hands a frame back to
     aiortc (so aiortc's FFmpeg decoder thread idles): it decodes the released steps itself
-    on the event loop (~30–60 µs per 20 ms frame on x86) and puts ``av.AudioFrame``s
+    on the event loop (its cost: docs/audio.md) and puts ``av.AudioFrame``s
     (s16 mono 48 kHz, the same shape aiortc produces, downmixed) on the remote track's
     queue. When the stream pauses it flushes what it holds after ``idle_flush_s``.
 
