@@ -67,11 +67,10 @@ def header(scope: Scope, name: bytes) -> str:
 class FastPath:
     """An ASGI app in front of ``app`` that enforces the request limits on every route, and
     answers the hot routes itself, straight in ASGI, ahead of the framework's middlewares,
-    routing, dependency solving and request/response objects (FastAPI's part was a quarter of
-    the server's CPU per mint, Starlette's objects another 32 µs a request on a bare
-    uvicorn). Declare each handler as a framework route too, through ``endpoint``, so the
-    OpenAPI schema (and ``app`` alone) still serve it. Everything else, lifespan included,
-    goes to ``app``, with its body already read.
+    routing, dependency solving and request/response objects (what each cost: docs/server.md,
+    "How a mint is served"). Declare each handler as a framework route too, through
+    ``endpoint``, so the OpenAPI schema (and ``app`` alone) still serve it. Everything else,
+    lifespan included, goes to ``app``, with its body already read.
 
     The limits, on every HTTP request: headers up to ``MAX_HEADERS`` (else 431), a body up
     to ``MAX_BODY`` (or what ``bodies`` allows under a path prefix; else 413, judged from
@@ -230,7 +229,7 @@ def listener(host: str, port: int) -> socket.socket:
     """A bound TCP socket for uvicorn. Made with ``IPPROTO_TCP``, not 0: asyncio turns Nagle
     off (``TCP_NODELAY``) only on accepted sockets whose ``proto`` says TCP, and uvicorn
     writes a response's headers and body apart, so with Nagle on every response after the
-    first on a kept-alive connection waited ~40 ms for the client's delayed ACK (uvloop sets
+    first on a kept-alive connection waited for the client's delayed ACK (uvloop sets
     ``TCP_NODELAY`` itself; plain asyncio, as in tests or without uvloop, does not)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)

@@ -4,6 +4,8 @@ ApplianceError
 ├── ConfigError            bad or missing setting; the daemon exits with code 78 (EX_CONFIG)
 ├── AudioDeviceError       a sound device is missing, vanished or failed to open
 ├── GpioError              a pin could not be claimed / no pin factory
+├── SpeexDspUnavailable    libspeexdsp could not be loaded (also an ImportError)
+├── OpusUnavailable        libopus could not be loaded (also an ImportError)
 ├── ProvisioningError      could not get a key from the provisioning server
 │   ├── ProvisioningUnavailable   server down / 5xx / 503 upstream trouble (retry_after)
 │   ├── RateLimited               429 from our server (retry_after)
@@ -13,6 +15,7 @@ ApplianceError
 │   └── EnrollmentError           enrollment refused (bad / reused / expired token)
 └── SessionError           the Realtime call failed
     ├── CallRejected              /v1/realtime/calls answered non-201 (status, code)
+    ├── RealtimeUnreachable       the Realtime service could not be reached (network, DNS)
     ├── ConnectTimeout            no usable session within the connect deadline
     └── SessionLost               an established session died
 """

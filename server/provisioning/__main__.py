@@ -16,6 +16,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 
 from appliance_common import logging_setup
 from provisioning import package_version
+from provisioning.errors import ProvisioningError
 
 UVICORN: dict[str, Any] = {
     "access_log": False,  # one line per mint is noise; the audit log has the facts
@@ -32,7 +33,7 @@ SERVICE_DATABASE_URL = "sqlite:////var/lib/provisioning/provisioning.db"
 """The database systemd/provisioning.service uses; the CLI's default too, so both agree."""
 
 
-class UserError(Exception):
+class UserError(ProvisioningError):
     """A mistake of the operator's: one line on stderr and an exit code, no traceback."""
 
     def __init__(self, code: int, message: str) -> None:

@@ -1,11 +1,13 @@
 """Device authentication: a short EdDSA JWT signed with the device's enrolled Ed25519 key.
 
-Verification is PyJWT's; this module only decides which keys a device may sign with (its key,
-and during a rotation overlap its previous one) and which claims are required. The replay
-check (``jti``) and the device's flags are the caller's: they need the database.
+The signature check is PyJWT's (``PyJWS``); this module decides which keys a device may sign
+with (its key, and during a rotation overlap its previous one) and which claims are required,
+and checks them. The replay check (``jti``) and the device's flags are the caller's: they need
+the database.
 
-The Ed25519 signature itself is checked by libsodium (PyNaCl) through PyJWT's algorithm
-interface: 105 µs a signature here where OpenSSL's takes 176 µs, and every mint checks one.
+The Ed25519 signature itself is checked by libsodium (PyNaCl), an algorithm registered on a
+``PyJWS`` of our own through PyJWT's public interface: faster than OpenSSL's, and every mint
+checks one (figures: docs/server.md, "How a mint is served").
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from nacl.bindings import crypto_core_ed25519_is_valid_point
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from provisioning.errors import ProvisioningError
+
 AUDIENCE = "appliance-provisioning"
 MAX_JWT_LIFETIME_S = 60
-REQUIRED_CLAIMS = ["exp", "iat", "iss", "jti", "sub"]
+REQUIRED_CLAIMS = ("aud", "exp", "iat", "iss", "jti", "sub")
 MAX_HEADER_SEGMENT = 512
 """A device's JWT header (alg, kid, typ) is about 75 characters encoded."""
 MAX_TOKEN = 2048
@@ -53,7 +57,7 @@ DISABLED = "disabled"
 INVALID_TOKEN = "invalid_token"  # noqa: S105  # an error code, not a secret
 
 
-class AuthError(Exception):
+class AuthError(ProvisioningError):
     """A refused credential: HTTP ``status`` and a machine-readable ``code``; for
     ``clock_skew`` the server's time (``server_time``) so the device can correct itself."""
 
@@ -141,26 +145,33 @@ class SodiumEd25519(Algorithm):
         raise NotImplementedError
 
 
-def _decoder() -> jwt.PyJWT:
-    """A PyJWT of our own whose only algorithm is ``EdDSA`` through libsodium. PyJWT has no
-    public per-instance registry, so this sets its ``PyJWS`` (``_jws``, there since 2.11). A
-    later PyJWT that stopped using it would fail closed: its own EdDSA refuses a ``VerifyKey``,
-    so every device JWT would be refused, and every mint test would say so."""
-    # times are checked by ``claims_ok`` (types first, then the documented leeway)
-    options: Any = {
-        "require": REQUIRED_CLAIMS,
-        "verify_exp": False,
-        "verify_iat": False,
-        "verify_nbf": False,
-    }
-    decoder = jwt.PyJWT(options=options)
+def _signatures() -> jwt.PyJWS:
+    """A ``PyJWS`` of our own whose only algorithm is ``EdDSA`` through libsodium (its public
+    per-instance registry); PyJWT's module-level one, which signs, is left as it is."""
     jws = jwt.PyJWS(algorithms=[])
     jws.register_algorithm("EdDSA", SodiumEd25519())
-    decoder._jws = jws
-    return decoder
+    return jws
 
 
-DECODER = _decoder()
+SIGNATURES = _signatures()
+
+
+def _claims(token: str, key: VerifyKey) -> dict[str, Any]:
+    """The claims of ``token`` once its signature verifies with ``key``: a JSON object with
+    every required claim (types, values and times are ``claims_ok``'s)."""
+    # PyJWS's hints list only its own key types
+    decoded = SIGNATURES.decode_complete(token, key, algorithms=["EdDSA"])  # type: ignore[arg-type]
+    payload = decoded["payload"]
+    try:
+        claims = json.loads(payload)
+    except (ValueError, RecursionError) as exc:
+        raise jwt.DecodeError(f"Invalid payload string: {exc}") from exc
+    if not isinstance(claims, dict):
+        raise jwt.DecodeError("Invalid payload string: must be a json object")
+    for claim in REQUIRED_CLAIMS:
+        if claims.get(claim) is None:
+            raise jwt.MissingRequiredClaimError(claim)
+    return claims
 
 
 def verify(token: str, device: DeviceKeys, now: float) -> tuple[dict[str, Any], str]:
@@ -169,12 +180,7 @@ def verify(token: str, device: DeviceKeys, now: float) -> tuple[dict[str, Any], 
     failure = "bad signature"
     for key in device.valid(now):
         try:
-            claims: dict[str, Any] = DECODER.decode(
-                token,
-                _public_key(key),  # type: ignore[arg-type]  # PyJWT's hints list its own key types
-                algorithms=["EdDSA"],
-                audience=AUDIENCE,
-            )
+            claims = _claims(token, _public_key(key))
         except jwt.InvalidSignatureError:
             continue
         except (jwt.PyJWTError, ValueError, TypeError, RecursionError) as exc:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from appliance_common.boards import PROFILES, board_config
+from provisioning.errors import ProvisioningError
 
 MANIFEST = "fleet-manifest.json"
 TOKEN_FILE = "enroll-token"  # noqa: S105 - a file name
@@ -49,11 +50,11 @@ HOOK = "systemd.run_success_action=reboot systemd.unit=kernel-command-line.targe
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
-class InventoryError(ValueError):
+class InventoryError(ProvisioningError, ValueError):
     pass
 
 
-class PushError(RuntimeError):
+class PushError(ProvisioningError, RuntimeError):
     pass
 
 

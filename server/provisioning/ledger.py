@@ -60,8 +60,7 @@ log = logging.getLogger(__name__)
 PURGE_EVERY_S = 0.2
 PURGE_LIMIT = 500
 """Expired JWT ids deleted per purge, 2,500 a second at most: small steps, so a purge never
-stalls a batch for long (a minute's worth at 1,000 mints/s in one sweep held the lock ~100 ms;
-2,000 rows once a second, 8–13 ms; 500 rows, about 2 ms)."""
+stalls a batch for long (what larger sweeps cost: docs/server.md, "What kept the tail long")."""
 MAX_PENDING_RECORDS = 100_000
 """Audit rows kept while the database is unreachable; beyond this the oldest are dropped."""
 
@@ -601,8 +600,8 @@ class _Device(NamedTuple):
 
 class _Sql:
     """The ledger's statements, run straight on the DBAPI cursor inside a SQLAlchemy
-    transaction. Through SQLAlchemy's execution layer a one-mint batch cost 1.1 ms here; the
-    same statements on the cursor cost 0.23 ms. They are plain SQL that SQLite (3.35 or
+    transaction: SQLAlchemy's execution layer cost a batch several times more (docs/server.md,
+    "How a mint is served"). They are plain SQL that SQLite (3.35 or
     newer, for RETURNING) and PostgreSQL both speak; only the placeholder and the row locks
     differ. The tables are the models' (``server/provisioning/store.py``)."""
 

@@ -27,6 +27,7 @@ from appliance_common.models import (
     REPLACEMENTS,
     SHUTDOWN_DATES,
 )
+from provisioning.errors import ProvisioningError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -43,7 +44,7 @@ WARN_DAYS = 60
 RETIRED_POLICIES = ("substitute", "refuse")
 
 
-class SettingsError(ValueError):
+class SettingsError(ProvisioningError, ValueError):
     """A bad setting: names the environment variable (the CLI exits 78)."""
 
     def __init__(self, key: str, message: str) -> None:

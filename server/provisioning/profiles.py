@@ -17,8 +17,10 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from provisioning.errors import ProvisioningError
 
-class ProfileError(ValueError):
+
+class ProfileError(ProvisioningError, ValueError):
     """``field`` is the dotted path of the offending field (``"profile"`` for the whole)."""
 
     def __init__(self, field: str, message: str) -> None:

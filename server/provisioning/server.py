@@ -150,7 +150,7 @@ def app_from_env() -> ASGIApp:
 def serve_app(settings: Settings) -> ASGIApp:
     """What to hand uvicorn: ``create_app(settings)`` behind its fast path. Everything built
     so far (modules, the app, its schema) is then frozen out of the garbage collector's view:
-    a full collection walked it all, a 40–45 ms pause of every request once in a while."""
+    a full collection walked it all, a pause of every request once in a while (docs/server.md)."""
     asgi: ASGIApp = create_app(settings).state.asgi
     gc.collect()
     gc.freeze()

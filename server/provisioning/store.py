@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from appliance_common.models import DEFAULT_MODEL
+from provisioning.errors import ProvisioningError
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class HeartbeatBucket(Base):
     __table_args__ = (
         Index("ix_heartbeat_buckets_device", "device_id", "span", "bucket"),
         # SQLite: rows stored in key order, so the fleet's last hour is one contiguous read
-        # (through a separate index it was 50,000 lookups, half a second at 10,000 devices)
+        # (through a separate index it was one lookup a row: docs/console.md)
         {"sqlite_with_rowid": False},
     )
     span: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -200,7 +201,7 @@ class Audit(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-class _NameTakenError(Exception):
+class _NameTakenError(ProvisioningError):
     """Inside ``Store.enroll``: another device has the name (the claim is rolled back)."""
 
 
@@ -543,12 +544,12 @@ class Checkpointer:
     its own (the server's connections turn SQLite's automatic checkpoint off).
 
     The automatic checkpoint runs inside whichever commit takes the WAL past 1,000 pages: that
-    commit, and every mint waiting on it, stalled 10–25 ms about every 0.7 s at 200 mints a
-    second (the mint benchmark's p99 there went from 14 ms to 4 ms without it). A round here
+    commit, and every mint waiting on it, stalled (figures: docs/server.md, "What kept the
+    tail long"). A round here
     is a ``PASSIVE`` checkpoint: it copies what the WAL holds without waiting for a writer or
     blocking one. Rounds every 0.1 s stay short, so one usually finishes between two commits
     and the next writer starts the WAL over from its beginning. Under writes so steady that
-    this never happens (half-second rounds let the WAL reach 140 MB in a minute), a ``RESTART``
+    this never happens (half-second rounds let the WAL grow without bound), a ``RESTART``
     follows once it holds ``restart_frames``: it holds writers back for the little the passive
     pass left, or for at most its connection's busy timeout (0.1 s) behind a long reader, then
     gives up until the next round. Several workers each run one; SQLite lets one checkpoint at

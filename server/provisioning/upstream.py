@@ -1,9 +1,8 @@
 """The one call that uses the standard OpenAI key: ``client_secrets`` upstream.
 
 The client is pyreqwest (Rust's reqwest and hyper, TLS by rustls against the system's trust
-store), because this is the server's hot path: a request costs about 0.1 ms of CPU here, most
-of it outside the GIL, where aiohttp spent 0.27 ms and httpx about 3 ms with the GIL held
-(measured with 32 requests in flight; see docs/server.md).
+store), because this is the server's hot path: it costs the least CPU of the clients tried,
+most of it outside the GIL (figures: docs/server.md, "How a mint is served").
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
 from pyreqwest.response import Response
 
+from provisioning.errors import ProvisioningError
+
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 256
@@ -31,7 +32,7 @@ MAX_RETRY_AFTER_S = 300.0
 """The upstream's ``Retry-After`` is passed on to devices, clamped to 1 s – this."""
 
 
-class UpstreamError(Exception):
+class UpstreamError(ProvisioningError):
     """The upstream refused or failed. ``retry_after`` seconds; never carries its body."""
 
     def __init__(self, status: int, retry_after: float) -> None:

@@ -37,6 +37,7 @@ from fastapi.responses import Response
 
 from appliance_common.ice import PeerConnection
 from appliance_common.pcm import Resampler
+from standin.errors import StandinError
 from standin.media import RATE, ReplyTrack, make_track
 from standin.script import Script
 
@@ -68,7 +69,7 @@ DELEGATION_TYPES = {"client", "responses", "decisions"}
 MODELS = {"gpt-live-1", "gpt-live-1.1"}
 
 
-class LiveConfigError(ValueError):
+class LiveConfigError(StandinError, ValueError):
     def __init__(self, message: str, param: str, code: str = "invalid_value") -> None:
         super().__init__(message)
         self.param = param

@@ -78,8 +78,8 @@ class Faults:
 _Key = tuple[float, bytes]
 """A minted key: when it expires, and its session as JSON. A plain tuple of a number and bytes,
 which the garbage collector stops tracking: tens of thousands of keys as objects (first nested
-dicts, then a dataclass with a list) made its full passes take 40–60 ms, a stall that showed as
-the mint benchmark's p99."""
+dicts, then a dataclass with a list) made its full passes long, a stall that showed as the mint
+benchmark's p99 (docs/server.md, "What kept the tail long")."""
 
 
 def openai_error(

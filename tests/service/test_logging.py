@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,20 @@ def test_the_filter_scrubs_arguments_before_any_handler(caplog: pytest.LogCaptur
     assert record.call_id == "rtc_1"  # type: ignore[attr-defined]  # structured field kept
 
 
+def _journal_fields(handler: logging.Handler) -> dict[str, Any]:
+    """The fields a ``JournalHandler`` sends for one record, through its public sender
+    (``sender_function``, the ``send`` attribute), not to journald."""
+    sent: list[dict[str, Any]] = []
+
+    def send(text: str, /, **fields: Any) -> None:  # the record's own fields include "message"
+        sent.append(fields)
+
+    handler.send = send  # type: ignore[attr-defined]
+    handler.handle(logging.makeLogRecord({"name": "t", "msg": "hello", "levelno": logging.INFO}))
+    assert len(sent) == 1
+    return sent[0]
+
+
 def test_journald_under_systemd_stderr_otherwise() -> None:
     root = logging.getLogger()
     saved = list(root.handlers), root.level
@@ -43,9 +58,9 @@ def test_journald_under_systemd_stderr_otherwise() -> None:
         assert type(plain).__name__ == "StreamHandler"
         journal = setup("DEBUG", environ={"INVOCATION_ID": "abc", "JOURNAL_STREAM": "8:1"})
         assert type(journal).__name__ == "JournalHandler"
-        assert journal._extra["SYSLOG_IDENTIFIER"] == "appliance"  # type: ignore[attr-defined]
+        assert _journal_fields(journal)["SYSLOG_IDENTIFIER"] == "appliance"
         server = setup("INFO", environ={"INVOCATION_ID": "abc"}, identifier="provisioning")
-        assert server._extra["SYSLOG_IDENTIFIER"] == "provisioning"  # type: ignore[attr-defined]
+        assert _journal_fields(server)["SYSLOG_IDENTIFIER"] == "provisioning"
         assert under_systemd({"INVOCATION_ID": "x"})
         assert not under_systemd({})
     finally:

@@ -96,10 +96,11 @@ class SpeexCanceller:
     the residual echo is attenuated with the far end alone (``echo_suppress_db``) and in
     double talk (``echo_suppress_active_db``); ``noise_suppress_db`` caps the denoiser.
 
-    ``frame_ms`` defaults to 20: measured on the synthetic rooms (``make bench``), 20 ms
-    frames converge faster and reach ~4 dB more ERLE than 10 ms frames with the same tail
-    (fewer, longer filter blocks), at about half the CPU per second of audio; the price
-    is 20 ms of latency (the preprocessor delays its output by one frame).
+    ``frame_ms`` defaults to 20: on the synthetic rooms (``make bench``), 20 ms frames
+    converge faster and reach more ERLE than 10 ms frames with the same tail (fewer, longer
+    filter blocks), for less CPU per second of audio (figures: docs/audio.md, "Smaller
+    measurements"); the price is 20 ms of latency (the preprocessor delays its output by one
+    frame).
     """
 
     name = "speex"

@@ -53,8 +53,8 @@ DELAY_MARGIN_MS = 10
 DELAY_STEP_MS = 10
 MOVE_DELAY_ABOVE_MS = 100
 """Only a bulk delay this long is moved out of the filter: a shorter one costs the 200 ms
-tail little, and the restart costs the first seconds of a reply (measured: barge-in in the
-bench's rooms fell from 7/8 to 4/8 when every delay was moved)."""
+tail little, and the restart costs the first seconds of a reply (barge-ins lost when every
+delay was moved: docs/audio.md, "Delay measured")."""
 """Move the reference's delay only for a change at least this large."""
 RESET_ON_DELAY = True
 MEASURE_DELAY = True
@@ -250,7 +250,7 @@ class FrontEnd:
             clean = self.echo.process(raw)
             # webrtcvad alone calls the canceller's faint residual echo speech; a voiced
             # frame counts as the user only if it is loud enough and the canceller did not
-            # take much off it (measured: no self-interruptions, barge-in in ~90 ms)
+            # take much off it (what that gave: docs/audio.md, "Smaller measurements")
             voiced = self.gate.update(clean)
             # compare with the loudest of the last two mic frames: the canceller's output may
             # lag its input by a frame (speex), and the louder one is the cautious choice

@@ -23,6 +23,8 @@ import threading
 import numpy as np
 import numpy.typing as npt
 
+from appliance.errors import ApplianceError
+
 # speex/speex_echo.h
 SPEEX_ECHO_GET_FRAME_SIZE = 3
 SPEEX_ECHO_SET_SAMPLING_RATE = 24
@@ -50,7 +52,7 @@ _Int16Ptr = ctypes.POINTER(ctypes.c_int16)
 Samples = npt.NDArray[np.int16]
 
 
-class SpeexDspUnavailable(ImportError):
+class SpeexDspUnavailable(ApplianceError, ImportError):
     """libspeexdsp could not be loaded (not installed, or a wrong name/path was given)."""
 
 

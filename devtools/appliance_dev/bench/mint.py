@@ -9,10 +9,10 @@ latency at a fixed 200/s; and mints/s at 128 in flight while 100 malformed reque
 names that are not printable, nesting) arrive alongside, against a clean run just before.
 
 The load for the bursts comes from wrk (C; ``mint.lua`` hands every request its own
-pre-signed JWT): a Python client spent 0.4 ms of CPU per request here, more than half of what
-the server spends, on the same cores. The fixed-rate phase is paced from Python (pyreqwest),
-which is plenty at 200/s. Server, stand-in and load generator share the cores, so mints/s is
-bounded by all three, while CPU per mint is the server's own.
+pre-signed JWT): a Python client took a large share of the same cores itself (docs/server.md).
+The fixed-rate phase is paced from Python (pyreqwest), which is plenty at 200/s. Server,
+stand-in and load generator share the cores, so mints/s is bounded by all three, while CPU
+per mint is the server's own.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ async def _servers(work: Path) -> AsyncIterator[tuple[str, str, int, int]]:
 def _ed25519_us() -> float:
     """This machine's speed in a unit that matters here (every mint verifies one signature);
     the figures below scale with it, and it drifts by tens of percent on a shared VM. (OpenSSL's
-    verify, as in earlier runs; the server itself verifies with libsodium, about 40% faster.)"""
+    verify, as in earlier runs; the server itself verifies with libsodium, which is faster.)"""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key = Ed25519PrivateKey.generate()

@@ -31,12 +31,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
+from provisioning.errors import ProvisioningError
+
 PG_LOCK_KEY = 0x70726F76  # "prov": pg_advisory_xact_lock key for schema upgrades
 MARKER_TABLE = "devices"
 """A table every revision has: a version stamp without it means the schema was dropped."""
 
 
-class SchemaMismatch(RuntimeError):
+class SchemaMismatch(ProvisioningError, RuntimeError):
     """An unversioned database whose tables differ from the models: adopt it by hand."""
 
 
