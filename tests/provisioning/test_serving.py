@@ -90,3 +90,19 @@ async def test_fast_path_refuses_a_body_over_its_limit() -> None:
         assert reply.json()["error"]["code"] == "request_too_large"
         assert (await http.post("/fast", content=b"x" * MAX_BODY)).status_code == 201
     assert calls == [b"x" * MAX_BODY], "the handler never sees an oversized body"
+
+
+def test_uvicorns_protocol_still_has_what_bounded_http_extends() -> None:
+    """``BoundedHttp`` overrides HttpToolsProtocol's parser callbacks and reads its
+    ``loop``/``transport``/``cycle``/``server_state``: fail by name when uvicorn changes them."""
+    import inspect
+    from importlib.metadata import version
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    pinned = version("uvicorn")
+    for hook in ("data_received", "on_headers_complete", "on_message_complete", "connection_lost"):
+        assert callable(getattr(HttpToolsProtocol, hook, None)), f"uvicorn {pinned}: no {hook}"
+    init = inspect.getsource(HttpToolsProtocol.__init__)
+    for attribute in ("self.loop", "self.transport", "self.cycle", "self.server_state"):
+        assert attribute in init, f"uvicorn {pinned}: HttpToolsProtocol no longer sets {attribute}"
