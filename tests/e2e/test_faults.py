@@ -21,7 +21,6 @@ from gpiozero import PWMLED
 from gpiozero.pins.mock import MockFactory
 
 from appliance import machine as m
-from appliance.app import make_gpio
 from appliance.audio.base import AudioFormat
 from appliance.audio.wav import WavSink, WavSource
 from appliance.demo import asset
@@ -31,6 +30,7 @@ from appliance.identity import Identity
 from appliance.leds import PATTERNS, GpioLeds, Kind
 from appliance.realtime.keys import EphemeralKey
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
+from appliance.wiring import make_gpio
 from provisioning.standin import StandIn, StandInConfig
 from provisioning.standin.call import Call
 from tests.e2e.harness import Device as Dev
@@ -326,10 +326,10 @@ async def test_gpio_pins_already_taken_is_a_config_error_naming_the_board(
 ) -> None:
     async with device(standin, tmp_path) as dev:
         config = replace(dev.app.config, device=replace(dev.app.config.device, board="generic"))
-        leds, button = make_gpio(config, dev.app)
+        leds, button = make_gpio(config, dev.app.post)
         try:
             with pytest.raises(ConfigError) as caught:
-                make_gpio(config, dev.app)  # the pins are taken (by the first, here)
+                make_gpio(config, dev.app.post)  # the pins are taken (by the first, here)
         finally:
             button.close()
             assert leds is not None
