@@ -19,22 +19,18 @@ from appliance import announce
 from appliance import machine as m
 from appliance.audio.base import AudioSink, AudioSource
 from appliance.audio.earcons import cue_frames
-from appliance.audio.frontend import DSP_FORMAT, FrontEnd
-from appliance.camera import make_camera
+from appliance.audio.frontend import FrontEnd
 from appliance.config import Config
-from appliance.devicetools import GainSink, Timers, Volume
 from appliance.errors import AudioDeviceError, ProvisioningError
 from appliance.leds import PATTERNS, LedDriver
-from appliance.micpump import AudioDevices, GuardedSink, MicPump
 from appliance.realtime.keys import KeySource
 from appliance.realtime.live import LiveRelay
 from appliance.realtime.media import MicTrack
 from appliance.realtime.tools import ToolRegistry
 from appliance.realtime.webrtc import RealtimeSession
-from appliance.session_runner import SessionRunner
 from appliance.tasks import Tasks
 from appliance.telemetry import Stats, Vitals, echo_vitals, health, status_text
-from appliance.wiring import make_machine, register_tools
+from appliance.wiring import make_machine, make_parts
 
 log = logging.getLogger(__name__)
 
@@ -73,45 +69,23 @@ class App:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._started = time.monotonic()
-        self.devices = AudioDevices(self.post, self.stats)
-        self.volume = Volume(config.device.state_dir / "volume.json")
-        self._speaker = GuardedSink(sink, self.devices, self.tasks.spawn)
-        speaker = frontend.tap(self._speaker) if frontend is not None else self._speaker
-        self.sink: AudioSink = GainSink(speaker, self.volume)  # the tap hears the volume too
-        mic_format = DSP_FORMAT if frontend is not None else source.format
-        self.sessions = SessionRunner(
+        parts = make_parts(
             config,
+            source=source,
+            sink=sink,
             keys=keys,
             tools=tools,
+            frontend=frontend,
             relay=relay,
-            sink=self.sink,
-            mic_format=mic_format,
             post=self.post,
-            spawn=self.tasks.spawn,
-            stats=self.stats,
-        )
-        self.pump = MicPump(
-            source,
-            frontend,
-            self.devices,
-            self.post,
-            self.stats,
             state=lambda: self.snapshot.state,
-            uplink=self.sessions.uplink,
-            mic_format=mic_format,
-            barge_in=config.activation.barge_in,
-        )
-        self.announcements = announce.Announcements(self.post)
-        self.timers = Timers(lambda label: self.announce("timer", announce.timer_up(label)))
-        register_tools(
-            config,
-            tools,
-            volume=self.volume,
-            timers=self.timers,
+            stats=self.stats,
+            spawn=self.tasks.spawn,
             status=lambda: health(self.vitals(), self._uptime(), transcripts=False),
-            camera=make_camera(config.device.camera),
-            session=lambda: self.sessions.session,
         )
+        self.devices, self.sessions, self.pump = parts.devices, parts.sessions, parts.pump
+        self.sink, self._speaker = parts.sink, parts.speaker
+        self.announcements, self.timers = parts.announcements, parts.timers
 
     # ------------------------------------------------------------------ what others read
 
@@ -122,22 +96,6 @@ class App:
     @property
     def mic(self) -> MicTrack:
         return self.sessions.mic
-
-    @property
-    def keys(self) -> KeySource:
-        return self.sessions.keys
-
-    @keys.setter
-    def keys(self, keys: KeySource) -> None:
-        self.sessions.keys = keys
-
-    @property
-    def backend(self) -> str:
-        return self.sessions.backend
-
-    @backend.setter
-    def backend(self, backend: str) -> None:
-        self.sessions.backend = backend
 
     @property
     def last_error(self) -> str:

@@ -1,24 +1,32 @@
-"""Building the parts the config asks for: audio, front end, GPIO, the machine, the tools."""
+"""Building the parts the config asks for: audio, front end, GPIO, the machine, the parts the
+dispatcher drives (session runner, mic pump, announcements) and the device's tools."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from appliance import announce
 from appliance import machine as m
 from appliance.audio.base import AudioFormat, AudioSink, AudioSource
-from appliance.audio.frontend import FrontEnd
-from appliance.camera import Camera, data_url, jpeg_budget, jpeg_that_fits
+from appliance.audio.frontend import DSP_FORMAT, FrontEnd
+from appliance.camera import Camera, data_url, jpeg_budget, jpeg_that_fits, make_camera
 from appliance.config import Config
-from appliance.devicetools import Timers, Volume, register_device_tools
+from appliance.devicetools import GainSink, Timers, Volume, register_device_tools
 from appliance.errors import ConfigError
 from appliance.leds import LedDriver
+from appliance.micpump import AudioDevices, GuardedSink, MicPump
 from appliance.realtime import messages as msg
-from appliance.realtime.live import LiveSession
+from appliance.realtime.keys import KeySource
+from appliance.realtime.live import LiveRelay, LiveSession
 from appliance.realtime.tools import Tool, ToolRegistry
 from appliance.realtime.webrtc import RealtimeSession
+from appliance.session_runner import SessionRunner
+from appliance.tasks import Spawn
+from appliance.telemetry import Stats
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,80 @@ def make_machine(config: Config, frontend: FrontEnd | None) -> m.Machine:
         # hear itself), so the service's VAD hears a voice barge-in
         keep_listening=frontend is not None and config.activation.barge_in,
     )
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the dispatcher drives."""
+
+    devices: AudioDevices
+    speaker: GuardedSink
+    """The speaker as the device gave it, guarded (recovered when it vanishes)."""
+    sink: AudioSink
+    """What plays: the guarded speaker behind the front end's tap and the volume."""
+    sessions: SessionRunner
+    pump: MicPump
+    announcements: announce.Announcements
+    timers: Timers
+
+
+def make_parts(
+    config: Config,
+    *,
+    source: AudioSource,
+    sink: AudioSink,
+    keys: KeySource,
+    tools: ToolRegistry,
+    frontend: FrontEnd | None,
+    relay: LiveRelay | None,
+    post: Callable[[m.Event], None],
+    state: Callable[[], m.State],
+    stats: Stats,
+    spawn: Spawn,
+    status: Callable[[], dict[str, Any]],
+) -> Parts:
+    """Connect the parts: events go to ``post``, counters to ``stats``; ``state`` is the
+    machine's current state and ``status`` the device's health (for the status tool)."""
+    devices = AudioDevices(post, stats)
+    volume = Volume(config.device.state_dir / "volume.json")
+    speaker = GuardedSink(sink, devices, spawn)
+    tapped = frontend.tap(speaker) if frontend is not None else speaker
+    playing = GainSink(tapped, volume)  # the tap hears the volume too
+    mic_format = DSP_FORMAT if frontend is not None else source.format
+    sessions = SessionRunner(
+        config,
+        keys=keys,
+        tools=tools,
+        relay=relay,
+        sink=playing,
+        mic_format=mic_format,
+        post=post,
+        spawn=spawn,
+        stats=stats,
+    )
+    pump = MicPump(
+        source,
+        frontend,
+        devices,
+        post,
+        stats,
+        state=state,
+        uplink=sessions.uplink,
+        mic_format=mic_format,
+        barge_in=config.activation.barge_in,
+    )
+    announcements = announce.Announcements(post)
+    timers = Timers(lambda label: announcements.add("timer", announce.timer_up(label), state()))
+    register_tools(
+        config,
+        tools,
+        volume=volume,
+        timers=timers,
+        status=status,
+        camera=make_camera(config.device.camera),
+        session=lambda: sessions.session,
+    )
+    return Parts(devices, speaker, playing, sessions, pump, announcements, timers)
 
 
 def make_gpio(config: Config, post: Callable[[m.Event], None]) -> tuple[LedDriver | None, Any]:

@@ -148,7 +148,7 @@ async def test_a_201_that_is_not_sdp_is_offline_at_once_with_the_reason(
 ) -> None:
     reply = Fixed(201, b"<html>hello</html>", {"Content-Type": "text/html"})
     async with fixed_reply(reply) as fake, device(standin, tmp_path, connect_s=30.0) as dev:
-        dev.app.keys = KeysFor(fake.base_url)
+        dev.app.sessions.keys = KeysFor(fake.base_url)
         dev.app.attach_leds(leds)
         dev.app.post(m.ButtonPressed())
         await dev.wait(m.State.OFFLINE, 5)  # not 30 s in CONNECTING
@@ -165,7 +165,7 @@ async def test_a_service_that_never_answers_is_offline_not_error(
         fixed_reply(Fixed(silent=True)) as fake,
         device(standin, tmp_path, connect_s=1.0) as dev,
     ):
-        dev.app.keys = KeysFor(fake.base_url)
+        dev.app.sessions.keys = KeysFor(fake.base_url)
         dev.app.attach_leds(leds)
         dev.app.post(m.ButtonPressed())
         await dev.wait(m.State.OFFLINE, 10)

@@ -72,7 +72,7 @@ async def live_device(
         relay=relay,
         on_state=lambda _: changed.set(),
     )
-    app.backend = "live"
+    app.sessions.backend = "live"
     stop = asyncio.Event()
     runner = asyncio.create_task(app.run(stop))
     try:
