@@ -509,7 +509,7 @@ class Machine:
             State.SPEAKING: self._speaking,
             State.ERROR: self._error,
             State.OFFLINE: self._offline_state,
-            State.MUTED: lambda _snap, _event: (_snap, ()),
+            State.MUTED: self._muted,
         }
 
     def step(self, snap: Snapshot, event: Event) -> Result:
@@ -944,6 +944,10 @@ class Machine:
             case ButtonPressed() | WakeDetected() if snap.audio_fault:
                 return snap, ()  # nothing to talk with
         return self._activate(snap, event)
+
+    def _muted(self, snap: Snapshot, event: Event) -> Result | None:
+        """Privacy mute: only the prelude's events (unmute, the audio device) change it."""
+        return snap, ()
 
     def _offline_state(self, snap: Snapshot, event: Event) -> Result | None:
         match event:
