@@ -128,8 +128,6 @@ class MicPump:
         self._silence = bytes(mic_format.frame_bytes)
         self._barge_in = barge_in
         self._converged = False
-        self.audio_flowing = asyncio.Event()
-        """Set once the first mic frame arrived."""
 
     async def run(self) -> None:
         source = self.source
@@ -146,7 +144,6 @@ class MicPump:
                 await self.devices.recover("microphone", exc, source.close, source.start)
                 continue
             self.devices.last_audio = time.monotonic()
-            self.audio_flowing.set()
             self.devices.started.set()
             self._frame(frame)
 
