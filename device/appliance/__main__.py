@@ -36,7 +36,7 @@ RELOAD = -1
 
 async def _run(config_path: Path | None) -> int:
     from appliance import config as cfg
-    from appliance.app import App, make_audio, make_frontend, make_gpio
+    from appliance.app import App
     from appliance.devicetools import load_entry_point_tools
     from appliance.heartbeat import heartbeat_loop
     from appliance.identity import Identity
@@ -44,6 +44,7 @@ async def _run(config_path: Path | None) -> int:
     from appliance.realtime.provisioning_keys import ProvisioningKeySource
     from appliance.realtime.tools import builtin_registry
     from appliance.service import Notifier, watchdog_loop
+    from appliance.wiring import make_audio, make_frontend, make_gpio
     from appliance_common import logging_setup
 
     config = cfg.load(config_path)
@@ -74,7 +75,7 @@ async def _run(config_path: Path | None) -> int:
         relay=provisioning,  # GPT-Live sessions, when the device's group uses that backend
         probe=provisioning.probe,
     )
-    app._on_state = lambda _state: notifier.status(app.status_text())
+    app.on_state = lambda _state: notifier.status(app.status_text())
     stop = asyncio.Event()
     reload = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -91,7 +92,7 @@ async def _run(config_path: Path | None) -> int:
     runner = asyncio.create_task(app.run(stop))
     await asyncio.sleep(0.05)
     try:
-        leds, button = make_gpio(config, app)
+        leds, button = make_gpio(config, app.post)
     except ConfigError:
         stop.set()
         await runner

@@ -72,7 +72,7 @@ def judge_capture(data: bytes) -> tuple[bool, str]:
 
 
 async def check_audio(ctx: Context) -> Result:
-    from appliance.app import make_audio
+    from appliance.wiring import make_audio
 
     source, sink = make_audio(ctx.config)
     try:

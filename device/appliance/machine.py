@@ -1,8 +1,10 @@
-"""The device's decisions, as a pure function: ``step(snapshot, event) -> (snapshot, effects)``.
+"""The device's decisions: ``Machine(settings).step(snapshot, event) -> (snapshot, effects)``.
 
 Functional core: nothing here does I/O, reads a clock or touches asyncio. ``appliance.app`` feeds
 events in (button, wake word, data-channel events, timers, tool results, errors) and performs
-the effects that come out. Events are past-tense facts; effects are imperative verbs.
+the effects that come out. Events are past-tense facts; effects are imperative verbs. The
+settings (timer lengths, the turn policy, full duplex) are fixed when the machine is built;
+everything that changes at run time arrives as an event.
 
 Timers are tied to the snapshot's ``epoch``: every state change bumps the epoch, so a timer
 started in an earlier state carries a stale epoch and its ``TimerFired`` changes nothing.
@@ -11,6 +13,7 @@ started in an earlier state carries a stale epoch and its ``TimerFired`` changes
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 
@@ -209,6 +212,20 @@ class Reachable:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionAged:
+    """The open session has reached ``session.max_age_s`` (short of the service's cap): it
+    is rolled over at the next idle moment, invisibly, carrying the conversation over."""
+
+
+@dataclass(frozen=True, slots=True)
+class EchoConverged:
+    """The echo canceller has (or no longer has) heard enough of the speaker to be trusted
+    with an open mic while the model speaks."""
+
+    converged: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TimerFired:
     name: TimerName
     epoch: int
@@ -237,6 +254,8 @@ Event = (
     | AudioRestored
     | Unreachable
     | Reachable
+    | SessionAged
+    | EchoConverged
     | TimerFired
 )
 
@@ -354,7 +373,14 @@ class Timings:
     reply_s: float = 15.0
     error_hold_s: float = 3.0
     session_idle_s: float = 30.0
-    dictation: bool = False
+
+
+class Policy(enum.Enum):
+    """What a user turn is for; chosen when the machine is built (``realtime.mode``)."""
+
+    CONVERSATION = "conversation"
+    """The model answers each turn."""
+    DICTATION = "dictation"
     """Transcription-only session: the device listens and transcribes, the model never
     answers. A turn lasts until the user stops talking for ``no_speech_s`` or presses."""
 
@@ -402,84 +428,32 @@ class Snapshot:
     resume: bool = False
     """A conversation was cut off: reconnect on our own (OFFLINE → CONNECTING) and carry
     it over, instead of waiting for the user."""
+    session_aged: bool = False
+    """The open session is old (``SessionAged``): close it when the device is next idle."""
+    echo_converged: bool = False
+    """The echo canceller can be trusted with an open mic while the model speaks."""
     epoch: int = 0
-    timings: Timings = Timings()
 
 
 Result = tuple[Snapshot, tuple[Effect, ...]]
+Handler = Callable[[Snapshot, Event], Result | None]
+"""One state's transitions; ``None``: the state has nothing to say about the event."""
 ACTIVE = (State.LISTENING, State.THINKING, State.SPEAKING)
 MAX_RESUME_ATTEMPTS = 8
 """Reconnect on our own this many times (≈ 2 min of back-off), then wait for the user."""
 
-
-def _go(snap: Snapshot, state: State, *effects: Effect, **changes: object) -> Result:
-    """Enter ``state``: bump the epoch (invalidating every running timer), apply ``changes``,
-    then start the timers the new state needs."""
-    new = replace(snap, state=state, epoch=snap.epoch + 1, **changes)  # type: ignore[arg-type]
-    return new, (*effects, *_timers(new))
-
-
-def _timers(snap: Snapshot) -> tuple[Effect, ...]:
-    t, e = snap.timings, snap.epoch
-    match snap.state:
-        case State.CONNECTING:
-            return (StartTimer(TimerName.CONNECT, t.connect_s, e),)
-        case State.LISTENING if snap.mode is Mode.HANDS_FREE and not snap.heard_user:
-            return (StartTimer(TimerName.NO_SPEECH, t.no_speech_s, e),)
-        case State.LISTENING:
-            return (StartTimer(TimerName.MAX_TURN, t.max_turn_s, e),)
-        case State.THINKING | State.SPEAKING:
-            return (StartTimer(TimerName.REPLY, t.reply_s, e),)
-        case State.ERROR:
-            return (StartTimer(TimerName.ERROR_HOLD, t.error_hold_s, e),)
-        case State.OFFLINE:
-            return (StartTimer(TimerName.RETRY, snap.retry_s, e),)
-        case State.IDLE if snap.session_open:
-            return (StartTimer(TimerName.SESSION_IDLE, t.session_idle_s, e),)
-    return ()
+_QUIET = {
+    "pending_tools": 0,
+    "awaiting_reply": False,
+    "responding": False,
+    "outputs_due": False,
+    "follow_up": False,
+}
+"""Nothing in flight any more (a session closed or was lost)."""
 
 
 def _stay(snap: Snapshot, *effects: Effect, **changes: object) -> Result:
     return replace(snap, **changes), effects  # type: ignore[arg-type]
-
-
-def _end_turn(snap: Snapshot) -> Result:
-    """Back to IDLE after a reply; the session stays warm for a while. After a reply the
-    service started on its own (idle timeout), listen hands-free for the user's answer."""
-    if snap.follow_up and snap.session_open:
-        return _go(
-            snap,
-            State.LISTENING,
-            OpenUplink(),
-            mode=Mode.HANDS_FREE,
-            heard_user=False,
-            follow_up=False,
-        )
-    if snap.manual_turns:
-        return _go(
-            snap,
-            State.IDLE,
-            CloseUplink(),
-            SetTurnDetection(server_vad=True),
-            mode=Mode.NONE,
-            manual_turns=False,
-        )
-    return _go(snap, State.IDLE, CloseUplink(), mode=Mode.NONE)
-
-
-def _new_turn(snap: Snapshot, mode: Mode) -> Result:
-    """Start a user turn: straight to LISTENING on a warm session, else connect first."""
-    fresh = {
-        "mode": mode,
-        "resume": False,
-        "heard_user": False,
-        "announcing": False,
-        "nudged": False,
-        "refused": False,
-    }
-    if snap.session_open:
-        return _go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), **fresh)
-    return _go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), **fresh)
 
 
 def _vad_back(snap: Snapshot) -> tuple[tuple[Effect, ...], dict[str, object]]:
@@ -496,16 +470,6 @@ def _reply_over(snap: Snapshot) -> bool:
     return not (snap.responding or snap.pending_tools or snap.outputs_due or snap.awaiting_reply)
 
 
-_QUIET = {
-    "pending_tools": 0,
-    "awaiting_reply": False,
-    "responding": False,
-    "outputs_due": False,
-    "follow_up": False,
-}
-"""Nothing in flight any more (a session closed or was lost)."""
-
-
 def _hang_up(snap: Snapshot) -> tuple[Effect, ...]:
     """Stop everything at once (mute, a vanished audio device): close the mic, cut a reply
     that is playing, close a session that is open or opening."""
@@ -517,173 +481,341 @@ def _hang_up(snap: Snapshot) -> tuple[Effect, ...]:
     return effects
 
 
-def _offline(
-    snap: Snapshot, *effects: Effect, retry_after: float | None = None, **changes: object
-) -> Result:
-    """Unreachable: show OFFLINE and back off exponentially (1, 2, 4 … 60 s, or longer if
-    the server said ``Retry-After``)."""
-    failures = snap.failures + 1
-    backoff = min(60.0, 2.0 ** (failures - 1))
-    return _go(
-        snap,
-        State.OFFLINE,
-        *effects,
-        PlayCue("offline"),
-        mode=Mode.NONE,
-        manual_turns=False,
-        session_open=False,
-        announcing=False,
-        failures=failures,
-        **_QUIET,
-        retry_s=max(backoff, retry_after or 0.0),
-        **changes,
-    )
+class Machine:
+    """The device's decisions, built once from its settings; ``step`` is pure.
 
+    ``step`` runs a short prelude shared by every state (stale timers, the audio device,
+    mute, facts about the session and the echo canceller), then the handler of the current
+    state, then the bookkeeping of response events that every state keeps."""
 
-def step(snap: Snapshot, event: Event) -> Result:
-    """Decide. Unknown (state, event) pairs change nothing."""
-    state, mode = snap.state, snap.mode
-    match state, event:
-        # ---------------------------------------------------------- timers
-        case _, TimerFired(epoch=epoch) if epoch != snap.epoch:
-            return snap, ()  # stale: started in an earlier state
-        # ---------------------------------------------------------- dictation
-        case State.LISTENING, SpeechStopped() if snap.timings.dictation:
-            # the silence that follows ends the dictation (no-speech timer) unless it resumes
-            return _go(snap, State.LISTENING, mode=Mode.HANDS_FREE, heard_user=False)
-        case State.LISTENING, TimerFired(name=TimerName.MAX_TURN) if snap.timings.dictation:
-            return _go(snap, State.LISTENING, CommitInput(), mode=Mode.HANDS_FREE)
-        case State.LISTENING, ButtonReleased() if (
-            snap.timings.dictation and mode is Mode.PUSH_TO_TALK
-        ):
-            return _go(
-                snap, State.IDLE, CloseUplink(), CommitInput(), PlayCue("end"), mode=Mode.NONE
-            )
-        case State.LISTENING, ButtonPressed() if snap.timings.dictation:
-            return _go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
+    def __init__(
+        self,
+        timings: Timings | None = None,
+        policy: Policy = Policy.CONVERSATION,
+        keep_listening: bool = False,
+    ) -> None:
+        self.timings = timings or Timings()
+        self.policy = policy
+        self.keep_listening = keep_listening
+        """Leave the mic open while the model answers a hands-free turn, once the echo
+        canceller has converged (``EchoConverged``): the service's VAD then hears a voice
+        barge-in too. Set when voice barge-in is on and an echo canceller runs."""
+        listening = self._dictating if policy is Policy.DICTATION else self._listening
+        self._handlers: dict[State, Handler] = {
+            State.IDLE: self._idle,
+            State.CONNECTING: self._connecting,
+            State.LISTENING: listening,
+            State.THINKING: self._thinking,
+            State.SPEAKING: self._speaking,
+            State.ERROR: self._error,
+            State.OFFLINE: self._offline_state,
+            State.MUTED: self._muted,
+        }
 
-        case State.CONNECTING, TimerFired(name=TimerName.CONNECT):
-            # no session in time: a partition or a slow service, not a fault of the device
-            return _offline(snap, CloseSession())
-        case State.LISTENING, TimerFired(name=TimerName.NO_SPEECH):
-            return _go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
-        case State.LISTENING, TimerFired(name=TimerName.MAX_TURN):
-            return _go(
-                snap,
-                State.THINKING,
-                CloseUplink(),
-                CommitInput(),
-                RequestResponse(),
-                mode=Mode.NONE,
-                awaiting_reply=True,
-            )
-        case State.THINKING | State.SPEAKING, TimerFired(name=TimerName.REPLY):
-            return _go(snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE, **_QUIET)
-        case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD) if snap.audio_fault or snap.refused:
-            return snap, ()  # stays until the device is back, or the user tries again
-        case State.ERROR, TimerFired(name=TimerName.ERROR_HOLD):
-            return _go(snap, State.IDLE)
-        case State.OFFLINE, TimerFired(name=TimerName.RETRY) if snap.resume:
-            if snap.failures > MAX_RESUME_ATTEMPTS:
-                return _go(snap, State.IDLE, resume=False)  # give up; the user can try again
-            return _go(snap, State.CONNECTING, OpenSession(), mode=Mode.NONE)
-        case State.OFFLINE, TimerFired(name=TimerName.RETRY):
-            # stay OFFLINE until a probe says the server answers (the LED keeps telling)
-            return _go(snap, State.OFFLINE, Probe())
-        case State.OFFLINE, Reachable() if not snap.resume:
-            return _go(snap, State.IDLE)  # the back-off resets only when a session works
-        case State.IDLE | State.OFFLINE, Unreachable() if not (snap.resume or snap.session_open):
-            return _offline(snap, retry_after=event.retry_after)
-        case State.IDLE, TimerFired(name=TimerName.SESSION_IDLE):
-            return _stay(snap, CloseSession(), session_open=False, **_QUIET)
+    def step(self, snap: Snapshot, event: Event) -> Result:
+        """Decide. Unknown (state, event) pairs change nothing."""
+        for decide in (self._prelude, self._handlers[snap.state], self._any_state):
+            result = decide(snap, event)
+            if result is not None:
+                return result
+        return snap, ()
 
-        # ---------------------------------------------------------- audio device
-        case State.MUTED, AudioFault():
-            return _stay(snap, audio_fault=True)
-        case _, AudioFault():
-            return _go(
-                snap,
-                State.ERROR,
-                *_hang_up(snap),
-                PlayCue("error"),
-                mode=Mode.NONE,
-                session_open=False,
-                resume=False,
-                audio_fault=True,
-                **_QUIET,
-            )
-        case State.ERROR, AudioRestored() if snap.audio_fault:
-            return _go(snap, State.IDLE, audio_fault=False)
-        case _, AudioRestored():
-            return _stay(snap, audio_fault=False)
-        case State.ERROR, ButtonPressed() | WakeDetected() if snap.audio_fault:
-            return snap, ()
+    # ------------------------------------------------------------ building blocks
 
-        # ---------------------------------------------------------- mute
-        case State.MUTED, MuteToggled():
-            return _go(snap, State.IDLE)
-        case State.LISTENING, MuteToggled() if mode is Mode.PUSH_TO_TALK and snap.heard_user:
-            return snap, ()  # a long question, not the mute gesture
-        case _, MuteToggled():
-            return _go(
-                snap,
-                State.MUTED,
-                *_hang_up(snap),
-                mode=Mode.NONE,
-                session_open=False,
-                **_QUIET,
-            )
-        case State.MUTED, _:
-            return snap, ()
+    def _go(self, snap: Snapshot, state: State, *effects: Effect, **changes: object) -> Result:
+        """Enter ``state``: bump the epoch (invalidating every running timer), apply
+        ``changes``, then start the timers the new state needs. An aged session is closed
+        on the way into IDLE (rolled over between turns)."""
+        new = replace(snap, state=state, epoch=snap.epoch + 1, **changes)  # type: ignore[arg-type]
+        if new.state is State.IDLE and new.session_open and new.session_aged:
+            new = replace(new, session_open=False, session_aged=False, **_QUIET)  # type: ignore[arg-type]
+            effects = (*effects, CloseSession())
+        return new, (*effects, *self._timers(new))
 
-        # ---------------------------------------------------------- activation
-        case State.IDLE | State.ERROR | State.OFFLINE, ButtonPressed():
-            return _new_turn(snap, Mode.PRESSED)
-        case State.IDLE | State.ERROR | State.OFFLINE, WakeDetected():
-            return _new_turn(snap, Mode.HANDS_FREE)
-        case State.CONNECTING | State.LISTENING, ButtonHeld() if mode is Mode.PRESSED:
-            return _stay(
-                snap, SetTurnDetection(server_vad=False), mode=Mode.PUSH_TO_TALK, manual_turns=True
-            )
-        case State.CONNECTING, ButtonReleased() if mode is Mode.PRESSED:
-            vad, changes = _vad_back(snap)  # a tap: server VAD ends the turn
-            return _stay(snap, *vad, mode=Mode.HANDS_FREE, **changes)
-        case State.LISTENING, ButtonReleased() if mode is Mode.PRESSED:
-            # a tap on a warm session: the no-speech timer, not the turn cap, runs from now
-            vad, changes = _vad_back(snap)
-            return _go(snap, State.LISTENING, *vad, mode=Mode.HANDS_FREE, **changes)
-        case State.CONNECTING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
-            return _go(snap, State.IDLE, CloseSession(), mode=Mode.NONE)  # let go before it was up
-        case State.LISTENING, ButtonReleased() if mode is Mode.PUSH_TO_TALK:
-            return _go(
-                snap,
-                State.THINKING,
-                CloseUplink(),
-                CommitInput(),
-                RequestResponse(),
-                mode=Mode.NONE,
-                awaiting_reply=True,
-            )
-        case State.THINKING | State.SPEAKING, ButtonPressed() | WakeDetected():
-            # interrupt the model and start a new user turn at once
-            # (a press may turn into a tap: the release switches server VAD back on then)
-            hands_free = isinstance(event, WakeDetected)
-            vad, changes = _vad_back(snap) if hands_free else ((), {})
-            return _go(
+    def _timers(self, snap: Snapshot) -> tuple[Effect, ...]:
+        t, e = self.timings, snap.epoch
+        match snap.state:
+            case State.CONNECTING:
+                return (StartTimer(TimerName.CONNECT, t.connect_s, e),)
+            case State.LISTENING if snap.mode is Mode.HANDS_FREE and not snap.heard_user:
+                return (StartTimer(TimerName.NO_SPEECH, t.no_speech_s, e),)
+            case State.LISTENING:
+                return (StartTimer(TimerName.MAX_TURN, t.max_turn_s, e),)
+            case State.THINKING | State.SPEAKING:
+                return (StartTimer(TimerName.REPLY, t.reply_s, e),)
+            case State.ERROR:
+                return (StartTimer(TimerName.ERROR_HOLD, t.error_hold_s, e),)
+            case State.OFFLINE:
+                return (StartTimer(TimerName.RETRY, snap.retry_s, e),)
+            case State.IDLE if snap.session_open:
+                return (StartTimer(TimerName.SESSION_IDLE, t.session_idle_s, e),)
+        return ()
+
+    def _mic_off(self, snap: Snapshot) -> tuple[Effect, ...]:
+        """The user's turn is over: close the uplink, unless full duplex keeps it open so
+        the service's VAD hears a barge-in (never after push-to-talk)."""
+        if self.keep_listening and snap.echo_converged and not snap.manual_turns:
+            return ()
+        return (CloseUplink(),)
+
+    def _end_turn(self, snap: Snapshot) -> Result:
+        """Back to IDLE after a reply; the session stays warm for a while. After a reply the
+        service started on its own (idle timeout), listen hands-free for the user's answer."""
+        if snap.follow_up and snap.session_open:
+            return self._go(
                 snap,
                 State.LISTENING,
-                CancelReply(),
-                *vad,
-                PlayCue("wake"),
                 OpenUplink(),
-                mode=Mode.HANDS_FREE if hands_free else Mode.PRESSED,
+                mode=Mode.HANDS_FREE,
                 heard_user=False,
-                **{**_QUIET, "responding": snap.responding, **changes},
+                follow_up=False,
             )
+        if snap.manual_turns:
+            return self._go(
+                snap,
+                State.IDLE,
+                CloseUplink(),
+                SetTurnDetection(server_vad=True),
+                mode=Mode.NONE,
+                manual_turns=False,
+            )
+        return self._go(snap, State.IDLE, CloseUplink(), mode=Mode.NONE)
 
-        # ---------------------------------------------------------- session
-        case State.CONNECTING, SessionUp() if snap.announcing and not snap.resume:
-            return _go(
+    def _new_turn(self, snap: Snapshot, mode: Mode) -> Result:
+        """Start a user turn: straight to LISTENING on a warm session, else connect first."""
+        fresh = {
+            "mode": mode,
+            "resume": False,
+            "heard_user": False,
+            "announcing": False,
+            "nudged": False,
+            "refused": False,
+        }
+        if snap.session_open:
+            return self._go(snap, State.LISTENING, PlayCue("wake"), OpenUplink(), **fresh)
+        return self._go(snap, State.CONNECTING, PlayCue("wake"), OpenSession(), **fresh)
+
+    def _activate(self, snap: Snapshot, event: Event) -> Result | None:
+        """A press or the wake word while nothing runs (IDLE, ERROR, OFFLINE)."""
+        match event:
+            case ButtonPressed():
+                return self._new_turn(snap, Mode.PRESSED)
+            case WakeDetected():
+                return self._new_turn(snap, Mode.HANDS_FREE)
+        return None
+
+    def _offline(
+        self, snap: Snapshot, *effects: Effect, retry_after: float | None = None, **changes: object
+    ) -> Result:
+        """Unreachable: show OFFLINE and back off exponentially (1, 2, 4 … 60 s, or longer if
+        the server said ``Retry-After``)."""
+        failures = snap.failures + 1
+        backoff = min(60.0, 2.0 ** (failures - 1))
+        return self._go(
+            snap,
+            State.OFFLINE,
+            *effects,
+            PlayCue("offline"),
+            mode=Mode.NONE,
+            manual_turns=False,
+            session_open=False,
+            announcing=False,
+            failures=failures,
+            **_QUIET,
+            retry_s=max(backoff, retry_after or 0.0),
+            **changes,
+        )
+
+    def _think(self, snap: Snapshot, *effects: Effect, **changes: object) -> Result:
+        """The user's turn is over (the service's VAD, a release, the turn cap)."""
+        return self._go(snap, State.THINKING, *self._mic_off(snap), *effects, **changes)
+
+    def _cut_off(self, snap: Snapshot) -> Result:
+        """Cut off mid-conversation (network, peer closed, session cap): reconnect on our
+        own and carry the conversation over."""
+        return self._offline(snap, CloseUplink(), CloseSession(), resume=True)
+
+    def _interrupt(self, snap: Snapshot, event: Event) -> Result | None:
+        """A press or the wake word while the model answers: interrupt it and start a new
+        user turn at once (a press may turn into a tap: the release switches server VAD
+        back on then)."""
+        if not isinstance(event, ButtonPressed | WakeDetected):
+            return None
+        hands_free = isinstance(event, WakeDetected)
+        vad, changes = _vad_back(snap) if hands_free else ((), {})
+        return self._go(
+            snap,
+            State.LISTENING,
+            CancelReply(),
+            *vad,
+            PlayCue("wake"),
+            OpenUplink(),
+            mode=Mode.HANDS_FREE if hands_free else Mode.PRESSED,
+            heard_user=False,
+            **{**_QUIET, "responding": snap.responding, **changes},
+        )
+
+    def _tools(self, snap: Snapshot, event: Event) -> Result | None:
+        """Tool calls while the model answers."""
+        match event:
+            case ToolCallRequested(call_id=call_id, name=name, arguments=arguments):
+                call = RunTool(call_id, name, arguments)
+                return _stay(snap, call, pending_tools=snap.pending_tools + 1)
+            case ToolFinished():
+                pending = max(0, snap.pending_tools - 1)
+                output = SendToolOutput(event.call_id, event.output)
+                if pending or snap.responding:
+                    # parallel calls: answer each now, ask for the reply once, after the last
+                    return _stay(snap, output, pending_tools=pending, outputs_due=True)
+                asked = {"pending_tools": 0, "outputs_due": False, "awaiting_reply": True}
+                if snap.state is State.THINKING:
+                    return self._go(snap, State.THINKING, output, RequestResponse(), **asked)
+                return _stay(snap, output, RequestResponse(), **asked)
+        return None
+
+    # ------------------------------------------------------------ shared by every state
+
+    def _prelude(self, snap: Snapshot, event: Event) -> Result | None:
+        match event:
+            case TimerFired(epoch=epoch) if epoch != snap.epoch:
+                return snap, ()  # stale: started in an earlier state
+            case AudioFault() if snap.state is State.MUTED:
+                return _stay(snap, audio_fault=True)
+            case AudioFault():
+                return self._go(
+                    snap,
+                    State.ERROR,
+                    *_hang_up(snap),
+                    PlayCue("error"),
+                    mode=Mode.NONE,
+                    session_open=False,
+                    resume=False,
+                    audio_fault=True,
+                    **_QUIET,
+                )
+            case AudioRestored() if snap.state is State.ERROR and snap.audio_fault:
+                return self._go(snap, State.IDLE, audio_fault=False)
+            case AudioRestored():
+                return _stay(snap, audio_fault=False)
+            case MuteToggled() if snap.state is State.MUTED:
+                return self._go(snap, State.IDLE)
+            case MuteToggled() if (
+                snap.state is State.LISTENING and snap.mode is Mode.PUSH_TO_TALK and snap.heard_user
+            ):
+                return snap, ()  # a long question, not the mute gesture
+            case MuteToggled():
+                return self._go(
+                    snap,
+                    State.MUTED,
+                    *_hang_up(snap),
+                    mode=Mode.NONE,
+                    session_open=False,
+                    **_QUIET,
+                )
+            case EchoConverged(converged=converged):
+                return _stay(snap, echo_converged=converged)
+            case SessionAged() if snap.session_open and snap.state is State.IDLE:
+                return _stay(snap, CloseSession(), session_open=False, **_QUIET)
+            case SessionAged() if snap.session_open:
+                return _stay(snap, session_aged=True)  # closed when the turn is over
+            case SessionAged():
+                return snap, ()
+        return None
+
+    def _any_state(self, snap: Snapshot, event: Event) -> Result | None:
+        """Response bookkeeping every state but MUTED keeps."""
+        match event:
+            case ResponseStarted():
+                return _stay(snap, awaiting_reply=False, responding=True, reply_heard=False)
+            case ResponseDone():
+                return self._response_done(snap, event)
+        return None
+
+    def _response_done(self, snap: Snapshot, event: ResponseDone) -> Result:
+        """``response.done``: ask for the answer to tool outputs now if the response was the
+        last thing they waited for; end a turn whose audio already finished."""
+        snap = replace(snap, responding=False)
+        if snap.state not in (State.THINKING, State.SPEAKING):
+            return snap, ()
+        if snap.outputs_due and not snap.pending_tools:
+            asked = {"outputs_due": False, "awaiting_reply": True}
+            if snap.state is State.THINKING:
+                return self._go(snap, State.THINKING, RequestResponse(), **asked)
+            return _stay(snap, RequestResponse(), **asked)
+        audio_to_come = event.had_audio and not snap.reply_heard
+        if snap.state is State.THINKING and _reply_over(snap) and not audio_to_come:
+            return self._end_turn(snap)  # no audio (text-only, failed), or it already finished
+        return snap, ()
+
+    # ------------------------------------------------------------ one handler per state
+
+    def _idle(self, snap: Snapshot, event: Event) -> Result | None:
+        match event:
+            case TimerFired(name=TimerName.SESSION_IDLE):
+                return _stay(snap, CloseSession(), session_open=False, **_QUIET)
+            case Unreachable() if not (snap.resume or snap.session_open):
+                return self._offline(snap, retry_after=event.retry_after)
+            case ButtonPressed() | WakeDetected():
+                return self._activate(snap, event)
+            case AnnouncementDue() if snap.session_open:
+                return _stay(snap, Announce("queued"))
+            case AnnouncementDue():
+                return self._go(
+                    snap, State.CONNECTING, OpenSession(), mode=Mode.NONE, announcing=True
+                )
+            case SessionLost():
+                return _stay(snap, session_open=False, **_QUIET)
+            case InputTimedOut() if snap.session_open and snap.nudged:
+                # asked once already and nobody answered: stop, rather than ask forever
+                return _stay(snap, CloseSession(), session_open=False, **_QUIET)
+            case InputTimedOut() if snap.session_open:
+                # the service answers the silence on its own; let the user reply afterwards
+                return self._go(snap, State.THINKING, mode=Mode.NONE, follow_up=True, nudged=True)
+            case ReplyAudioStarted() if snap.session_open:
+                return self._go(snap, State.SPEAKING, reply_heard=True)  # an announcement
+        return None
+
+    def _connecting(self, snap: Snapshot, event: Event) -> Result | None:
+        mode = snap.mode
+        match event:
+            case TimerFired(name=TimerName.CONNECT):
+                # no session in time: a partition or a slow service, not a fault of the device
+                return self._offline(snap, CloseSession())
+            case ButtonHeld() if mode is Mode.PRESSED:
+                return _stay(
+                    snap,
+                    SetTurnDetection(server_vad=False),
+                    mode=Mode.PUSH_TO_TALK,
+                    manual_turns=True,
+                )
+            case ButtonReleased() if mode is Mode.PRESSED:
+                vad, changes = _vad_back(snap)  # a tap: server VAD ends the turn
+                return _stay(snap, *vad, mode=Mode.HANDS_FREE, **changes)
+            case ButtonReleased() if mode is Mode.PUSH_TO_TALK:
+                # let go before it was up
+                return self._go(snap, State.IDLE, CloseSession(), mode=Mode.NONE)
+            case SessionUp():
+                return self._session_up(replace(snap, session_aged=False))
+            case SessionFailed(offline=True):
+                return self._offline(snap, retry_after=event.retry_after)
+            case SessionFailed():
+                return self._go(
+                    snap,
+                    State.ERROR,
+                    PlayCue("error"),
+                    mode=Mode.NONE,
+                    session_open=False,
+                    announcing=False,
+                    resume=False,
+                    refused=event.lasting,
+                )
+            case SessionLost():
+                return self._offline(snap, CloseSession())
+        return None
+
+    def _session_up(self, snap: Snapshot) -> Result:
+        if snap.announcing and not snap.resume:
+            return self._go(
                 snap,
                 State.IDLE,
                 Announce("queued"),
@@ -691,13 +823,9 @@ def step(snap: Snapshot, event: Event) -> Result:
                 failures=0,
                 announcing=False,
             )
-        case State.IDLE, AnnouncementDue() if snap.session_open:
-            return _stay(snap, Announce("queued"))
-        case State.IDLE, AnnouncementDue():
-            return _go(snap, State.CONNECTING, OpenSession(), mode=Mode.NONE, announcing=True)
-        case State.CONNECTING, SessionUp() if snap.resume:
+        if snap.resume:
             # back after a cut: the conversation was carried over; say so, then wait
-            return _go(
+            return self._go(
                 snap,
                 State.IDLE,
                 Announce("reconnected"),
@@ -705,110 +833,133 @@ def step(snap: Snapshot, event: Event) -> Result:
                 failures=0,
                 resume=False,
             )
-        case State.CONNECTING, SessionUp():
-            return _go(snap, State.LISTENING, OpenUplink(), session_open=True, failures=0)
-        case State.CONNECTING, SessionFailed(offline=True):
-            return _offline(snap, retry_after=event.retry_after)
-        case State.CONNECTING, SessionFailed():
-            return _go(
-                snap,
-                State.ERROR,
-                PlayCue("error"),
-                mode=Mode.NONE,
-                session_open=False,
-                announcing=False,
-                resume=False,
-                refused=event.lasting,
-            )
-        case State.IDLE, SessionLost():
-            return _stay(snap, session_open=False, **_QUIET)
-        case State.CONNECTING, SessionLost():
-            return _offline(snap, CloseSession())
-        case State.LISTENING | State.THINKING | State.SPEAKING, SessionLost():
-            # cut off mid-conversation (network, peer closed, session cap): reconnect on our
-            # own and carry the conversation over
-            return _offline(snap, CloseUplink(), CloseSession(), resume=True)
+        return self._go(snap, State.LISTENING, OpenUplink(), session_open=True, failures=0)
 
-        # ---------------------------------------------------------- the conversation
-        case State.LISTENING, SpeechStarted() if mode is Mode.HANDS_FREE:
-            # user is talking: no-speech timer → turn cap
-            return _go(snap, State.LISTENING, heard_user=True, nudged=False)
-        case State.LISTENING, SpeechStarted():
-            return _stay(snap, heard_user=True, nudged=False)
-        case State.LISTENING, SpeechStopped() if mode is Mode.HANDS_FREE:
-            return _go(snap, State.THINKING, CloseUplink(), mode=Mode.NONE)
-        case State.LISTENING, ResponseStarted() if mode is not Mode.PUSH_TO_TALK:
-            return _go(
-                snap,
-                State.THINKING,
-                CloseUplink(),
-                mode=Mode.NONE,
-                awaiting_reply=False,
-                responding=True,
-                reply_heard=False,
-            )
-        case State.IDLE, InputTimedOut() if snap.session_open and snap.nudged:
-            # asked once already and nobody answered: stop, rather than ask forever
-            return _stay(snap, CloseSession(), session_open=False, **_QUIET)
-        case State.IDLE, InputTimedOut() if snap.session_open:
-            # the service answers the silence on its own; let the user reply afterwards
-            return _go(snap, State.THINKING, mode=Mode.NONE, follow_up=True, nudged=True)
-        case State.LISTENING, InputTimedOut() if mode is Mode.HANDS_FREE:
-            return _go(snap, State.THINKING, CloseUplink(), mode=Mode.NONE, follow_up=True)
-        case _, ResponseStarted():
-            return _stay(snap, awaiting_reply=False, responding=True, reply_heard=False)
-        case State.THINKING, ReplyAudioStarted():
-            return _go(snap, State.SPEAKING, reply_heard=True)
-        case State.IDLE, ReplyAudioStarted() if snap.session_open:
-            return _go(snap, State.SPEAKING, reply_heard=True)  # an announcement (timer, …)
-        case State.SPEAKING, SpeechStarted():
-            # barge-in detected by the service (or locally): stop talking, listen
-            vad, changes = _vad_back(snap)
-            return _go(
-                snap,
-                State.LISTENING,
-                CancelReply(),
-                *vad,
-                OpenUplink(),
-                mode=Mode.HANDS_FREE,
-                heard_user=False,
-                **{**_QUIET, "responding": snap.responding, **changes},
-            )
-        case State.SPEAKING, ReplyAudioStopped():
-            if _reply_over(snap):
-                return _end_turn(snap)
-            # a preamble ("let me check") before a tool call, or more to come
-            return _go(snap, State.THINKING)
-        case _, ResponseDone():
-            return _response_done(snap, event)
-        case State.THINKING | State.SPEAKING | State.LISTENING, ToolCallRequested():
-            call = RunTool(event.call_id, event.name, event.arguments)
-            return _stay(snap, call, pending_tools=snap.pending_tools + 1)
-        case State.THINKING | State.SPEAKING, ToolFinished():
-            pending = max(0, snap.pending_tools - 1)
-            output = SendToolOutput(event.call_id, event.output)
-            if pending or snap.responding:
-                # parallel calls: answer each now, ask for the reply once, after the last
-                return _stay(snap, output, pending_tools=pending, outputs_due=True)
-            asked = {"pending_tools": 0, "outputs_due": False, "awaiting_reply": True}
-            if state is State.THINKING:
-                return _go(snap, State.THINKING, output, RequestResponse(), **asked)
-            return _stay(snap, output, RequestResponse(), **asked)
-    return snap, ()
+    def _listening(self, snap: Snapshot, event: Event) -> Result | None:
+        mode = snap.mode
+        match event:
+            case TimerFired(name=TimerName.NO_SPEECH):
+                return self._go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
+            case TimerFired(name=TimerName.MAX_TURN):
+                return self._think(
+                    snap, CommitInput(), RequestResponse(), mode=Mode.NONE, awaiting_reply=True
+                )
+            case ButtonHeld() if mode is Mode.PRESSED:
+                return _stay(
+                    snap,
+                    SetTurnDetection(server_vad=False),
+                    mode=Mode.PUSH_TO_TALK,
+                    manual_turns=True,
+                )
+            case ButtonReleased() if mode is Mode.PRESSED:
+                # a tap on a warm session: the no-speech timer, not the turn cap, runs from now
+                vad, changes = _vad_back(snap)
+                return self._go(snap, State.LISTENING, *vad, mode=Mode.HANDS_FREE, **changes)
+            case ButtonReleased() if mode is Mode.PUSH_TO_TALK:
+                return self._think(
+                    snap, CommitInput(), RequestResponse(), mode=Mode.NONE, awaiting_reply=True
+                )
+            case SessionLost():
+                return self._cut_off(snap)
+            case SpeechStarted() if mode is Mode.HANDS_FREE:
+                # user is talking: no-speech timer → turn cap
+                return self._go(snap, State.LISTENING, heard_user=True, nudged=False)
+            case SpeechStarted():
+                return _stay(snap, heard_user=True, nudged=False)
+            case SpeechStopped() if mode is Mode.HANDS_FREE:
+                return self._think(snap, mode=Mode.NONE)
+            case ResponseStarted() if mode is not Mode.PUSH_TO_TALK:
+                return self._think(
+                    snap, mode=Mode.NONE, awaiting_reply=False, responding=True, reply_heard=False
+                )
+            case InputTimedOut() if mode is Mode.HANDS_FREE:
+                return self._think(snap, mode=Mode.NONE, follow_up=True)
+            case ToolCallRequested():
+                return self._tools(snap, event)
+        return None
 
+    def _dictating(self, snap: Snapshot, event: Event) -> Result | None:
+        """LISTENING under the dictation policy: pauses and the turn cap do not end the
+        turn; the silence that follows it (no-speech timer) or a press does."""
+        match event:
+            case SpeechStopped():
+                return self._go(snap, State.LISTENING, mode=Mode.HANDS_FREE, heard_user=False)
+            case TimerFired(name=TimerName.MAX_TURN):
+                return self._go(snap, State.LISTENING, CommitInput(), mode=Mode.HANDS_FREE)
+            case ButtonReleased() if snap.mode is Mode.PUSH_TO_TALK:
+                return self._go(
+                    snap, State.IDLE, CloseUplink(), CommitInput(), PlayCue("end"), mode=Mode.NONE
+                )
+            case ButtonPressed():
+                return self._go(snap, State.IDLE, CloseUplink(), PlayCue("end"), mode=Mode.NONE)
+        return self._listening(snap, event)
 
-def _response_done(snap: Snapshot, event: ResponseDone) -> Result:
-    """``response.done``: ask for the answer to tool outputs now if the response was the
-    last thing they waited for; end a turn whose audio already finished."""
-    snap = replace(snap, responding=False)
-    if snap.state not in (State.THINKING, State.SPEAKING):
+    def _thinking(self, snap: Snapshot, event: Event) -> Result | None:
+        match event:
+            case TimerFired(name=TimerName.REPLY):
+                return self._reply_timed_out(snap)
+            case SessionLost():
+                return self._cut_off(snap)
+            case ReplyAudioStarted():
+                return self._go(snap, State.SPEAKING, reply_heard=True)
+        return self._interrupt(snap, event) or self._tools(snap, event)
+
+    def _speaking(self, snap: Snapshot, event: Event) -> Result | None:
+        match event:
+            case TimerFired(name=TimerName.REPLY):
+                return self._reply_timed_out(snap)
+            case SessionLost():
+                return self._cut_off(snap)
+            case SpeechStarted():
+                # barge-in detected by the service (or locally): stop talking, listen
+                vad, changes = _vad_back(snap)
+                return self._go(
+                    snap,
+                    State.LISTENING,
+                    CancelReply(),
+                    *vad,
+                    OpenUplink(),
+                    mode=Mode.HANDS_FREE,
+                    heard_user=False,
+                    **{**_QUIET, "responding": snap.responding, **changes},
+                )
+            case ReplyAudioStopped() if _reply_over(snap):
+                return self._end_turn(snap)
+            case ReplyAudioStopped():
+                # a preamble ("let me check") before a tool call, or more to come
+                return self._go(snap, State.THINKING)
+        return self._interrupt(snap, event) or self._tools(snap, event)
+
+    def _reply_timed_out(self, snap: Snapshot) -> Result:
+        return self._go(
+            snap, State.ERROR, CancelReply(), PlayCue("error"), mode=Mode.NONE, **_QUIET
+        )
+
+    def _error(self, snap: Snapshot, event: Event) -> Result | None:
+        match event:
+            case TimerFired(name=TimerName.ERROR_HOLD) if snap.audio_fault or snap.refused:
+                return snap, ()  # stays until the device is back, or the user tries again
+            case TimerFired(name=TimerName.ERROR_HOLD):
+                return self._go(snap, State.IDLE)
+            case ButtonPressed() | WakeDetected() if snap.audio_fault:
+                return snap, ()  # nothing to talk with
+        return self._activate(snap, event)
+
+    def _muted(self, snap: Snapshot, event: Event) -> Result | None:
+        """Privacy mute: only the prelude's events (unmute, the audio device) change it."""
         return snap, ()
-    if snap.outputs_due and not snap.pending_tools:
-        asked = {"outputs_due": False, "awaiting_reply": True}
-        if snap.state is State.THINKING:
-            return _go(snap, State.THINKING, RequestResponse(), **asked)
-        return _stay(snap, RequestResponse(), **asked)
-    audio_to_come = event.had_audio and not snap.reply_heard
-    if snap.state is State.THINKING and _reply_over(snap) and not audio_to_come:
-        return _end_turn(snap)  # no audio (text-only, failed), or it already finished
-    return snap, ()
+
+    def _offline_state(self, snap: Snapshot, event: Event) -> Result | None:
+        match event:
+            case TimerFired(name=TimerName.RETRY) if snap.resume:
+                if snap.failures > MAX_RESUME_ATTEMPTS:
+                    return self._go(snap, State.IDLE, resume=False)  # give up; the user can
+                return self._go(snap, State.CONNECTING, OpenSession(), mode=Mode.NONE)
+            case TimerFired(name=TimerName.RETRY):
+                # stay OFFLINE until a probe says the server answers (the LED keeps telling)
+                return self._go(snap, State.OFFLINE, Probe())
+            case Reachable() if not snap.resume:
+                return self._go(snap, State.IDLE)  # the back-off resets only when a session works
+            case Unreachable() if not (snap.resume or snap.session_open):
+                return self._offline(snap, retry_after=event.retry_after)
+        return self._activate(snap, event)

@@ -28,7 +28,7 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance import machine as m  # pin factory must be chosen first
-from appliance.app import App, Stats, make_frontend, make_gpio
+from appliance.app import App
 from appliance.audio.base import AudioFormat
 from appliance.audio.frames import Pcm
 from appliance.audio.wav import WavSink, WavSource
@@ -44,6 +44,8 @@ from appliance.realtime.keys import CachedKeySource
 from appliance.realtime.live import LiveSession
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from appliance.realtime.tools import builtin_registry
+from appliance.telemetry import Stats
+from appliance.wiring import make_frontend, make_gpio
 from appliance_common.models import DEFAULT_TRANSCRIPTION_MODEL
 from provisioning.live_relay import live_profile
 from provisioning.server import ProvisioningServer, Settings, profile_for
@@ -173,10 +175,12 @@ async def run_demo(
             stop = asyncio.Event()
             runner = asyncio.create_task(app.run(stop))
             await asyncio.sleep(0.05)
-            leds, button = make_gpio(config, app)
+            leds, button = make_gpio(config, app.post)
             app.leds = leds
             pin = button.button.pin
-            logging.getLogger("appliance.app").addFilter(lambda r: r.levelno >= logging.WARNING)
+            for chatty in ("app", "session_runner", "telemetry", "micpump"):
+                logger = logging.getLogger(f"appliance.{chatty}")
+                logger.addFilter(lambda r: r.levelno >= logging.WARNING)
             try:
                 say("turn 1: hold the button and ask (push-to-talk)")
                 pin.drive_low()

@@ -31,7 +31,7 @@ async def test_long_press_toggles_mute(factory: MockFactory) -> None:
     assert events == [m.ButtonPressed(), m.ButtonHeld(), m.MuteToggled(), m.ButtonReleased()]
     snap = m.Snapshot()
     for event in events:
-        snap, _ = m.step(snap, event)
+        snap, _ = m.Machine().step(snap, event)
     assert snap.state is m.State.MUTED
     assert not snap.session_open
     button.close()

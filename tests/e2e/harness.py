@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import machine as m
-from appliance.app import App, make_frontend
+from appliance.app import App
 from appliance.audio.base import AudioFormat, AudioSink, AudioSource
 from appliance.audio.wav import WavSink, WavSource
 from appliance.config import (
@@ -28,6 +28,7 @@ from appliance.config import (
 )
 from appliance.realtime.keys import CachedKeySource, EphemeralKey, KeySource
 from appliance.realtime.tools import ToolRegistry, builtin_registry
+from appliance.wiring import make_frontend
 from appliance_dev.demo import asset
 from standin import StandIn
 from tests.standin.conftest import mint

@@ -21,7 +21,6 @@ from gpiozero import PWMLED
 from gpiozero.pins.mock import MockFactory
 
 from appliance import machine as m
-from appliance.app import make_gpio
 from appliance.audio.base import AudioFormat
 from appliance.audio.wav import WavSink, WavSource
 from appliance.errors import AudioDeviceError, ConfigError
@@ -30,6 +29,7 @@ from appliance.identity import Identity
 from appliance.leds import PATTERNS, GpioLeds, Kind
 from appliance.realtime.keys import EphemeralKey
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
+from appliance.wiring import make_gpio
 from appliance_dev.demo import asset
 from standin import StandIn, StandInConfig
 from standin.call import Call
@@ -148,7 +148,7 @@ async def test_a_201_that_is_not_sdp_is_offline_at_once_with_the_reason(
 ) -> None:
     reply = Fixed(201, b"<html>hello</html>", {"Content-Type": "text/html"})
     async with fixed_reply(reply) as fake, device(standin, tmp_path, connect_s=30.0) as dev:
-        dev.app.keys = KeysFor(fake.base_url)
+        dev.app.sessions.keys = KeysFor(fake.base_url)
         dev.app.attach_leds(leds)
         dev.app.post(m.ButtonPressed())
         await dev.wait(m.State.OFFLINE, 5)  # not 30 s in CONNECTING
@@ -165,7 +165,7 @@ async def test_a_service_that_never_answers_is_offline_not_error(
         fixed_reply(Fixed(silent=True)) as fake,
         device(standin, tmp_path, connect_s=1.0) as dev,
     ):
-        dev.app.keys = KeysFor(fake.base_url)
+        dev.app.sessions.keys = KeysFor(fake.base_url)
         dev.app.attach_leds(leds)
         dev.app.post(m.ButtonPressed())
         await dev.wait(m.State.OFFLINE, 10)
@@ -326,10 +326,10 @@ async def test_gpio_pins_already_taken_is_a_config_error_naming_the_board(
 ) -> None:
     async with device(standin, tmp_path) as dev:
         config = replace(dev.app.config, device=replace(dev.app.config.device, board="generic"))
-        leds, button = make_gpio(config, dev.app)
+        leds, button = make_gpio(config, dev.app.post)
         try:
             with pytest.raises(ConfigError) as caught:
-                make_gpio(config, dev.app)  # the pins are taken (by the first, here)
+                make_gpio(config, dev.app.post)  # the pins are taken (by the first, here)
         finally:
             button.close()
             assert leds is not None

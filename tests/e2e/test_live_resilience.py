@@ -15,12 +15,13 @@ import httpx
 import pytest
 
 from appliance import machine as m
-from appliance.app import App, make_frontend
+from appliance.app import App
 from appliance.audio.base import AudioFormat
 from appliance.audio.wav import WavSink, WavSource
 from appliance.config import AudioConfig, Config, DeviceConfig
 from appliance.realtime.live import LiveSession
 from appliance.realtime.tools import builtin_registry
+from appliance.wiring import make_frontend
 from standin import StandIn, StandInConfig
 from tests.e2e.harness import Device, StandInKeys
 from tests.standin.conftest import API_KEY
@@ -71,7 +72,7 @@ async def live_device(
         relay=relay,
         on_state=lambda _: changed.set(),
     )
-    app.backend = "live"
+    app.sessions.backend = "live"
     stop = asyncio.Event()
     runner = asyncio.create_task(app.run(stop))
     try:

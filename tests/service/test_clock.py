@@ -124,7 +124,7 @@ async def test_the_device_shows_clock_skew_as_such(standin: StandIn, tmp_path: P
         device(standin, tmp_path) as dev,
     ):
         identity = Identity("dev_x", fake.base_url, Ed25519PrivateKey.generate())
-        dev.app.keys = ProvisioningKeySource(identity)
+        dev.app.sessions.keys = ProvisioningKeySource(identity)
         dev.app.post(m.ButtonPressed())
         await dev.wait(m.State.ERROR, 10)
         status = dev.app.status_text()
