@@ -30,7 +30,8 @@ from provisioning.models import DEFAULT_MODEL, SHUTDOWN_DATES
 from provisioning.serving import FastPath, Reply, Served, header
 from provisioning.standin import events as ev
 from provisioning.standin import live
-from provisioning.standin.call import Call, SessionUpdateError, apply_session_update
+from provisioning.standin.call import Call
+from provisioning.standin.conversation import SessionUpdateError, apply_session_update
 from provisioning.standin.script import Script
 from provisioning.standin.voice import Voice
 
