@@ -72,6 +72,10 @@ class Call:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expiry_handle: asyncio.TimerHandle | None = None
         self.wire = Wire(call_id, faults)
+        self.sent = self.wire.sent
+        """Every server event sent, in order (the wire's list)."""
+        self.received = self.wire.received
+        """Every client event received that parsed as a JSON object, in order."""
         self.conversation = Conversation(session, self.wire, self._turn_detection_changed)
         self.track: ReplyAudio = (
             DeltaAudio(self.wire.send, lambda: self.conversation.audio_format("output"))
@@ -105,16 +109,6 @@ class Call:
     @property
     def items(self) -> list[Item]:
         return self.conversation.items
-
-    @property
-    def sent(self) -> list[JSON]:
-        """Every server event sent, in order."""
-        return self.wire.sent
-
-    @property
-    def received(self) -> list[JSON]:
-        """Every client event received (that parsed as a JSON object), in order."""
-        return self.wire.received
 
     @property
     def turn_detection(self) -> JSON | None:

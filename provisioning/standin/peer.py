@@ -32,7 +32,7 @@ async def answer_offer(
     reply: ReplyTrack,
     *,
     on_channel: Callable[[Any], None],
-    on_audio: Callable[[Any], None],
+    on_audio: Callable[[Any], object],
     on_lost: Callable[[], Awaitable[None]],
     codecs: list[RTCRtpCodecCapability] | None = None,
 ) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from provisioning.standin import events as ev
 from provisioning.standin.conversation import Conversation, Item
-from provisioning.standin.media import RATE, ReplyAudio
+from provisioning.standin.media import RATE, ReplyAudio, stream_speech
 from provisioning.standin.script import Decision, Script
 from provisioning.standin.wire import Handler, Wire
 
@@ -45,7 +45,6 @@ class Response:
     cancel_reason: str | None = None
     item_id: str | None = None
     audio_started: bool = False
-    audio_samples: int = 0
     played_at_start: int = 0
     output: list[JSON] = field(default_factory=list)
     budget: int | None = None
@@ -328,6 +327,40 @@ class Responder:
             self._wire.send(ev.event("output_audio_buffer.stopped", response_id=response.id))
         self._on_idle()
 
+    def _item_event(self, kind: str, response: Response, index: int, item: JSON) -> None:
+        """``response.output_item.added`` or ``.done``."""
+        self._wire.send(ev.event(kind, response_id=response.id, output_index=index, item=item))
+
+    def _part_event(
+        self, kind: str, response: Response, item_id: str, index: int, **fields: Any
+    ) -> None:
+        """An event about the first content part of output item ``index`` (``item_id``)."""
+        self._wire.send(
+            ev.event(
+                kind,
+                response_id=response.id,
+                item_id=item_id,
+                output_index=index,
+                content_index=0,
+                **fields,
+            )
+        )
+
+    def _begin_item(self, response: Response, item: JSON) -> tuple[int, Item]:
+        """The response's next output item: its index, and its record in the conversation
+        (an out-of-band response's items are in none)."""
+        response.item_id = str(item["id"])
+        response.output.append(item)
+        index = len(response.output) - 1
+        self._item_event("response.output_item.added", response, index, item)
+        record = Item(item) if response.oob else self._conversation.open_item(item)
+        return index, record
+
+    def _end_item(self, response: Response, index: int, item: JSON) -> None:
+        self._item_event("response.output_item.done", response, index, item)
+        if not response.oob:
+            self._conversation.done_item(item)
+
     def _finish_cancelled(self, response: Response) -> None:
         if response.item_id is None:
             return
@@ -341,29 +374,14 @@ class Responder:
                 (self.track.played_samples - response.played_at_start) * 1000 / RATE
             )
         index = next((i for i, out in enumerate(response.output) if out is data), 0)
-        self._wire.send(
-            ev.event(
-                "response.output_item.done", response_id=response.id, output_index=index, item=data
-            )
-        )
-        if not response.oob:
-            self._conversation.done_item(data)
+        self._end_item(response, index, data)
 
     async def _function_call(
         self, response: Response, name: str, arguments: str, then_say: str
     ) -> None:
         item_id, call_id = ev.new_id("item"), ev.new_id("call")
-        response.item_id = item_id
         item = ev.function_call_item(item_id, call_id, name, "", "in_progress")
-        response.output.append(item)
-        index = len(response.output) - 1
-        self._wire.send(
-            ev.event(
-                "response.output_item.added", response_id=response.id, output_index=index, item=item
-            )
-        )
-        if not response.oob:
-            self._conversation.open_item(item)
+        index, _ = self._begin_item(response, item)
         for i in range(0, len(arguments), 8):
             await asyncio.sleep(0.005)
             self._wire.send(
@@ -389,13 +407,7 @@ class Responder:
         )
         item.update(arguments=arguments, status="completed")
         self._conversation.pending_calls[call_id] = (response.id, then_say)
-        self._wire.send(
-            ev.event(
-                "response.output_item.done", response_id=response.id, output_index=index, item=item
-            )
-        )
-        if not response.oob:
-            self._conversation.done_item(item)
+        self._end_item(response, index, item)
 
     async def _speak(self, response: Response, text: str, voice: str, modalities: list[str]) -> int:
         """Say ``text`` as the response's next output item, within the response's token
@@ -403,33 +415,16 @@ class Responder:
         tokens it used."""
         audio = modalities == ["audio"]
         item_id = ev.new_id("item")
-        response.item_id = item_id
         item = ev.assistant_item(item_id, "in_progress", None)
         item["content"] = []
-        response.output.append(item)
-        index = len(response.output) - 1
         words = text.split()
         if response.budget is not None and len(words) * TOKENS_PER_WORD > response.budget:
             words = words[: response.budget // TOKENS_PER_WORD]
             text = " ".join(words)
             response.cut_short = True
-        self._wire.send(
-            ev.event(
-                "response.output_item.added", response_id=response.id, output_index=index, item=item
-            )
-        )
-        record = self._conversation.open_item(item) if not response.oob else Item(item)
+        index, record = self._begin_item(response, item)
         part: JSON = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
-        self._wire.send(
-            ev.event(
-                "response.content_part.added",
-                response_id=response.id,
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                part=part,
-            )
-        )
+        self._part_event("response.content_part.added", response, item_id, index, part=part)
         if audio:
             speed = float(self._conversation.session["audio"]["output"].get("speed", 1.0))
             samples = await asyncio.to_thread(self._voice.speak, text, voice, speed)
@@ -439,102 +434,36 @@ class Responder:
             item["content"] = [{"type": "output_audio", "transcript": None}]
             self._wire.send(ev.event("output_audio_buffer.started", response_id=response.id))
             self.track.begin(response.id, item_id)
-            await self._stream_audio(response, samples, words, item_id, index)
+
+            def said(delta: str, samples_queued: int) -> None:
+                kind = "response.output_audio_transcript.delta"
+                self._part_event(kind, response, item_id, index, delta=delta)
+
+            await stream_speech(self.track, samples, words, said, self._faults, self._drop_now)
             self.track.end()
             record.audio_ms = int(samples.size * 1000 / RATE)
-            self._wire.send(
-                ev.event(
-                    "response.output_audio_transcript.done",
-                    response_id=response.id,
-                    item_id=item_id,
-                    output_index=index,
-                    content_index=0,
-                    transcript=text,
-                )
-            )
+            kind = "response.output_audio_transcript.done"
+            self._part_event(kind, response, item_id, index, transcript=text)
             part = {"type": "audio", "transcript": text}
             item["content"] = [{"type": "output_audio", "transcript": text}]
         else:
             for i, word in enumerate(words):
                 await asyncio.sleep(0.01)
-                self._wire.send(
-                    ev.event(
-                        "response.output_text.delta",
-                        response_id=response.id,
-                        item_id=item_id,
-                        output_index=index,
-                        content_index=0,
-                        delta=("" if i == 0 else " ") + word,
-                    )
+                delta = ("" if i == 0 else " ") + word
+                self._part_event(
+                    "response.output_text.delta", response, item_id, index, delta=delta
                 )
-            self._wire.send(
-                ev.event(
-                    "response.output_text.done",
-                    response_id=response.id,
-                    item_id=item_id,
-                    output_index=index,
-                    content_index=0,
-                    text=text,
-                )
-            )
+            self._part_event("response.output_text.done", response, item_id, index, text=text)
             part = {"type": "text", "text": text}
             item["content"] = [{"type": "output_text", "text": text}]
         item["status"] = "incomplete" if response.cut_short else "completed"
-        self._wire.send(
-            ev.event(
-                "response.content_part.done",
-                response_id=response.id,
-                item_id=item_id,
-                output_index=index,
-                content_index=0,
-                part=part,
-            )
-        )
-        self._wire.send(
-            ev.event(
-                "response.output_item.done", response_id=response.id, output_index=index, item=item
-            )
-        )
-        if not response.oob:
-            self._conversation.done_item(item)
+        self._part_event("response.content_part.done", response, item_id, index, part=part)
+        self._end_item(response, index, item)
         used = len(words) * TOKENS_PER_WORD
         if response.budget is not None:
             response.budget -= used
         return used
 
-    async def _stream_audio(
-        self, response: Response, samples: Any, words: list[str], item_id: str, index: int
-    ) -> None:
-        """Generate audio a little ahead of playback, with transcript deltas in step."""
-        lead = RATE // 5  # 200 ms generated ahead of what is played
-        chunk = RATE // 10
-        sent_words = 0
-        total = max(1, int(samples.size))
-        pos = 0
-        drop_at = self._faults.drop_after_audio_ms
-        while pos < samples.size:
-            while self.track.pending() > lead:  # noqa: ASYNC110  # polls the playout position
-                await asyncio.sleep(0.02)
-            piece = samples[pos : pos + chunk]
-            self.track.enqueue(piece)
-            pos += piece.size
-            response.audio_samples = pos
-            due = round(len(words) * pos / total)
-            while sent_words < due:
-                delta = ("" if sent_words == 0 else " ") + words[sent_words]
-                self._wire.send(
-                    ev.event(
-                        "response.output_audio_transcript.delta",
-                        response_id=response.id,
-                        item_id=item_id,
-                        output_index=index,
-                        content_index=0,
-                        delta=delta,
-                    )
-                )
-                sent_words += 1
-            if drop_at is not None and pos * 1000 / RATE >= drop_at:
-                log.warning("%s: fault switch drops the peer connection mid-reply", self._wire.name)
-                self._spawn(self._drop())
-                await asyncio.sleep(3600)
-        await self.track.drained.wait()
+    def _drop_now(self) -> None:
+        log.warning("%s: fault switch drops the peer connection mid-reply", self._wire.name)
+        self._spawn(self._drop())
