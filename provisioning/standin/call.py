@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 from appliance.realtime.ice import PeerConnection
@@ -31,6 +31,7 @@ from provisioning.standin.media import (
 from provisioning.standin.peer import answer_offer, listen
 from provisioning.standin.responder import Responder
 from provisioning.standin.script import Script
+from provisioning.standin.tasks import Tasks
 from provisioning.standin.turns import Turns
 from provisioning.standin.wire import Outlet, Wire
 
@@ -69,7 +70,8 @@ class Call:
         self.pc: PeerConnection | None = None
         self.closed = asyncio.Event()
         self.started = time.monotonic()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
+        self._spawn = self._tasks.spawn
         self._expiry_handle: asyncio.TimerHandle | None = None
         self.wire = Wire(call_id, faults)
         self.sent = self.wire.sent
@@ -174,20 +176,11 @@ class Call:
         self.turns.close()
         if self._expiry_handle:
             self._expiry_handle.cancel()
-        current = asyncio.current_task()
-        for task in list(self._tasks):
-            if task is not current:
-                task.cancel()
+        self._tasks.cancel(keep=asyncio.current_task())
         if self.pc is not None:
             await self.pc.close()
         self._on_closed(self)
         log.info("call %s closed", self.id)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     def _expire(self) -> None:
         minutes = self.max_session_s / 60

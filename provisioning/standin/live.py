@@ -25,7 +25,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import webrtcvad
@@ -38,6 +38,7 @@ from provisioning.standin.events import event, new_id
 from provisioning.standin.media import RATE, ReplyTrack, stream_speech
 from provisioning.standin.peer import VAD_RATE, VadFrames, answer_offer, listen
 from provisioning.standin.script import Script
+from provisioning.standin.tasks import Tasks
 from provisioning.standin.wire import Handler, Wire
 
 if TYPE_CHECKING:
@@ -184,7 +185,8 @@ class LiveSession:
         self.channel_label = ""
         self._vad = webrtcvad.Vad(2)
         self._frames = VadFrames()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
+        self._spawn = self._tasks.spawn
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: asyncio.Future[None] | None = None
         self._started = time.monotonic()
@@ -289,18 +291,11 @@ class LiveSession:
         self.wire.shut()
         if self._expiry:
             self._expiry.cancel()
-        for task in list(self._tasks):
-            task.cancel()  # a task that asked for the close waits on it shielded
+        self._tasks.cancel()  # a task that asked for the close waits on it shielded
         await asyncio.sleep(0.05)  # let session.closed leave before the transport goes
         await self.pc.close()
         self._on_closed(self)
         log.info("live session %s closed (%s)", self.id, reason)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     def _expire(self) -> None:
         self._spawn(self.close("expired"))
