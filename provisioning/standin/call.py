@@ -1,7 +1,9 @@
-"""One call to the stand-in: the GA event engine, server VAD and the scripted model.
+"""One call to the stand-in: its transport and its life, and the parts it is made of.
 
-Order of events follows the reference §4.3. Everything the stand-in sends is also kept in
-``Call.sent`` (and everything received in ``Call.received``) so tests can validate the wire.
+The parts each have one job: ``wire`` (events out and in), ``conversation`` (the session and
+its items), ``turns`` (input audio and turn detection) and ``responder`` (responses and the
+model's voice). Everything the stand-in sends is also kept in ``Call.sent`` (and everything
+received in ``Call.received``) so tests can validate the wire.
 
 Transports: a WebRTC call (``answer``) carries events on the ``oai-events`` data channel and
 audio on RTP; a WebSocket session (``media="websocket"``, ``start``) carries both as events
