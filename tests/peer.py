@@ -135,6 +135,17 @@ class GaPeer:
         self.channel.send(json.dumps(event))
         return str(event["event_id"])
 
+    def ask(self, text: str, **response: Any) -> None:
+        """A typed user message, then ``response.create`` (with ``response`` as its params)."""
+        content = [{"type": "input_text", "text": text}]
+        item = {"type": "message", "role": "user", "content": content}
+        self.send({"type": "conversation.item.create", "item": item})
+        self.send(
+            {"type": "response.create", "response": response}
+            if response
+            else {"type": "response.create"}
+        )
+
     def types(self) -> list[str]:
         return [str(e["type"]) for e in self.events]
 

@@ -25,21 +25,22 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import webrtcvad
-from aiortc import RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from appliance_common.ice import PeerConnection
-from appliance_common.pcm import Resampler
+from appliance_common.pcm import Pcm
 from standin.errors import StandinError
-from standin.media import RATE, ReplyTrack, make_track
+from standin.events import event, new_id
+from standin.media import RATE, ReplyTrack, stream_speech
+from standin.peer import VAD_RATE, VadFrames, answer_offer, listen
 from standin.script import Script
+from standin.tasks import Tasks
+from standin.wire import Handler, Wire
 
 if TYPE_CHECKING:
     from standin.server import Faults, StandIn
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 JSON = dict[str, Any]
-VAD_RATE = 16_000
-VAD_FRAME = 320  # 20 ms
 END_OF_TURN_MS = 500
 """Silence after which the stand-in "model" decides the user has finished."""
 SESSION_KEYS = {
@@ -74,14 +73,6 @@ class LiveConfigError(StandinError, ValueError):
         super().__init__(message)
         self.param = param
         self.code = code
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(10)}"
-
-
-def event(kind: str, **fields: Any) -> JSON:
-    return {"type": kind, "event_id": new_id("event"), **fields}
 
 
 def check_session(session: Any) -> JSON:
@@ -126,6 +117,42 @@ def function_tools(session: JSON) -> dict[str, JSON]:
     return {str(t["name"]): t for t in tools if isinstance(t, dict) and t.get("type") == "function"}
 
 
+class LiveWire(Wire):
+    """A Live session's wire: Live's ``error`` shape, and the data channel's permissions
+    (``client.data_channel.allowed_client_events`` of ``config``)."""
+
+    def __init__(self, session_id: str, faults: Faults, config: JSON) -> None:
+        super().__init__(session_id, faults, label="live", level=logging.DEBUG)
+        self.config = config
+
+    def allowed(self) -> list[str] | None:
+        """The client events this session takes (``None``: all)."""
+        allowed = ((self.config.get("client") or {}).get("data_channel") or {}).get(
+            "allowed_client_events"
+        )
+        return None if allowed in (None, "all") else [str(k) for k in allowed]
+
+    def error_event(self, message: str, code: str, event_id: str | None, param: str | None) -> JSON:
+        error = {
+            "type": "invalid_request_error",
+            "code": code,
+            "message": message,
+            "client_event_id": event_id,
+            **({} if param is None else {"param": param}),
+        }
+        return event("error", error=error, client_event_id=event_id)
+
+    def admits(self, kind: str, event_id: str | None) -> bool:
+        allowed = self.allowed()
+        if allowed is None or kind in allowed:
+            return True
+        self.error(f"'{kind}' is not allowed on this data channel.", "event_not_allowed", event_id)
+        return False
+
+    def unknown(self, kind: str, event_id: str | None) -> None:
+        self.error(f"Unknown client event '{kind}'.", "unknown_event", event_id, param="type")
+
+
 class LiveSession:
     """The stand-in side of one Live WebRTC session."""
 
@@ -151,12 +178,16 @@ class LiveSession:
         self.created_at = clock()
         self.pc = PeerConnection()
         self.track = ReplyTrack()
-        self.sent: list[JSON] = []
-        self.received: list[JSON] = []
+        self.wire = LiveWire(session_id, faults, config)
+        self.wire.handlers = self._handlers()
+        self.sent = self.wire.sent
+        self.received = self.wire.received
         self.closed = asyncio.Event()
         self.channel_label = ""
-        self._channel: Any = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._vad = webrtcvad.Vad(2)
+        self._frames = VadFrames()
+        self._tasks = Tasks()
+        self._spawn = self._tasks.spawn
         self._expiry: asyncio.TimerHandle | None = None
         self._closing: asyncio.Future[None] | None = None
         self._started = time.monotonic()
@@ -208,51 +239,34 @@ class LiveSession:
 
     async def answer(self, offer_sdp: str) -> str:
         """Set the remote offer and return the SDP answer. ``ValueError`` on a bad offer."""
-        self.pc.addTrack(make_track(self.track))
-
-        @self.pc.on("datachannel")
-        def _on_channel(channel: Any) -> None:
-            self.channel_label = str(channel.label)
-            self._channel = channel
-            channel.on("message", self._on_message)
-            self._send(event("session.started", session=self.resource()))
-            allowed = self._allowed_client_events()
-            if allowed is not None:
-                self._send(
-                    event(
-                        "info",
-                        code="data_channel_permissions",
-                        message="This data channel may send: " + (", ".join(allowed) or "nothing"),
-                    )
-                )
-            self._last_activity = time.monotonic()
-            self._idle_task = self._spawn(self._watch_idle())
-
-        @self.pc.on("track")
-        def _on_track(track: Any) -> None:
-            if track.kind == "audio":
-                self._spawn(self._listen(track))
-
-        @self.pc.on("connectionstatechange")
-        async def _on_state() -> None:
-            if self.pc.connectionState in ("failed", "closed"):
-                await self.close("connection_lost")
-
-        try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-        except Exception as exc:
-            await self.pc.close()
-            raise ValueError(f"invalid SDP offer: {exc}") from exc
-        if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
-            await self.pc.close()
-            raise ValueError("the offer has no audio m-line")
-        for transceiver in self.pc.getTransceivers():
-            if transceiver.kind == "audio":
-                transceiver.direction = "sendrecv"
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        answer = await answer_offer(
+            self.pc,
+            f"live session {self.id}",
+            offer_sdp,
+            self.track,
+            on_channel=self._on_channel,
+            on_audio=lambda track: self._spawn(listen(track, self._hear)),
+            on_lost=lambda: self.close("connection_lost"),
+        )
         loop = asyncio.get_running_loop()
         self._expiry = loop.call_later(self.max_session_s, self._expire)
-        return str(self.pc.localDescription.sdp)
+        return answer
+
+    def _on_channel(self, channel: Any) -> None:
+        self.channel_label = str(channel.label)
+        self.wire.bind(channel)
+        self._send(event("session.started", session=self.resource()))
+        allowed = self.wire.allowed()
+        if allowed is not None:
+            self._send(
+                event(
+                    "info",
+                    code="data_channel_permissions",
+                    message="This data channel may send: " + (", ".join(allowed) or "nothing"),
+                )
+            )
+        self._last_activity = time.monotonic()
+        self._idle_task = self._spawn(self._watch_idle())
 
     def usage(self) -> JSON:
         paused = self.paused_s + (time.monotonic() - self._paused_at if self.paused else 0.0)
@@ -275,20 +289,14 @@ class LiveSession:
             event("session.closed", reason=reason, session=self.resource(), usage=self.usage())
         )
         self.closed.set()
+        self.wire.shut()
         if self._expiry:
             self._expiry.cancel()
-        for task in list(self._tasks):
-            task.cancel()  # a task that asked for the close waits on it shielded
+        self._tasks.cancel()  # a task that asked for the close waits on it shielded
         await asyncio.sleep(0.05)  # let session.closed leave before the transport goes
         await self.pc.close()
         self._on_closed(self)
         log.info("live session %s closed (%s)", self.id, reason)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     def _expire(self) -> None:
         self._spawn(self.close("expired"))
@@ -296,57 +304,12 @@ class LiveSession:
     # ------------------------------------------------------------------ wire
 
     def _send(self, data: JSON) -> None:
-        if self.faults.stall_events or self.closed.is_set():
-            return
-        self.sent.append(data)
-        log.debug("live %s out: %s", self.id, data["type"])
-        if self._channel is not None and self._channel.readyState == "open":
-            self._channel.send(json.dumps(data))
+        self.wire.send(data)
 
-    def _error(self, message: str, code: str, client_event_id: str | None, **extra: Any) -> None:
-        error = {
-            "type": "invalid_request_error",
-            "code": code,
-            "message": message,
-            "client_event_id": client_event_id,
-            **extra,
-        }
-        self._send(event("error", error=error, client_event_id=client_event_id))
+    def _error(self, message: str, code: str, client_event_id: str | None) -> None:
+        self.wire.error(message, code, client_event_id)
 
-    def _on_message(self, message: str | bytes) -> None:
-        try:
-            data = json.loads(message)
-            if not isinstance(data, dict):
-                raise ValueError("event is not an object")
-        except ValueError as exc:
-            self._error(f"Invalid JSON: {exc}", "invalid_json", None)
-            return
-        self.received.append(data)
-        kind = str(data.get("type"))
-        event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
-        allowed = self._allowed_client_events()
-        if allowed is not None and kind not in allowed:
-            self._error(
-                f"'{kind}' is not allowed on this data channel.", "event_not_allowed", event_id
-            )
-            return
-        handler = self._handlers().get(kind)
-        if handler is None:
-            self._error(f"Unknown client event '{kind}'.", "unknown_event", event_id, param="type")
-            return
-        try:
-            handler(data, event_id)
-        except (KeyError, TypeError, ValueError) as exc:
-            self._error(f"Invalid event: {exc}", "invalid_value", event_id)
-
-    def _allowed_client_events(self) -> list[str] | None:
-        """``client.data_channel.allowed_client_events`` (``None``: all)."""
-        allowed = ((self.config.get("client") or {}).get("data_channel") or {}).get(
-            "allowed_client_events"
-        )
-        return None if allowed in (None, "all") else [str(k) for k in allowed]
-
-    def _handlers(self) -> dict[str, Callable[[JSON, str | None], None]]:
+    def _handlers(self) -> dict[str, Handler]:
         return {
             "session.input_audio.mute": self._mute,
             "session.input_audio.unmute": self._unmute,
@@ -447,20 +410,9 @@ class LiveSession:
 
     # ------------------------------------------------------------------ listening
 
-    async def _listen(self, track: Any) -> None:
-        resampler = Resampler(VAD_RATE)
-        pending = np.zeros(0, dtype=np.int16)
-        vad = webrtcvad.Vad(2)
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            pending = np.concatenate([pending, resampler.frame(frame)])
-            while pending.size >= VAD_FRAME:
-                chunk, pending = pending[:VAD_FRAME], pending[VAD_FRAME:]
-                speech = not self.muted and vad.is_speech(chunk.tobytes(), VAD_RATE)
-                self._on_vad(speech)
+    def _hear(self, samples: Pcm) -> None:
+        for chunk in self._frames.push(samples):
+            self._on_vad(not self.muted and self._vad.is_speech(chunk, VAD_RATE))
 
     def _on_vad(self, speech: bool) -> None:
         if not self._speaking:
@@ -591,32 +543,18 @@ class LiveSession:
         self._activity()
         words = text.split()
         start = self.now_ms
-        lead, chunk = RATE // 5, RATE // 10
-        total, pos, sent = max(1, int(samples.size)), 0, 0
-        drop_at = self.faults.drop_after_audio_ms
-        while pos < samples.size:
-            while self.track.pending() > lead:  # noqa: ASYNC110  # polls the playout position
-                await asyncio.sleep(0.02)
-            piece = samples[pos : pos + chunk]
-            self.track.enqueue(piece)
-            pos += piece.size
-            due = round(len(words) * pos / total)
-            while sent < due:
-                self._send(
-                    event(
-                        "session.output_transcript.delta",
-                        delta=("" if sent == 0 else " ") + words[sent],
-                        start_ms=start,
-                        end_ms=start + int(pos * 1000 / RATE),
-                    )
-                )
-                sent += 1
-            if drop_at is not None and pos * 1000 / RATE >= drop_at:
-                log.warning("live %s: fault switch drops the peer connection mid-reply", self.id)
-                self._spawn(self.close("connection_lost"))
-                await asyncio.sleep(3600)
-        await self.track.drained.wait()
+
+        def said(delta: str, samples_queued: int) -> None:
+            end_ms = start + int(samples_queued * 1000 / RATE)
+            kind = "session.output_transcript.delta"
+            self._send(event(kind, delta=delta, start_ms=start, end_ms=end_ms))
+
+        await stream_speech(self.track, samples, words, said, self.faults, self._drop_now)
         self._activity()
+
+    def _drop_now(self) -> None:
+        log.warning("live %s: fault switch drops the peer connection mid-reply", self.id)
+        self._spawn(self.close("connection_lost"))
 
     # ------------------------------------------------------------------ standby
 

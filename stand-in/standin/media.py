@@ -15,7 +15,7 @@ import fractions
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import av
 import numpy as np
@@ -24,6 +24,9 @@ from aiortc import MediaStreamTrack, RTCRtpCodecCapability, RTCRtpSender
 from appliance_common.opus import OpusPacketEncoder
 from appliance_common.pcm import Pcm, Resampler
 from standin import events as ev
+
+if TYPE_CHECKING:
+    from standin.server import Faults
 
 RATE = 48_000
 FRAME = 960  # 20 ms at 48 kHz
@@ -263,3 +266,36 @@ class DeltaAudio:
 
     def clear(self) -> int:
         return 0
+
+
+async def stream_speech(
+    track: ReplyAudio,
+    samples: Pcm,
+    words: list[str],
+    said: Callable[[str, int], None],
+    faults: Faults,
+    drop: Callable[[], None],
+) -> None:
+    """Queue ``samples`` (48 kHz) on ``track`` a little ahead of playback and return once
+    they have played. ``said`` gets the transcript of ``words`` in step with the audio: each
+    word as a delta (a space before all but the first) and the samples queued so far. Under
+    the ``drop_after_audio_ms`` fault, ``drop`` runs after that much audio and this stalls."""
+    lead = RATE // 5  # 200 ms generated ahead of what is played
+    chunk = RATE // 10
+    total = max(1, int(samples.size))
+    pos = sent = 0
+    drop_at = faults.drop_after_audio_ms
+    while pos < samples.size:
+        while track.pending() > lead:  # noqa: ASYNC110  # polls the playout position
+            await asyncio.sleep(0.02)
+        piece = samples[pos : pos + chunk]
+        track.enqueue(piece)
+        pos += piece.size
+        due = round(len(words) * pos / total)
+        while sent < due:
+            said(("" if sent == 0 else " ") + words[sent], pos)
+            sent += 1
+        if drop_at is not None and pos * 1000 / RATE >= drop_at:
+            drop()
+            await asyncio.sleep(3600)
+    await track.drained.wait()

@@ -30,7 +30,8 @@ from appliance_common.models import DEFAULT_MODEL, SHUTDOWN_DATES
 from appliance_common.serving import FastPath, Reply, Served, header
 from standin import events as ev
 from standin import live
-from standin.call import Call, SessionUpdateError, apply_session_update
+from standin.call import Call
+from standin.conversation import SessionUpdateError, apply_session_update
 from standin.script import Script
 from standin.voice import Voice
 
@@ -200,7 +201,7 @@ class StandIn:
         token = self._bearer(scope)
         return token is not None and secrets.compare_digest(token, self.config.api_key)
 
-    def _minted_session(self, requested: JSON) -> bytes:
+    def _minted_session(self, requested: Any) -> bytes:
         """The session a ``client_secrets`` request asks for, as JSON; the same request
         (a fleet's profile) is worked out once."""
         wanted = to_json(requested)
@@ -211,7 +212,10 @@ class StandIn:
             session = self._sessions[wanted] = to_json(self._new_session(requested))
         return session
 
-    def _new_session(self, requested: JSON) -> JSON:
+    def _new_session(self, requested: Any) -> JSON:
+        """The session a request's ``session`` asks for (``SessionUpdateError`` if invalid)."""
+        if not isinstance(requested, dict):  # a missing type: the service's word for it
+            requested = {}
         if requested.get("type") == "transcription":
             base = ev.default_transcription_session()
         else:
@@ -262,13 +266,6 @@ class StandIn:
                     )
                 seconds = raw
             requested = body.get("session", {"type": "realtime"})
-            if not isinstance(requested, dict) or "type" not in requested:
-                return openai_error(
-                    400,
-                    "Missing required parameter: 'session.type'.",
-                    code="missing_required_parameter",
-                    param="session.type",
-                )
             try:
                 session = self._minted_session(requested)
             except SessionUpdateError as exc:
@@ -350,13 +347,6 @@ class StandIn:
                     except ValueError:
                         return openai_error(
                             400, "Invalid JSON in 'session'.", code="invalid_json", param="session"
-                        )
-                    if not isinstance(requested, dict) or "type" not in requested:
-                        return openai_error(
-                            400,
-                            "Missing required parameter: 'session.type'.",
-                            code="missing_required_parameter",
-                            param="session.type",
                         )
                 try:
                     session = self._new_session(requested)

@@ -64,7 +64,7 @@ def call_of(standin: StandIn, dev: Dev) -> Call:
 
 def inject(standin: StandIn, dev: Dev, event: dict[str, Any]) -> None:
     """The stand-in sends ``event`` on the live call's data channel."""
-    call_of(standin, dev)._send(event)
+    call_of(standin, dev).wire.send(event)
 
 
 async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from sqlalchemy import MetaData
 
+from appliance.identity import Identity, enroll
 from provisioning.server import ProvisioningServer, Settings
 from provisioning.store import make_engine
 from standin import StandIn, StandInConfig
@@ -16,6 +19,8 @@ from tests.conftest import require
 
 STANDIN_KEY = "sk-standin-provisioning-test"
 """The stand-in's standard key: the secret the provisioning server holds in these tests."""
+STANDARD_KEY = "sk-standin-" + secrets.token_hex(12)
+"""The standard key of the ``standin`` fixture (random: tests look for it in what leaks)."""
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -45,3 +50,26 @@ async def server(tmp_path: Path) -> AsyncIterator[ProvisioningServer]:
         )
         async with ProvisioningServer(settings) as srv:
             yield srv
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[StandIn]:
+    """A stand-in whose standard key is ``STANDARD_KEY``."""
+    async with StandIn(StandInConfig(api_key=STANDARD_KEY)) as s:
+        yield s
+
+
+@asynccontextmanager
+async def serving(db_url: str, standin: StandIn) -> AsyncIterator[ProvisioningServer]:
+    """A provisioning server on ``db_url`` holding ``STANDARD_KEY``, ``standin`` upstream."""
+    settings = Settings(
+        database_url=db_url, upstream_url=standin.base_url, openai_api_key=STANDARD_KEY, port=0
+    )
+    async with ProvisioningServer(settings) as srv:
+        yield srv
+
+
+async def enrolled(server: ProvisioningServer, tmp_path: Path, name: str = "kitchen") -> Identity:
+    """A device enrolled into the ``default`` group, its files under ``tmp_path / name``."""
+    token = server.store.create_token("default")
+    return await enroll(server.base_url, token, tmp_path / name, name)

@@ -29,10 +29,10 @@ from provisioning.server import ProvisioningServer, Settings
 from provisioning.store import Audit, Device, hash_token
 from standin import StandIn
 from tests.provisioning import test_server
-from tests.provisioning.test_server import enrolled, forged, post
+from tests.provisioning.conftest import enrolled
+from tests.provisioning.test_server import forged, post
 
 server = test_server.server
-standin = test_server.standin
 
 
 def _b64(data: bytes) -> str:

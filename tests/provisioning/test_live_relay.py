@@ -4,7 +4,6 @@ stay on the server, the group's backend moves its devices — on SQLite and Post
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,6 @@ from aiortc import RTCPeerConnection
 from sqlalchemy import select
 
 from appliance.errors import BackendMoved, DeviceRevoked, ProvisioningUnavailable, RateLimited
-from appliance.identity import Identity, enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.live_relay import (
     check_live_profile,
@@ -23,13 +21,13 @@ from provisioning.live_relay import (
     live_profile,
     session_config,
 )
-from provisioning.server import ProvisioningServer, Settings, profile_for
+from provisioning.server import ProvisioningServer, profile_for
 from provisioning.store import Audit
-from standin import StandIn, StandInConfig
+from standin import StandIn
+from tests.provisioning.conftest import STANDARD_KEY, enrolled, serving
 from tests.provisioning.test_server import forged
 from tests.wire_live import validate_create_request
 
-PROJECT_KEY = "sk-standin-" + secrets.token_hex(12)
 INSTRUCTIONS = "Secret house rules: never mention the garage code 4711."
 BACKEND_PROMPT = "Backend prompt that only the server knows."
 GET_TIME = {
@@ -41,17 +39,8 @@ GET_TIME = {
 
 
 @pytest.fixture
-async def standin() -> AsyncIterator[StandIn]:
-    async with StandIn(StandInConfig(api_key=PROJECT_KEY)) as s:
-        yield s
-
-
-@pytest.fixture
 async def server(db_url: str, standin: StandIn) -> AsyncIterator[ProvisioningServer]:
-    settings = Settings(
-        database_url=db_url, upstream_url=standin.base_url, openai_api_key=PROJECT_KEY, port=0
-    )
-    async with ProvisioningServer(settings) as srv:
+    async with serving(db_url, standin) as srv:
         srv.store.ensure_group(
             "default",
             live_profile(
@@ -65,12 +54,6 @@ async def server(db_url: str, standin: StandIn) -> AsyncIterator[ProvisioningSer
             ),
         )
         yield srv
-
-
-async def enrolled(server: ProvisioningServer, tmp_path: Path, name: str = "hall") -> Identity:
-    return await enroll(
-        server.base_url, server.store.create_token("default"), tmp_path / name, name
-    )
 
 
 async def offer() -> tuple[RTCPeerConnection, str]:
@@ -98,7 +81,7 @@ async def test_the_relay_returns_only_the_answer_and_the_session_id(
         assert set(body) == {"session_id", "sdp"}, "nothing but the answer reaches the device"
         assert body["sdp"].startswith("v=0")
         seen_by_device = response.text + json.dumps(dict(response.headers))
-        for secret in (PROJECT_KEY, INSTRUCTIONS, BACKEND_PROMPT, "gpt-live-1", "delegation"):
+        for secret in (STANDARD_KEY, INSTRUCTIONS, BACKEND_PROMPT, "gpt-live-1", "delegation"):
             assert secret not in seen_by_device
         # what went upstream: a valid LiveCreateParams with the group's config, the device's
         # tools under Responses delegation and a per-device safety identifier

@@ -23,29 +23,14 @@ from appliance.identity import AUDIENCE, Identity, enroll
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.server import ProvisioningServer, Settings, profile_for
 from provisioning.store import Audit, Device, MintCounter, UsedJti
-from standin import StandIn, StandInConfig
-
-STANDARD_KEY = "sk-standin-" + secrets.token_hex(12)
-
-
-@pytest.fixture
-async def standin() -> AsyncIterator[StandIn]:
-    async with StandIn(StandInConfig(api_key=STANDARD_KEY)) as s:
-        yield s
+from standin import StandIn
+from tests.provisioning.conftest import STANDARD_KEY, enrolled, serving
 
 
 @pytest.fixture
 async def server(db_url: str, standin: StandIn) -> AsyncIterator[ProvisioningServer]:
-    settings = Settings(
-        database_url=db_url, upstream_url=standin.base_url, openai_api_key=STANDARD_KEY, port=0
-    )
-    async with ProvisioningServer(settings) as srv:
+    async with serving(db_url, standin) as srv:
         yield srv
-
-
-async def enrolled(server: ProvisioningServer, tmp_path: Path, name: str = "kitchen") -> Identity:
-    token = server.store.create_token("default")
-    return await enroll(server.base_url, token, tmp_path / name, name)
 
 
 async def post(url: str, token: str | None, body: Any = None) -> httpx.Response:

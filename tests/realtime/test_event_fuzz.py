@@ -267,8 +267,8 @@ class LiveCall:
         call = self.standin.calls.get(str(session.call_id))
         assert call is not None, "the stand-in closed the call"
         before = session.messages_in
-        call._channel.send(text)  # raw: the stand-in's own send would re-encode it
-        call._channel.send(json.dumps({"type": "fuzz.marker", "event_id": "fuzz_marker"}))
+        call.wire.send_raw(text)  # as it is: the stand-in's own send would re-encode it
+        call.wire.send_raw(json.dumps({"type": "fuzz.marker", "event_id": "fuzz_marker"}))
         deadline = time.monotonic() + 10
         while session.messages_in < before + 2:
             assert time.monotonic() < deadline, "the device stopped reading the channel"
@@ -380,7 +380,7 @@ def test_after_the_fuzz_the_call_still_holds_a_conversation(live: LiveCall) -> N
         assert live.session is not None
         call = live.standin.calls[str(live.session.call_id)]
         # the fuzz may have claimed a response that never ends; a real service ends it
-        call._send(
+        call.wire.send(
             {
                 "type": "response.done",
                 "event_id": "fuzz_end",

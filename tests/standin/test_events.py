@@ -79,17 +79,7 @@ async def test_manual_commit_and_text_input(peer: GaPeer) -> None:
     assert "input_audio_buffer.speech_started" not in peer.types(), "no VAD when it is null"
     peer.send({"type": "input_audio_buffer.commit"})
     await peer.wait_for("input_audio_buffer.committed")
-    peer.send(
-        {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "tell me about the moon"}],
-            },
-        }
-    )
-    peer.send({"type": "response.create"})
+    peer.ask("tell me about the moon")
     done = await peer.wait_for("response.output_audio_transcript.done", within=15)
     assert "moon" in done["transcript"]
 
@@ -189,17 +179,7 @@ async def test_no_interrupt_when_interrupt_response_is_off(standin: StandIn) -> 
 
 async def test_function_call_round_trip(standin: StandIn) -> None:
     peer = await connect(standin, {"type": "realtime", "tools": [GET_TIME]})
-    peer.send(
-        {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": "what time is it"}],
-            },
-        }
-    )
-    peer.send({"type": "response.create"})
+    peer.ask("what time is it")
     item = (await peer.wait_for("response.output_item.done"))["item"]
     assert (item["type"], item["status"], item["name"]) == (
         "function_call",

@@ -58,24 +58,6 @@ async def standin(tmp_path: Path) -> AsyncIterator[StandIn]:
         yield server
 
 
-def say(peer: GaPeer, text: str, **response: Any) -> None:
-    peer.send(
-        {
-            "type": "conversation.item.create",
-            "item": {
-                "type": "message",
-                "role": "user",
-                "content": [{"type": "input_text", "text": text}],
-            },
-        }
-    )
-    peer.send(
-        {"type": "response.create", "response": response}
-        if response
-        else {"type": "response.create"}
-    )
-
-
 RESPONSE_ONLY = {"session.id", "session.object", "session.expires_at"}
 """Fields the real service sends in ``session.created``/``.updated`` (reference §2) that the
 event types, which reuse the request model, do not define."""
@@ -100,7 +82,7 @@ async def test_parallel_tool_calls_after_a_preamble_in_one_response(standin: Sta
         standin,
         tool_session(reasoning={"effort": "high"}, parallel_tool_calls=True),
     )
-    say(peer, "what are the time and weather")
+    peer.ask("what are the time and weather")
     done = (await peer.wait_for("response.done", within=20))["response"]
     kinds = [(item["type"], item.get("name")) for item in done["output"]]
     assert kinds == [
@@ -138,7 +120,7 @@ async def test_parallel_tool_calls_after_a_preamble_in_one_response(standin: Sta
 
 async def test_without_parallel_tool_calls_one_call_per_response(standin: StandIn) -> None:
     peer = await connect(standin, tool_session(parallel_tool_calls=False))
-    say(peer, "what are the time and weather")
+    peer.ask("what are the time and weather")
     done = (await peer.wait_for("response.done", within=20))["response"]
     assert [item["type"] for item in done["output"]] == ["function_call"], "no preamble either"
     await peer.close()
@@ -146,7 +128,7 @@ async def test_without_parallel_tool_calls_one_call_per_response(standin: StandI
 
 async def test_a_scripted_preamble_without_reasoning(standin: StandIn) -> None:
     peer = await connect(standin, tool_session())
-    say(peer, "a scripted preamble for the time")
+    peer.ask("a scripted preamble for the time")
     done = (await peer.wait_for("response.done", within=20))["response"]
     assert [item["type"] for item in done["output"]] == ["message", "function_call"]
     transcript = await peer.wait_for("response.output_audio_transcript.done")

@@ -79,17 +79,7 @@ async def test_long_form_rule_file_drives_a_tool_round_trip(tmp_path: Path) -> N
         peer = GaPeer(standin.base_url, key)
         assert (await peer.connect()).status_code == 201
         await peer.wait_for("session.created")
-        peer.send(
-            {
-                "type": "conversation.item.create",
-                "item": {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "what time is it"}],
-                },
-            }
-        )
-        peer.send({"type": "response.create"})
+        peer.ask("what time is it")
         args = await peer.wait_for("response.function_call_arguments.done", within=10)
         assert json.loads(args["arguments"]) == {"tz": "UTC"}
         await peer.wait_for("response.done")
