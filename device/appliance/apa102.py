@@ -52,11 +52,15 @@ class Apa102Leds:
     """A ``LedDriver`` for ``count`` APA102 LEDs on SPI0 (optionally powered by a GPIO)."""
 
     def __init__(self, count: int, power_pin: int | None = None, brightness: int = 16) -> None:
-        from gpiozero import SPIDevice
+        from gpiozero import Device
 
         self.count = count
         self.brightness = brightness
-        self._device: Any = SPIDevice(port=0, device=0)
+        Device.ensure_pin_factory()  # public: what every gpiozero device does on creation
+        # the factory's SPI interface (hardware SPI0 on a Pi, bit-banged mock pins in tests)
+        self._spi: Any = Device.pin_factory.spi(port=0, device=0)
+        self._bus = threading.Lock()
+        """One refresh on the wire at a time: ``show`` (caller's thread) and the animation."""
         self._power: Any = None
         if power_pin is not None:
             from gpiozero import DigitalOutputDevice
@@ -73,8 +77,9 @@ class Apa102Leds:
 
     def _write(self, pixels: list[Pixel]) -> None:
         data = encode(pixels, self.brightness)
-        self._device._spi.write(list(data))
-        self.written = [*self.written[-9:], data]
+        with self._bus:
+            self._spi.write(list(data))
+            self.written = [*self.written[-9:], data]
 
     def show(self, pattern: Pattern) -> None:
         if pattern == self._pattern:
@@ -103,6 +108,6 @@ class Apa102Leds:
         self._changed.set()
         self._thread.join(timeout=1)
         self._write([(0, 0, 0)] * self.count)
-        self._device.close()
+        self._spi.close()
         if self._power is not None:
             self._power.close()

@@ -147,7 +147,7 @@ def _rms(x: Signal) -> float:
     return float(np.sqrt(np.mean(x**2))) if x.size else 0.0
 
 
-def _active_rms(x: Signal, rate: int) -> float:
+def active_rms(x: Signal, rate: int) -> float:
     """RMS over the 10 ms frames within 30 dB of the loudest (speech, not the pauses)."""
     frame = rate // 100
     usable = x[: len(x) // frame * frame].reshape(-1, frame)
@@ -201,7 +201,7 @@ def make_scene(
     far = _fill(far_texts, rate, FAR_VOICE, n + rate, gap=rate * 15 // 100)
     start = int(rng.integers(0, rate // 2))
     far = far[start : start + n]
-    far *= 10.0 ** (cfg.ref_dbfs / 20.0) * 32768.0 / max(_active_rms(far, rate), 1e-9)
+    far *= 10.0 ** (cfg.ref_dbfs / 20.0) * 32768.0 / max(active_rms(far, rate), 1e-9)
     ref = np.clip(np.round(far), -32768, 32767)
 
     played = loudspeaker(ref, cfg.drive)
@@ -214,23 +214,23 @@ def make_scene(
         h2 = impulse_response(rate, max(moved, 5.0), cfg.rt60_s, cfg.drr_db, rng)
         h2 *= float(rng.uniform(0.7, 1.4))  # the echo gets louder or quieter, too
         echo[change:] = fft_convolve(played, h2)[change:]
-    echo *= 10.0 ** (cfg.echo_db / 20.0) * _active_rms(ref, rate) / _active_rms(echo, rate)
+    echo *= 10.0 ** (cfg.echo_db / 20.0) * active_rms(ref, rate) / active_rms(echo, rate)
 
     near = np.zeros(n)
     onset = double_talk = None
-    echo_level = _active_rms(echo, rate)
+    echo_level = active_rms(echo, rate)
     if near_at_s is not None:
         at = round(near_at_s * rate)
         text = NEAR_TEXTS[int(rng.integers(len(NEAR_TEXTS)))]
         user = speech(text, rate, NEAR_VOICE)
         h_near = impulse_response(rate, 0.0, cfg.rt60_s, cfg.drr_db + 6.0, rng)
         user = fft_convolve(user, h_near)
-        user *= 10.0 ** (cfg.near_to_echo_db / 20.0) * echo_level / _active_rms(user, rate)
+        user *= 10.0 ** (cfg.near_to_echo_db / 20.0) * echo_level / active_rms(user, rate)
         take = min(user.size, n - at)
         near[at : at + take] = user[:take]
-        onset = at + _first_active(user[:take], rate)
+        onset = at + first_active(user[:take], rate)
         double_talk = (onset, at + take)
-    near_level = _active_rms(near, rate) if onset is not None else echo_level
+    near_level = active_rms(near, rate) if onset is not None else echo_level
     noise = rng.standard_normal(n) * near_level * 10.0 ** (-cfg.snr_db / 20.0)
     mic = np.clip(np.round(echo + near + noise), -32768, 32767).astype(np.int16)
 
@@ -250,7 +250,7 @@ def make_scene(
     )
 
 
-def _first_active(x: Signal, rate: int, below_peak_db: float = 30.0) -> int:
+def first_active(x: Signal, rate: int, below_peak_db: float = 30.0) -> int:
     """First sample of the first 5 ms frame within ``below_peak_db`` of the loudest frame."""
     frame = rate // 200
     usable = x[: len(x) // frame * frame].reshape(-1, frame)
@@ -335,7 +335,7 @@ def engine_latency(canceller: EchoCanceller, rate: int = 16_000, max_lag_ms: int
     reference) goes through it and the lag of the cross-correlation peak is returned."""
     near = speech(NEAR_TEXTS[0], rate, NEAR_VOICE)
     near = np.concatenate([np.zeros(rate // 2), near, np.zeros(rate // 2)])
-    near *= 10.0 ** (-26.0 / 20.0) * 32768.0 / _active_rms(near, rate)
+    near *= 10.0 ** (-26.0 / 20.0) * 32768.0 / active_rms(near, rate)
     mic = np.round(near).astype(np.int16)
     scene = Scene(
         rate=rate, mic=mic, ref=np.zeros_like(mic), near=near, far_only=(0, 0),

@@ -306,7 +306,7 @@ def make_hard_scene(
         far = _fill(texts, (far_voice, int(rng.integers(150, 200)), 50), n + RATE, RATE // 7)
         start = int(rng.integers(0, RATE // 2))
         far = far[start : start + n]
-    far *= 10.0 ** (cfg.ref_dbfs / 20.0) * 32768.0 / max(room._active_rms(far, RATE), 1e-9)
+    far *= 10.0 ** (cfg.ref_dbfs / 20.0) * 32768.0 / max(room.active_rms(far, RATE), 1e-9)
     ref = np.clip(np.round(far), -32768, 32767)
 
     played = room.loudspeaker(ref, cfg.drive)
@@ -328,8 +328,8 @@ def make_hard_scene(
             echo[change:] = tail
     echo *= (
         10.0 ** (cfg.echo_db / 20.0)
-        * room._active_rms(ref, RATE)
-        / room._active_rms(echo[: change or n], RATE)
+        * room.active_rms(ref, RATE)
+        / room.active_rms(echo[: change or n], RATE)
     )
 
     near = np.zeros(n)
@@ -338,13 +338,13 @@ def make_hard_scene(
     user = voice(text, near_spec)
     h_near = room.impulse_response(RATE, 0.0, cfg.rt60_s, cfg.drr_db + 6.0, rng)
     user = room.fft_convolve(user, h_near)
-    echo_level = room._active_rms(echo[: change or n], RATE)
-    user *= 10.0 ** (cfg.near_to_echo_db / 20.0) * echo_level / room._active_rms(user, RATE)
+    echo_level = room.active_rms(echo[: change or n], RATE)
+    user *= 10.0 ** (cfg.near_to_echo_db / 20.0) * echo_level / room.active_rms(user, RATE)
     take = min(user.size, n - near_at)
     near[near_at : near_at + take] = user[:take]
-    onset = near_at + room._first_active(user[:take], RATE)
+    onset = near_at + room.first_active(user[:take], RATE)
     noise_kind = cond.noises[int(rng.integers(len(cond.noises)))]
-    near_level = room._active_rms(user, RATE)
+    near_level = room.active_rms(user, RATE)
     background = noise(noise_kind, n, rng) * near_level * 10.0 ** (-cfg.snr_db / 20.0)
     gain = np.ones(n)
     if cond.gain_drift_db:
