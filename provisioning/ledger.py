@@ -52,7 +52,7 @@ from provisioning.auth import (
     DeviceKeys,
     verify,
 )
-from provisioning.history import History
+from provisioning.history import History, standing
 from provisioning.store import DEFAULT_LIMITS, Device, Store, make_engine
 
 log = logging.getLogger(__name__)
@@ -677,9 +677,16 @@ class _Sql:
         )
 
     def health(self, cur: Any, reports: list[tuple[str, dict[str, Any]]]) -> None:
+        """Store each report, and what the console counts by (``standing``)."""
         cur.executemany(
-            self.text("UPDATE devices SET health = ? WHERE id = ?"),
-            [(to_json(report).decode(), device_id) for device_id, report in reports],
+            self.text(
+                "UPDATE devices SET health = ?, offline_after = ?, state = ?, in_error = ? "
+                "WHERE id = ?"
+            ),
+            [
+                (to_json(report).decode(), *standing(report), device_id)
+                for device_id, report in reports
+            ],
         )
 
     def used(self, cur: Any, keys: list[str], now: float) -> dict[str, int]:

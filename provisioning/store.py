@@ -135,6 +135,7 @@ class EnrollmentToken(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_group", "group"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     """Unique and never empty: the CLI takes a name or an id wherever a device is meant."""
@@ -152,6 +153,16 @@ class Device(Base):
     enrolled_with: Mapped[int | None] = mapped_column(Integer, nullable=True)
     """The enrollment token (its id) it enrolled with: a retry with the same token and key
     gets this device back instead of a refusal."""
+    offline_after: Mapped[float] = mapped_column(Float, default=750.0, server_default="750")
+    """Seconds without a request after which the device counts as offline (2.5 of its
+    reported heartbeat intervals), kept from its last heartbeat for the console's counts."""
+    state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """The state its last heartbeat reported (``health["state"]``), for the console's counts."""
+    in_error: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Whether its last heartbeat reported state ``error`` or a last error."""
+    rotate_requested_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When an admin asked it to rotate its key; cleared by the rotation (the heartbeat's
+    answer tells the device until then)."""
 
 
 class UsedJti(Base):

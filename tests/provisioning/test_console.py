@@ -219,6 +219,60 @@ async def test_overview_counts_and_puts_attention_first(
     assert "provisioning_devices_in_error 1.0" in metrics
 
 
+async def test_overview_is_counted_in_sql_and_paged_attention_first(
+    db_server: ProvisioningServer, tmp_path: Path
+) -> None:
+    """Counts cover the whole fleet; the list is one page at a time, the devices needing
+    attention first (offline, then online ones waking falsely), then by name."""
+    server = db_server
+    server.store.ensure_group("hall")
+    admin = server.store.create_admin()
+    names = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+    made = {}
+    for name in names:
+        made[name] = await device(server, tmp_path, name, "hall" if name == "bravo" else "default")
+    for name, (_identity, source) in made.items():
+        extra = {"false_wakes": 9} if name == "delta" else {}  # no error: attention by wakes
+        await source.heartbeat(report(10, **extra))
+    await server.app.state.ledger.flush()
+    with server.store.session.begin() as db:
+        gone = made["echo"][0].device_id
+        db.execute(update(Device).where(Device.id == gone).values(last_seen=1.0))
+    server.store.set_device_state(made["foxtrot"][0].device_id, "disable")
+    url = f"{server.base_url}/v1/admin/fleet"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {admin}"}) as http:
+
+        async def fleet(**params: Any) -> dict[str, Any]:
+            r = await http.get(url, params=params)
+            assert r.status_code == 200, r.text
+            body: dict[str, Any] = r.json()
+            return body
+
+        pages = [await fleet(limit=2, offset=offset) for offset in (0, 2, 4, 6)]
+        assert [[d["name"] for d in p["devices"]] for p in pages] == [
+            ["echo", "delta"],
+            ["alpha", "bravo"],
+            ["charlie", "foxtrot"],
+            [],
+        ]
+        first = pages[0]
+        assert first["counts"]["total"] == first["matching"] == 6
+        assert (first["counts"]["online"], first["counts"]["offline"]) == (4, 1)
+        assert first["counts"]["disabled"] == 1
+        assert first["attention"] == 2
+        assert first["devices"][1]["attention"] == ["9 false wakes in the last hour"]
+        needing = await fleet(status="attention")
+        assert [d["name"] for d in needing["devices"]] == ["echo", "delta"]
+        assert needing["matching"] == 2
+        assert [d["name"] for d in (await fleet(q="RAV"))["devices"]] == ["bravo"]
+        assert [d["name"] for d in (await fleet(group="hall"))["devices"]] == ["bravo"]
+        online = await fleet(status="online", limit=1)
+        assert (online["matching"], len(online["devices"])) == (4, 1)
+        summary = await fleet(limit=0)
+        assert summary["devices"] == []
+        assert summary["counts"] == first["counts"]
+
+
 async def test_refusals_are_counted_by_reason(server: ProvisioningServer, tmp_path: Path) -> None:
     identity, source = await device(server, tmp_path, "den")
     await source.heartbeat(report(1))
