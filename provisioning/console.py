@@ -11,8 +11,9 @@ See docs/console.md.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -22,6 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from pydantic_core import to_json
 from sqlalchemy import (
     Connection,
     Select,
@@ -35,9 +37,11 @@ from sqlalchemy import (
     true,
     type_coerce,
 )
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from provisioning.admin import _error
+from provisioning.feed import AdminChanges, FleetFeed
 from provisioning.history import History, as_dict, series
 from provisioning.models import ModelLifecycle
 from provisioning.schema import TranscriptsRequest, body, errors
@@ -57,6 +61,10 @@ SELF_INTERRUPTIONS_PER_HOUR = 3
 """More self-interruptions (the device's own voice barging in) than this in the last hour."""
 MAX_PAGE = 500
 """Most devices one overview page lists."""
+NOISY_S = 60.0
+"""How long the list of devices over a threshold in the last hour is reused."""
+PING_S = 15
+"""A comment line on a quiet event stream this often (proxies keep it open)."""
 RANGES = {"24h": (900, 86400), "7d": (3600, 7 * 86400)}
 """Plot ranges: bucket span and length."""
 STATIC = {
@@ -124,6 +132,11 @@ class Fleet:
             registry=registry,
         )
         self.history = History(store.engine.dialect.name, on_beats=self.heartbeats.inc)
+        self._lock = threading.Lock()
+        self._noisy_read: tuple[float, list[str]] = (float("-inf"), [])
+        """When the devices over a threshold were last read, and which they were."""
+        self.feed = FleetFeed(self)
+        """Pushes the counts to open consoles (``GET /v1/admin/console/events``)."""
         registry.register(_Gauges(self))
 
     def refused(self, code: str) -> None:
@@ -147,20 +160,36 @@ class Fleet:
     @staticmethod
     def _noisy(now: float, ids: list[str] | None = None) -> Select[str, int, int]:
         """The devices (of ``ids``, or all) over a false-wake or self-interruption threshold
-        in the last hour, with those counts."""
+        in the last hour, with those counts. Grouped by ``device_id || ''``: with SQLite's
+        statistics (``ANALYZE``) the planner would otherwise walk the per-device index to
+        skip a sort, one lookup per row (5x slower) instead of the last hour's contiguous
+        range of the primary key."""
         hour = int(now) - 3600
+        device = HeartbeatBucket.device_id.concat("")
         false_wakes = func.sum(HeartbeatBucket.false_wakes)
         self_interruptions = func.sum(HeartbeatBucket.self_interruptions)
         return (
-            select(HeartbeatBucket.device_id, false_wakes, self_interruptions)
+            select(device, false_wakes, self_interruptions)
             .where(HeartbeatBucket.span == 900, HeartbeatBucket.bucket >= hour - 900)
             .where(HeartbeatBucket.device_id.in_(ids) if ids is not None else true())
-            .group_by(HeartbeatBucket.device_id)
+            .group_by(device)
             .having(
                 (false_wakes > FALSE_WAKES_PER_HOUR)
                 | (self_interruptions > SELF_INTERRUPTIONS_PER_HOUR)
             )
         )
+
+    def noisy(self, db: Connection, now: float) -> list[str]:
+        """Every device over a threshold in the last hour, read at most every ``NOISY_S``
+        (the window is counted in 15-minute buckets: a minute late changes nothing)."""
+        with self._lock:
+            at, ids = self._noisy_read
+        if now - at < NOISY_S:
+            return ids
+        ids = sorted(str(row[0]) for row in db.execute(self._noisy(now)))
+        with self._lock:
+            self._noisy_read = (now, ids)
+        return ids
 
     def views(self, ids: list[str] | None = None) -> list[DeviceView]:
         """The devices ``ids`` (or every device) with their status and what needs attention
@@ -233,11 +262,11 @@ class Fleet:
         )
         with self.store.engine.connect() as db:
             warned = sorted(self._warnings(db))
-            noisy = self._noisy(now).subquery()
+            noisy = self.noisy(db, now)
             attention = or_(
                 and_(not_(Device.revoked), Device.enabled, offline),
                 and_(not_(Device.revoked), Device.enabled, not_(offline), Device.in_error),
-                and_(not_(Device.revoked), Device.id.in_(select(noisy.c.device_id))),
+                and_(not_(Device.revoked), Device.id.in_(noisy)),
                 and_(not_(Device.revoked), Device.group.in_(warned)),
             )
             per = select(
@@ -521,6 +550,26 @@ def install(app: FastAPI, fleet: Fleet, flush: Callable[[], Awaitable[None]] | N
             await flush()
         body = await run_in_threadpool(fleet.overview, q, status, group, limit, offset)
         return JSONResponse(body)
+
+    @app.get(
+        "/v1/admin/console/events",
+        responses={**errors(401, 429), 200: {"content": {"text/event-stream": {}}}},
+    )
+    async def events(request: Request) -> Response:
+        """Server-Sent Events: ``fleet`` events with the overview's counts (``counts``,
+        ``states``, ``attention``), why they were sent (``reasons``) and the devices that
+        changed (``devices``, ``null``: any), first at once, then as the fleet changes."""
+        who = await identity(request)
+        if not isinstance(who, str):  # the admin check's own refusal (401, 429)
+            return who
+
+        async def stream() -> AsyncIterator[ServerSentEvent]:
+            async for event in fleet.feed.listen():
+                yield ServerSentEvent(data=to_json(event).decode(), event="fleet", sep="\n")
+
+        return EventSourceResponse(stream(), ping=PING_S, sep="\n")
+
+    app.add_middleware(AdminChanges, feed=fleet.feed)
 
     @app.get("/v1/admin/devices/{device_id}/detail", responses=errors(401, 404, 429))
     async def detail(device_id: str, request: Request) -> Response:

@@ -263,6 +263,7 @@ def create_app(
             extra={"device_id": outcome.device_id, "group": outcome.group},
         )
         metrics.enrollments.labels("ok" if outcome.created else "retry").inc()
+        fleet.feed.changed("enroll", outcome.device_id)
         body = {"device_id": outcome.device_id, "group": outcome.group}
         return JSONResponse(body, status_code=201)
 
@@ -374,6 +375,7 @@ def create_app(
         )
         if outcome != "rotated":
             return error(*ROTATE_REFUSALS[outcome])
+        fleet.feed.changed("rotate", who.device_id)
         return JSONResponse({"device_id": who.device_id, "overlap_until": overlap_until})
 
     async def heartbeat(scope: Scope, body: bytes) -> Reply:
@@ -386,9 +388,10 @@ def create_app(
         except (ValueError, PydanticSerializationError):
             return error_reply(400, "bad_request", "the report must be a JSON object")
         try:
-            await device(header(scope, b"authorization"), report)
+            who = await device(header(scope, b"authorization"), report)
         except AuthError as exc:
             return refusal(exc)
+        fleet.feed.changed("heartbeat", who.device_id)
         return Reply(204, b"")
 
     app.post(
@@ -413,6 +416,7 @@ def create_app(
 async def shutdown(app: FastAPI) -> None:
     """Write the ledger's pending audit rows, close the upstream client, and the database if
     ``create_app`` opened it (a last WAL checkpoint)."""
+    await app.state.fleet.feed.close()
     await app.state.models.stop()
     await app.state.ledger.close()
     await app.state.upstream.close()
@@ -445,6 +449,7 @@ class ProvisioningServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.app.state.fleet.feed.close()  # open consoles' streams end first
         await self._served.stop()
         await shutdown(self.app)
         self.store.close()

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy import func, insert, select
 
 BATCH = 500
@@ -35,7 +36,7 @@ def _health(i: int, step: int) -> dict[str, Any]:
         "last_turn_latency_ms": 400 + (i * 7 + step * 13) % 1600,
         "reconnects": step // 20,
         "wakes": step,
-        "false_wakes": step // (5 if i % 50 == 0 else 40),
+        "false_wakes": 2 * step if i % 50 == 0 else step // 40,  # 2% wake falsely
         "erle_db": 20 + (i + step) % 10,
         "last_error": "mic gone" if i % 97 == 0 else None,
     }
@@ -66,7 +67,12 @@ def _seed_day(store: Any, ids: list[str], now: float, steps: int = 96) -> tuple[
             with store.engine.begin() as conn:
                 cur = conn.connection.dbapi_connection.cursor()
                 hook.record(cur, batch, at)
-            spent += time.perf_counter() - began
+                spent += time.perf_counter() - began
+                # as the ledger does: the next report's increase is counted from this one
+                cur.executemany(
+                    hook.sql("UPDATE devices SET health = ? WHERE id = ?"),
+                    [(to_json(report).decode(), device_id) for device_id, report in batch],
+                )
             reports += len(batch)
     return reports, spent
 
