@@ -385,6 +385,7 @@ class Fleet:
             "key": {
                 "previous_until": d.previous_until,
                 "rotations": [a.at for a in trail if a.action == "device.rotate"],
+                "rotation_requested_at": d.rotate_requested_at,
             },
             "audit": [_audit_json(a) for a in trail],
         }

@@ -97,6 +97,8 @@ class Admitted:
     """Whether that key is the device's current one (not the previous key of an overlap)."""
     charged: tuple[tuple[str, int], ...] = ()
     """The rate counters (key, bucket) a mint was counted in (see ``MintLedger.refund``)."""
+    rotate: bool = False
+    """Whether an admin asked the device to rotate its key (a heartbeat's reply says so)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,9 +489,10 @@ class MintLedger:
             sql.health(cur, sorted(reports.items()))
         for admit in admitted:
             if not admit.mint:
-                current = admit.key == devices[admit.kid].public_key
+                device = devices[admit.kid]
+                current = admit.key == device.public_key
                 admit.outcome = Admitted(
-                    admit.kid, devices[admit.kid].group, {}, admit.key, current
+                    admit.kid, device.group, {}, admit.key, current, rotate=device.rotate
                 )
         self._limit(cur, [a for a in admitted if a.mint], devices, now, audit)
 
@@ -597,6 +600,7 @@ class _Device(NamedTuple):
     revoked: bool
     profile: dict[str, Any] | None
     limits: dict[str, int] | None
+    rotate: bool
 
 
 class _Sql:
@@ -626,7 +630,7 @@ class _Sql:
         cur.execute(
             self.text(
                 'SELECT d.id, d."group", d.public_key, d.previous_key, d.previous_until, '
-                "d.enabled, d.revoked, g.profile, g.limits "
+                "d.enabled, d.revoked, g.profile, g.limits, d.rotate_requested_at "
                 'FROM devices d LEFT OUTER JOIN groups g ON d."group" = g.name '
                 "WHERE d.id IN ({ids}) ORDER BY d.id" + lock,
                 ids=len(ids),
@@ -644,6 +648,7 @@ class _Sql:
                 revoked=bool(row[6]),
                 profile=_json(row[7]),
                 limits=_json(row[8]),
+                rotate=row[9] is not None,
             )
             for row in cur.fetchall()
         ]

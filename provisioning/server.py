@@ -131,6 +131,9 @@ ROTATE_REFUSALS = {
 }
 
 
+ROTATE_KEY = b'{"rotate_key":true}'
+"""A heartbeat's reply when an admin asked the device to rotate its key (else 204)."""
+
 WAL_CHECKPOINT_EVERY_S = 0.1
 """How often the server checkpoints a SQLite WAL, off the hot path (see ``Checkpointer``)."""
 
@@ -379,7 +382,8 @@ def create_app(
         return JSONResponse({"device_id": who.device_id, "overlap_until": overlap_until})
 
     async def heartbeat(scope: Scope, body: bytes) -> Reply:
-        """Store the device's health report (version, uptime, counts) and its last-seen time."""
+        """Store the device's health report (version, uptime, counts) and its last-seen time.
+        204, or 200 ``{"rotate_key": true}`` when an admin asked the device for a new key."""
         try:
             report = from_json(body or b"{}")  # nesting is bounded by pydantic-core
             if not isinstance(report, dict):
@@ -392,12 +396,14 @@ def create_app(
         except AuthError as exc:
             return refusal(exc)
         fleet.feed.changed("heartbeat", who.device_id)
+        if who.rotate:  # an admin asked for a new key: the device rotates it now
+            return Reply(200, ROTATE_KEY)
         return Reply(204, b"")
 
     app.post(
         "/v1/devices/heartbeat",
         status_code=204,
-        responses=errors(400, 401, 503),
+        responses={**errors(400, 401, 503), 200: {"model": schema.HeartbeatReply}},
         openapi_extra=schema.body(None),
         dependencies=DEVICE_JWT,
     )(FastPath.endpoint(heartbeat))

@@ -457,7 +457,12 @@ class Store:
                 done = db.execute(
                     update(Device)
                     .where(Device.id == device_id, Device.public_key == old_key)
-                    .values(public_key=new_key, previous_key=old_key, previous_until=until)
+                    .values(
+                        public_key=new_key,
+                        previous_key=old_key,
+                        previous_until=until,
+                        rotate_requested_at=None,  # done, if an admin asked for it
+                    )
                     .returning(Device.id)
                 ).first()
                 if done is None:
@@ -466,6 +471,19 @@ class Store:
         except IntegrityError:  # another device took the key meanwhile (unique)
             return "key_in_use"
         return "rotated"
+
+    def request_rotation(self, device_id: str, actor: str = "") -> str:
+        """Ask the device to rotate its key (its next heartbeat's reply tells it):
+        ``requested``, ``missing`` or ``revoked``. ``actor``: the admin key id."""
+        with self.session.begin() as db:
+            device = db.get(Device, device_id)
+            if device is None:
+                return "missing"
+            if device.revoked:
+                return "revoked"
+            device.rotate_requested_at = time.time()
+            self.audit(db, "device.rotate_requested", device_id, **_by(actor))
+        return "requested"
 
     def set_device_state(self, device_id: str, action: str, actor: str = "") -> bool:
         """``disable``, ``enable`` or ``revoke`` a device; effective on its next request.

@@ -108,7 +108,7 @@ async function devicePage(id) {
   const action = (verb) => async () => {
     if (verb === "revoke" && !confirm(`Revoke ${d.name}? It cannot come back.`)) return;
     await api(`/v1/admin/devices/${id}/${verb}`, {method: "POST"});
-    say(`${d.name}: ${verb}d`); refresh();
+    say(verb === "rotate" ? `${d.name}: key rotation requested` : `${d.name}: ${verb}d`); refresh();
   };
   const cfg = d.config;
   const plots = el("div", {class: "plots", id: "plots"});
@@ -119,14 +119,17 @@ async function devicePage(id) {
     el("div", {class: "actions"},
       d.status !== "revoked" && d.status !== "disabled" ? el("button", {id: "disable", onclick: action("disable")}, "Disable") : null,
       d.status === "disabled" ? el("button", {id: "enable", onclick: action("enable")}, "Enable") : null,
-      d.status !== "revoked" ? el("button", {id: "revoke", onclick: action("revoke")}, "Revoke") : null),
+      d.status !== "revoked" ? el("button", {id: "revoke", onclick: action("revoke")}, "Revoke") : null,
+      d.status !== "revoked" && !d.key.rotation_requested_at ? el("button", {id: "rotate", title: "the device makes a new key at its next heartbeat", onclick: action("rotate")}, "Rotate key") : null),
     el("dl", {class: "config"},
       ...[["group", cfg.group], ["board", cfg.board || "not reported"], ["model", cfg.model || "service default"], ["firmware", cfg.firmware || "-"],
         ["echo canceller", cfg.aec || "-"], ["heartbeat", cfg.heartbeat_s ? cfg.heartbeat_s + " s" : "not reported"],
         ["last error", d.last_error || "none"], ["enrolled", when(d.created_at)],
+        ["key", d.key.rotation_requested_at ? `rotation requested ${when(d.key.rotation_requested_at)}: the device makes its new key at its next heartbeat`
+          : d.key.rotations.length ? `rotated ${when(d.key.rotations[0])}` : "the key it enrolled with"],
         ["key rotations", d.key.rotations.length ? d.key.rotations.map(when).join(", ") : "none"],
         ["transcripts", cfg.transcripts ? "this group opts in: the last turn's words are stored" : "kept on the device (the group has not opted in)"]]
-        .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])),
+        .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {dataset: {key: k}}, String(v))])),
     el("h3", {}, "Health over ", el("select", {id: "range", onchange: (e) => { deviceRange = e.target.value; refresh(); }},
       ...["24h", "7d"].map((r) => el("option", {value: r, selected: r === deviceRange}, r === "24h" ? "the last 24 h" : "the last 7 days")))),
     plots,

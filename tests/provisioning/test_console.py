@@ -16,13 +16,15 @@ import pytest
 from sqlalchemy import select, update
 
 from appliance.errors import DeviceRevoked
-from appliance.identity import Identity, enroll
+from appliance.heartbeat import send
+from appliance.identity import Identity, enroll, public_key_b64
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.history import RESOLUTIONS, History, percentile, summarise
 from provisioning.server import ProvisioningServer, Settings
 from provisioning.standin import StandIn, StandInConfig
 from provisioning.store import Audit, Device, Group, HeartbeatBucket, Store
 from tests.browser import CHROMIUM, chromium_args, silent_wav
+from tests.e2e.harness import device as harness_device
 from tests.provisioning.conftest import STANDIN_KEY
 
 ARTEFACTS = Path(os.environ.get("APPLIANCE_TEST_ARTIFACTS", "test-artifacts")) / "console"
@@ -334,6 +336,66 @@ async def test_live_feed_pushes_heartbeats_offline_and_admin_changes(
     assert server.app.state.fleet.feed.pushed >= 3
 
 
+async def test_admin_asks_a_device_to_rotate_its_key(
+    db_server: ProvisioningServer, tmp_path: Path
+) -> None:
+    """The admin asks; the device's next heartbeat is answered with the request and the
+    device's heartbeat client makes, registers and stores a new key; the console shows the
+    request, then the rotation; both are audited."""
+    server = db_server
+    admin = server.store.create_admin()
+    state = tmp_path / "kitchen"
+    identity = await enroll(server.base_url, server.store.create_token("default"), state, "kitchen")
+    source = ProvisioningKeySource(identity)
+    enrolled_key = public_key_b64(identity.private_key)
+    auth = {"Authorization": f"Bearer {admin}"}
+    detail_url = f"{server.base_url}/v1/admin/devices/{identity.device_id}/detail"
+    async with (
+        StandIn(StandInConfig(api_key=STANDIN_KEY)) as standin,
+        harness_device(standin, tmp_path / "device") as dev,
+        httpx.AsyncClient(headers=auth) as http,
+    ):
+        started = time.monotonic()
+        assert await send(source, dev.app, started)
+        assert (await http.get(detail_url)).json()["key"]["rotation_requested_at"] is None
+
+        url = f"{server.base_url}/v1/admin/devices/{identity.device_id}/rotate"
+        assert (await http.post(url)).status_code == 200
+        key = (await http.get(detail_url)).json()["key"]
+        assert key["rotation_requested_at"] is not None
+        assert key["rotations"] == []
+        # the request rides on every heartbeat's reply until the device has rotated
+        assert await source.heartbeat(report(5)) == {"rotate_key": True}
+        assert await send(source, dev.app, started)  # this one rotates
+
+        stored = Identity.load(state)
+        new_key = public_key_b64(stored.private_key)
+        assert new_key != enrolled_key
+        with server.store.session() as db:
+            row = db.get_one(Device, identity.device_id)
+            assert (row.public_key, row.previous_key) == (new_key, enrolled_key)
+            assert row.rotate_requested_at is None
+        key = (await http.get(detail_url)).json()["key"]
+        assert key["rotation_requested_at"] is None
+        assert len(key["rotations"]) == 1
+        assert await source.heartbeat(report(6)) == {}  # signed with the new key; no request
+        assert public_key_b64(Identity.load(state).private_key) == new_key
+        await server.app.state.ledger.flush()
+        audit = (
+            await http.get(
+                f"{server.base_url}/v1/admin/audit/search?device_id={identity.device_id}"
+            )
+        ).json()["audit"]
+    actions = [a["action"] for a in reversed(audit)]
+    assert actions.index("device.rotate_requested") < actions.index("device.rotate")
+    requested = next(a for a in audit if a["action"] == "device.rotate_requested")
+    assert requested["detail"]["admin"] == admin.split(".")[0].removeprefix("adm_")
+    server.store.set_device_state(identity.device_id, "revoke")
+    async with httpx.AsyncClient(headers=auth) as http:
+        refused = await http.post(url)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "device_revoked")
+
+
 async def test_refusals_are_counted_by_reason(server: ProvisioningServer, tmp_path: Path) -> None:
     identity, source = await device(server, tmp_path, "den")
     await source.heartbeat(report(1))
@@ -449,6 +511,15 @@ async def test_console_in_chromium(server: ProvisioningServer, tmp_path: Path) -
         await page.click("#enable")
         await page.wait_for_selector("#device-status:text-is('online')")
         await star_src.heartbeat(report(90120))
+        # a new key: asked on the page, made by the device at its next heartbeat; the page
+        # follows by itself (the rotation is pushed)
+        key_says = "(document.querySelector(\"dd[data-key='key']\")?.textContent ?? '')"
+        await page.click("#rotate")
+        await page.wait_for_function(f"{key_says}.startsWith('rotation requested')")
+        assert await star_src.heartbeat(report(90180)) == {"rotate_key": True}
+        await star_src.rotate_key()
+        await page.wait_for_function(f"{key_says}.startsWith('rotated ')")
+        await page.screenshot(path=str(ARTEFACTS / "device-rotated.png"), full_page=True)
         await page.select_option("#range", "7d")
         await page.wait_for_selector("#plots .plot canvas")
 
