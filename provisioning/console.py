@@ -491,7 +491,7 @@ class _Gauges(Collector):
         self.fleet = fleet
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        overview = self.fleet.overview(limit=1)
+        overview = self.fleet.summary()
         counts = overview["counts"]
         devices = GaugeMetricFamily(
             "provisioning_devices",
