@@ -135,6 +135,8 @@ class Fleet:
         self._lock = threading.Lock()
         self._noisy_read: tuple[float, list[str]] = (float("-inf"), [])
         """When the devices over a threshold were last read, and which they were."""
+        self._noisy_busy = False
+        """Whether a thread is reading them again."""
         self.feed = FleetFeed(self)
         """Pushes the counts to open consoles (``GET /v1/admin/console/events``)."""
         registry.register(_Gauges(self))
@@ -179,14 +181,31 @@ class Fleet:
             )
         )
 
-    def noisy(self, db: Connection, now: float) -> list[str]:
-        """Every device over a threshold in the last hour, read at most every ``NOISY_S``
-        (the window is counted in 15-minute buckets: a minute late changes nothing)."""
+    def noisy(self, db: Connection, now: float, fresh: bool = False) -> list[str]:
+        """Every device over a threshold in the last hour (``fresh``: read now). Read at
+        most every ``NOISY_S``, and then on a thread of its own while the request goes on
+        with the list it has (the window is counted in 15-minute buckets: a minute late
+        changes nothing); only the very first read is waited for."""
         with self._lock:
             at, ids = self._noisy_read
-        if now - at < NOISY_S:
-            return ids
-        ids = sorted(str(row[0]) for row in db.execute(self._noisy(now)))
+            first = at == float("-inf")
+            again = not (fresh or first or self._noisy_busy) and now - at >= NOISY_S
+            self._noisy_busy = self._noisy_busy or again
+        if again:
+            threading.Thread(target=self._read_noisy, name="console-noisy", daemon=True).start()
+        return self._read_noisy(db) if fresh or first else ids
+
+    def _read_noisy(self, db: Connection | None = None) -> list[str]:
+        now = self.clock()
+        try:
+            if db is None:
+                with self.store.engine.connect() as own:
+                    ids = sorted(str(row[0]) for row in own.execute(self._noisy(now)))
+            else:
+                ids = sorted(str(row[0]) for row in db.execute(self._noisy(now)))
+        finally:
+            with self._lock:
+                self._noisy_busy = False
         with self._lock:
             self._noisy_read = (now, ids)
         return ids

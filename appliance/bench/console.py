@@ -171,7 +171,16 @@ def _overview_reads(fleet: Any) -> list[tuple[str, str]]:
             f"{_timed(lambda: fleet.overview(q='unit-12', status='online')):.0f} ms",
         ),
         ("next offline time (live feed sweep)", f"{_timed(fleet.next_offline):.1f} ms"),
+        (
+            "devices waking falsely in the last hour (read once a minute)",
+            f"{_timed(lambda: _noisy(fleet)):.0f} ms",
+        ),
     ]
+
+
+def _noisy(fleet: Any) -> int:
+    with fleet.store.engine.connect() as db:
+        return len(fleet.noisy(db, time.time(), fresh=True))
 
 
 def run() -> list[tuple[str, str]]:
