@@ -1,6 +1,8 @@
 """The fleet console: ``/console`` (a static page and its script, uPlot for the plots) and the
-admin API it reads: the fleet overview, a device's detail and history, groups' transcript
-opt-in, enrollment tokens and a filterable audit log. Fleet gauges for ``/metrics`` too.
+admin API it reads: the fleet overview (counted in SQL, one page of devices at a time), its
+live feed (Server-Sent Events, ``provisioning/feed.py``), a device's detail and history,
+groups' transcript opt-in, enrollment tokens and a filterable audit log. Fleet gauges for
+``/metrics`` too.
 
 Every route here sits behind the admin API's own check (``app.state.admin_identity``, set by
 ``provisioning/admin.py``), with the same ``Authorization: Bearer adm_…`` credential. The
@@ -86,7 +88,6 @@ class DeviceView:
     last_seen: float | None
     health: JSON
     attention: list[str] = field(default_factory=list)
-    rotate_requested_at: float | None = None
 
     def as_json(self) -> JSON:
         h = self.health
@@ -230,7 +231,6 @@ class Fleet:
                     Device.last_seen,
                     Device.offline_after,
                     type_coerce(Device.health, String),  # decoded below, faster
-                    Device.rotate_requested_at,
                 ).where(chosen)
             ).all()
         out = []
@@ -248,7 +248,6 @@ class Fleet:
             )
             state = str(health.get("state") or "unknown") if fresh else "unknown"
             view = DeviceView(r.id, r.name, r.group, status, state, r.last_seen, health)
-            view.rotate_requested_at = r.rotate_requested_at
             if status == "offline":
                 view.attention.append("offline")
             if status == "online" and (state == "error" or health.get("last_error")):
