@@ -4,7 +4,8 @@ Sent a few seconds after start and then every ``provisioning.heartbeat_s``: vers
 the interval, state, the last turn's latency, reconnect / wake / false-wake / barge-in counts,
 the echo canceller in use and the last error; and only with ``provisioning.report_transcripts``
 on a short summary of what was said (stored only when the device's group opts in). The server
-stores it with last-seen and sums it into the console's history. A failed heartbeat is logged
+stores it with last-seen and sums it into the console's history; its reply may ask the device
+to rotate its key (an admin's request), which the device does at once. A failed heartbeat is logged
 and retried at the next interval: it never affects the conversation, but an unreachable
 server while the device is idle shows as OFFLINE (and an answer ends that).
 """
@@ -23,7 +24,11 @@ log = logging.getLogger(__name__)
 
 
 class HeartbeatSink(Protocol):
-    async def heartbeat(self, health: dict[str, Any]) -> None: ...
+    async def heartbeat(self, health: dict[str, Any]) -> dict[str, Any]:
+        """Deliver a report; the server's requests in reply (``{"rotate_key": true}``)."""
+        ...
+
+    async def rotate_key(self) -> None: ...
 
 
 class Reporting(Protocol):
@@ -51,9 +56,11 @@ async def send(
     transcripts: bool = True,
     interval_s: float | None = None,
 ) -> bool:
-    """One heartbeat; ``False`` (logged) when the server could not be reached."""
+    """One heartbeat; ``False`` (logged) when the server could not be reached. When the
+    reply asks for a new key (an admin's request), the device rotates it now; a failed
+    rotation is logged and the server asks again at the next heartbeat."""
     try:
-        await sink.heartbeat(health(device, started, transcripts, interval_s))
+        reply = await sink.heartbeat(health(device, started, transcripts, interval_s))
     except ProvisioningUnavailable as exc:
         log.warning("heartbeat not delivered: %s", exc)
         device.server_unreachable(exc)
@@ -62,6 +69,13 @@ async def send(
         log.warning("heartbeat not delivered: %s", exc)
         return False
     device.server_reachable()
+    if reply.get("rotate_key") is True:
+        try:
+            await sink.rotate_key()
+        except ApplianceError as exc:
+            log.warning("key rotation asked by the server failed: %s", exc)
+        else:
+            log.info("device key rotated, as the provisioning server asked")
     return True
 
 

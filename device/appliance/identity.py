@@ -36,6 +36,9 @@ class Identity:
     private_key: Ed25519PrivateKey
     clock: ServerClock = field(default_factory=ServerClock, compare=False, repr=False)
     """Tokens are stamped with the server's time (the device may have no RTC)."""
+    state_dir: Path | None = field(default=None, compare=False, repr=False)
+    """Where its key file lives, so a rotation can replace it; ``None`` when the key came
+    from elsewhere (a systemd credential), which a rotation here could not update."""
 
     @classmethod
     def load(cls, state_dir: Path) -> Identity:
@@ -66,7 +69,8 @@ class Identity:
             ) from None
         if not isinstance(key, Ed25519PrivateKey):
             raise ConfigError(str(key_path), "not an Ed25519 key: enroll again")
-        return cls(device_id, server, key)
+        own = key_path == state_dir / KEY_FILE
+        return cls(device_id, server, key, state_dir=state_dir if own else None)
 
     def token(self, lifetime_s: int = 30) -> str:
         """A single-use JWT proving this device's identity to the provisioning server,
@@ -121,7 +125,7 @@ async def enroll(server: str, token: str, state_dir: Path, name: str) -> Identit
         raise EnrollmentError(f"enrollment refused ({response.status_code}): {detail}")
     device_id = str(response.json()["device_id"])
     await asyncio.to_thread(_commit, state_dir, device_id, server, name)
-    return Identity(device_id, server, key)
+    return Identity(device_id, server, key, state_dir=state_dir)
 
 
 def _prepare(state_dir: Path) -> Ed25519PrivateKey:
@@ -218,4 +222,4 @@ async def rotate(identity: Identity, state_dir: Path) -> Identity:
     await asyncio.to_thread(
         _save, state_dir, key, identity.device_id, identity.server, info["name"]
     )
-    return Identity(identity.device_id, identity.server, key, identity.clock)
+    return Identity(identity.device_id, identity.server, key, identity.clock, state_dir)

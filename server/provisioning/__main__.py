@@ -84,7 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--uses", type=int, default=1, help="claim token: up to N devices")
     token.add_argument("--ttl", type=float, default=86400, help="seconds until it expires")
     device = sub.add_parser("device", help="devices (by name or id)")
-    device.add_argument("action", choices=["add", "list", "disable", "enable", "revoke", "delete"])
+    device.add_argument(
+        "action",
+        choices=["add", "list", "disable", "enable", "revoke", "rotate", "delete"],
+        help="rotate: the device makes a new key at its next heartbeat",
+    )
     device.add_argument("name", nargs="?", default="", help="device name or id")
     device.add_argument("--group", default="default")
     device.add_argument("--server-url", default="http://127.0.0.1:8080")
@@ -310,7 +314,12 @@ def _device(store: Any, args: argparse.Namespace) -> int:
         return 0
     with store.session() as db:
         device_id = _find_device(db, name).id
-    if args.action == "delete":
+    if args.action == "rotate":
+        outcome = store.request_rotation(device_id)
+        if outcome == "revoked":
+            raise UserError(EX_DATAERR, f"{name!r} is revoked: it has no key to rotate")
+        ok = outcome == "requested"
+    elif args.action == "delete":
         ok = store.delete_device(device_id)
     else:
         ok = store.set_device_state(device_id, args.action)

@@ -170,11 +170,20 @@ def install(
 
         return JSONResponse({"devices": await run_in_threadpool(read)})
 
-    @router.post("/devices/{device_id}/{action}", responses=errors(401, 404, 429))
+    @router.post("/devices/{device_id}/{action}", responses=errors(401, 404, 409, 429))
     async def device_action(device_id: str, action: str, request: Request) -> Response:
+        """``disable``, ``enable``, ``revoke``, or ``rotate``: ask the device to make a new
+        key (it does at its next heartbeat)."""
         who = await admin(request)
         if isinstance(who, Response):
             return who
+        if action == "rotate":  # the device makes its new key at its next heartbeat
+            outcome = await run_in_threadpool(store.request_rotation, device_id, who)
+            if outcome == "revoked":
+                return _error(409, "device_revoked", "a revoked device has no key to rotate")
+            if outcome == "missing":
+                return _error(404, "unknown_device", f"no device {device_id!r}")
+            return JSONResponse({"id": device_id, "action": action})
         if action not in ("disable", "enable", "revoke"):
             return _error(404, "unknown_action", f"no action {action!r}")
         if not await run_in_threadpool(store.set_device_state, device_id, action, who):

@@ -31,6 +31,10 @@ LATENCY_BINS = len(LATENCY_EDGES_MS) + 1
 COUNTERS = ("reconnects", "wakes", "false_wakes", "self_interruptions")
 """Counters the devices report since their start; buckets hold their increase."""
 PURGE_EVERY_S = 60.0
+DEFAULT_HEARTBEAT_S = 300.0
+"""A device that does not say how often it beats is taken to beat this often (the old default)."""
+OFFLINE_AFTER_BEATS = 2.5
+"""A device is offline once this many of its heartbeat intervals passed without one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,22 @@ def _number(report: dict[str, Any], *names: str) -> float | None:
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return float(value)
     return None
+
+
+def offline_after(health: dict[str, Any]) -> float:
+    """Seconds without a request after which a device reporting ``health`` is offline."""
+    interval = health.get("heartbeat_s")
+    if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
+        return OFFLINE_AFTER_BEATS * float(interval)
+    return OFFLINE_AFTER_BEATS * DEFAULT_HEARTBEAT_S
+
+
+def standing(health: dict[str, Any]) -> tuple[float, str | None, bool]:
+    """What the devices table keeps of a report for the console's counts (columns
+    ``offline_after``, ``state``, ``in_error``)."""
+    state = health.get("state")
+    text = str(state)[:32] if state else None
+    return offline_after(health), text, text == "error" or bool(health.get("last_error"))
 
 
 def latency_bin(ms: float) -> int:

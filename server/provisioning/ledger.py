@@ -52,7 +52,7 @@ from provisioning.auth import (
     DeviceKeys,
     verify,
 )
-from provisioning.history import History
+from provisioning.history import History, standing
 from provisioning.store import DEFAULT_LIMITS, Device, Store, make_engine
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,8 @@ class Admitted:
     """Whether that key is the device's current one (not the previous key of an overlap)."""
     charged: tuple[tuple[str, int], ...] = ()
     """The rate counters (key, bucket) a mint was counted in (see ``MintLedger.refund``)."""
+    rotate: bool = False
+    """Whether an admin asked the device to rotate its key (a heartbeat's reply says so)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,9 +488,10 @@ class MintLedger:
             sql.health(cur, sorted(reports.items()))
         for admit in admitted:
             if not admit.mint:
-                current = admit.key == devices[admit.kid].public_key
+                device = devices[admit.kid]
+                current = admit.key == device.public_key
                 admit.outcome = Admitted(
-                    admit.kid, devices[admit.kid].group, {}, admit.key, current
+                    admit.kid, device.group, {}, admit.key, current, rotate=device.rotate
                 )
         self._limit(cur, [a for a in admitted if a.mint], devices, now, audit)
 
@@ -596,6 +599,7 @@ class _Device(NamedTuple):
     revoked: bool
     profile: dict[str, Any] | None
     limits: dict[str, int] | None
+    rotate: bool
 
 
 class _Sql:
@@ -625,7 +629,7 @@ class _Sql:
         cur.execute(
             self.text(
                 'SELECT d.id, d."group", d.public_key, d.previous_key, d.previous_until, '
-                "d.enabled, d.revoked, g.profile, g.limits "
+                "d.enabled, d.revoked, g.profile, g.limits, d.rotate_requested_at "
                 'FROM devices d LEFT OUTER JOIN groups g ON d."group" = g.name '
                 "WHERE d.id IN ({ids}) ORDER BY d.id" + lock,
                 ids=len(ids),
@@ -643,6 +647,7 @@ class _Sql:
                 revoked=bool(row[6]),
                 profile=_json(row[7]),
                 limits=_json(row[8]),
+                rotate=row[9] is not None,
             )
             for row in cur.fetchall()
         ]
@@ -676,9 +681,16 @@ class _Sql:
         )
 
     def health(self, cur: Any, reports: list[tuple[str, dict[str, Any]]]) -> None:
+        """Store each report, and what the console counts by (``standing``)."""
         cur.executemany(
-            self.text("UPDATE devices SET health = ? WHERE id = ?"),
-            [(to_json(report).decode(), device_id) for device_id, report in reports],
+            self.text(
+                "UPDATE devices SET health = ?, offline_after = ?, state = ?, in_error = ? "
+                "WHERE id = ?"
+            ),
+            [
+                (to_json(report).decode(), *standing(report), device_id)
+                for device_id, report in reports
+            ],
         )
 
     def used(self, cur: Any, keys: list[str], now: float) -> dict[str, int]:

@@ -60,6 +60,13 @@ class Rotated(BaseModel):
     overlap_until: float
 
 
+class HeartbeatReply(BaseModel):
+    """A heartbeat's 200 reply (otherwise 204, no body)."""
+
+    rotate_key: bool
+    """An admin asked for a new key: rotate it (``POST /v1/devices/rotate``) now."""
+
+
 class MintedKey(BaseModel):
     value: str
     expires_at: int

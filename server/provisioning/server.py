@@ -132,6 +132,9 @@ ROTATE_REFUSALS = {
 }
 
 
+ROTATE_KEY = b'{"rotate_key":true}'
+"""A heartbeat's reply when an admin asked the device to rotate its key (else 204)."""
+
 WAL_CHECKPOINT_EVERY_S = 0.1
 """How often the server checkpoints a SQLite WAL, off the hot path (see ``Checkpointer``)."""
 
@@ -264,6 +267,7 @@ def create_app(
             extra={"device_id": outcome.device_id, "group": outcome.group},
         )
         metrics.enrollments.labels("ok" if outcome.created else "retry").inc()
+        fleet.feed.changed("enroll", outcome.device_id)
         body = {"device_id": outcome.device_id, "group": outcome.group}
         return JSONResponse(body, status_code=201)
 
@@ -375,10 +379,12 @@ def create_app(
         )
         if outcome != "rotated":
             return error(*ROTATE_REFUSALS[outcome])
+        fleet.feed.changed("rotate", who.device_id)
         return JSONResponse({"device_id": who.device_id, "overlap_until": overlap_until})
 
     async def heartbeat(scope: Scope, body: bytes) -> Reply:
-        """Store the device's health report (version, uptime, counts) and its last-seen time."""
+        """Store the device's health report (version, uptime, counts) and its last-seen time.
+        204, or 200 ``{"rotate_key": true}`` when an admin asked the device for a new key."""
         try:
             report = from_json(body or b"{}")  # nesting is bounded by pydantic-core
             if not isinstance(report, dict):
@@ -387,15 +393,18 @@ def create_app(
         except (ValueError, PydanticSerializationError):
             return error_reply(400, "bad_request", "the report must be a JSON object")
         try:
-            await device(header(scope, b"authorization"), report)
+            who = await device(header(scope, b"authorization"), report)
         except AuthError as exc:
             return refusal(exc)
+        fleet.feed.changed("heartbeat", who.device_id)
+        if who.rotate:  # an admin asked for a new key: the device rotates it now
+            return Reply(200, ROTATE_KEY)
         return Reply(204, b"")
 
     app.post(
         "/v1/devices/heartbeat",
         status_code=204,
-        responses=errors(400, 401, 503),
+        responses={**errors(400, 401, 503), 200: {"model": schema.HeartbeatReply}},
         openapi_extra=schema.body(None),
         dependencies=DEVICE_JWT,
     )(FastPath.endpoint(heartbeat))
@@ -414,6 +423,7 @@ def create_app(
 async def shutdown(app: FastAPI) -> None:
     """Write the ledger's pending audit rows, close the upstream client, and the database if
     ``create_app`` opened it (a last WAL checkpoint)."""
+    await app.state.fleet.feed.close()
     await app.state.models.stop()
     await app.state.ledger.close()
     await app.state.upstream.close()
@@ -446,6 +456,7 @@ class ProvisioningServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        await self.app.state.fleet.feed.close()  # open consoles' streams end first
         await self._served.stop()
         await shutdown(self.app)
         self.store.close()

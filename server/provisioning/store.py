@@ -136,6 +136,7 @@ class EnrollmentToken(Base):
 
 class Device(Base):
     __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_group", "group"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     """Unique and never empty: the CLI takes a name or an id wherever a device is meant."""
@@ -153,6 +154,16 @@ class Device(Base):
     enrolled_with: Mapped[int | None] = mapped_column(Integer, nullable=True)
     """The enrollment token (its id) it enrolled with: a retry with the same token and key
     gets this device back instead of a refusal."""
+    offline_after: Mapped[float] = mapped_column(Float, default=750.0, server_default="750")
+    """Seconds without a request after which the device counts as offline (2.5 of its
+    reported heartbeat intervals), kept from its last heartbeat for the console's counts."""
+    state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """The state its last heartbeat reported (``health["state"]``), for the console's counts."""
+    in_error: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Whether its last heartbeat reported state ``error`` or a last error."""
+    rotate_requested_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """When an admin asked it to rotate its key; cleared by the rotation (the heartbeat's
+    answer tells the device until then)."""
 
 
 class UsedJti(Base):
@@ -447,7 +458,12 @@ class Store:
                 done = db.execute(
                     update(Device)
                     .where(Device.id == device_id, Device.public_key == old_key)
-                    .values(public_key=new_key, previous_key=old_key, previous_until=until)
+                    .values(
+                        public_key=new_key,
+                        previous_key=old_key,
+                        previous_until=until,
+                        rotate_requested_at=None,  # done, if an admin asked for it
+                    )
                     .returning(Device.id)
                 ).first()
                 if done is None:
@@ -456,6 +472,19 @@ class Store:
         except IntegrityError:  # another device took the key meanwhile (unique)
             return "key_in_use"
         return "rotated"
+
+    def request_rotation(self, device_id: str, actor: str = "") -> str:
+        """Ask the device to rotate its key (its next heartbeat's reply tells it):
+        ``requested``, ``missing`` or ``revoked``. ``actor``: the admin key id."""
+        with self.session.begin() as db:
+            device = db.get(Device, device_id)
+            if device is None:
+                return "missing"
+            if device.revoked:
+                return "revoked"
+            device.rotate_requested_at = time.time()
+            self.audit(db, "device.rotate_requested", device_id, **_by(actor))
+        return "requested"
 
     def set_device_state(self, device_id: str, action: str, actor: str = "") -> bool:
         """``disable``, ``enable`` or ``revoke`` a device; effective on its next request.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from appliance import machine as m
 from appliance import telemetry
@@ -76,12 +77,17 @@ class Device:
 class Server:
     def __init__(self, down: bool) -> None:
         self.down = down
-        self.reports: list[dict[str, object]] = []
+        self.reports: list[dict[str, Any]] = []
+        self.rotations = 0
 
-    async def heartbeat(self, health: dict[str, object]) -> None:
+    async def heartbeat(self, health: dict[str, Any]) -> dict[str, Any]:
         if self.down:
             raise ProvisioningUnavailable("connection refused")
         self.reports.append(health)
+        return {"rotate_key": True} if len(self.reports) == 2 else {}
+
+    async def rotate_key(self) -> None:
+        self.rotations += 1
 
 
 async def test_a_heartbeat_tells_the_device_whether_the_server_answers() -> None:
@@ -90,3 +96,6 @@ async def test_a_heartbeat_tells_the_device_whether_the_server_answers() -> None
     assert up.reports[0]["state"] == "idle"
     assert not await send(down, device, started=0.0)
     assert device.reachable == [True, False]
+    assert up.rotations == 0
+    assert await send(up, device, started=0.0)
+    assert up.rotations == 1, "the server's reply asked for a new key"

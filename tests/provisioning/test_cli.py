@@ -56,8 +56,11 @@ def test_device_commands_take_a_name_or_an_id(url: str, by: str) -> None:
     assert not device(url, "dev_1").enabled
     assert run(url, "device", "enable", ref) == 0
     assert device(url, "dev_1").enabled
+    assert run(url, "device", "rotate", ref) == 0
+    assert device(url, "dev_1").rotate_requested_at is not None
     assert run(url, "device", "revoke", ref) == 0
     assert device(url, "dev_1").revoked
+    assert run(url, "device", "rotate", ref) == EX_DATAERR
     assert run(url, "device", "delete", ref) == 0
     assert run(url, "device", "delete", ref) == EX_DATAERR
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -14,13 +16,15 @@ import pytest
 from sqlalchemy import select, update
 
 from appliance.errors import DeviceRevoked
-from appliance.identity import Identity, enroll
+from appliance.heartbeat import send
+from appliance.identity import Identity, enroll, public_key_b64
 from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.history import RESOLUTIONS, History, percentile, summarise
 from provisioning.server import ProvisioningServer, Settings
 from provisioning.store import Audit, Device, Group, HeartbeatBucket, Store
 from standin import StandIn, StandInConfig
 from tests.browser import CHROMIUM, chromium_args, silent_wav
+from tests.e2e.harness import device as harness_device
 from tests.provisioning.conftest import STANDIN_KEY
 
 ARTEFACTS = Path(os.environ.get("APPLIANCE_TEST_ARTIFACTS", "test-artifacts")) / "console"
@@ -163,6 +167,8 @@ async def test_console_api_needs_the_admin_credential(server: ProvisioningServer
             ("GET", "/v1/admin/tokens"),
             ("POST", "/v1/admin/tokens/1/expire"),
             ("GET", "/v1/admin/audit/search"),
+            ("GET", "/v1/admin/console/events"),
+            ("POST", "/v1/admin/devices/dev_x/rotate"),
         ):
             for auth in ({}, {"Authorization": "Bearer adm_nope.nope"}):
                 r = await http.request(method, server.base_url + path, headers=auth)
@@ -219,6 +225,177 @@ async def test_overview_counts_and_puts_attention_first(
     assert "provisioning_devices_in_error 1.0" in metrics
 
 
+async def test_overview_is_counted_in_sql_and_paged_attention_first(
+    db_server: ProvisioningServer, tmp_path: Path
+) -> None:
+    """Counts cover the whole fleet; the list is one page at a time, the devices needing
+    attention first (offline, then online ones waking falsely), then by name."""
+    server = db_server
+    server.store.ensure_group("hall")
+    admin = server.store.create_admin()
+    names = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"]
+    made = {}
+    for name in names:
+        made[name] = await device(server, tmp_path, name, "hall" if name == "bravo" else "default")
+    for name, (_identity, source) in made.items():
+        extra = {"false_wakes": 9} if name == "delta" else {}  # no error: attention by wakes
+        await source.heartbeat(report(10, **extra))
+    await server.app.state.ledger.flush()
+    with server.store.session.begin() as db:
+        gone = made["echo"][0].device_id
+        db.execute(update(Device).where(Device.id == gone).values(last_seen=1.0))
+    server.store.set_device_state(made["foxtrot"][0].device_id, "disable")
+    url = f"{server.base_url}/v1/admin/fleet"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {admin}"}) as http:
+
+        async def fleet(**params: Any) -> dict[str, Any]:
+            r = await http.get(url, params=params)
+            assert r.status_code == 200, r.text
+            body: dict[str, Any] = r.json()
+            return body
+
+        pages = [await fleet(limit=2, offset=offset) for offset in (0, 2, 4, 6)]
+        assert [[d["name"] for d in p["devices"]] for p in pages] == [
+            ["echo", "delta"],
+            ["alpha", "bravo"],
+            ["charlie", "foxtrot"],
+            [],
+        ]
+        first = pages[0]
+        assert first["counts"]["total"] == first["matching"] == 6
+        assert (first["counts"]["online"], first["counts"]["offline"]) == (4, 1)
+        assert first["counts"]["disabled"] == 1
+        assert first["attention"] == 2
+        assert first["devices"][1]["attention"] == ["9 false wakes in the last hour"]
+        needing = await fleet(status="attention")
+        assert [d["name"] for d in needing["devices"]] == ["echo", "delta"]
+        assert needing["matching"] == 2
+        assert [d["name"] for d in (await fleet(q="RAV"))["devices"]] == ["bravo"]
+        assert [d["name"] for d in (await fleet(group="hall"))["devices"]] == ["bravo"]
+        online = await fleet(status="online", limit=1)
+        assert (online["matching"], len(online["devices"])) == (4, 1)
+        summary = await fleet(limit=0)
+        assert summary["devices"] == []
+        assert summary["counts"] == first["counts"]
+
+
+async def events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The ``fleet`` events of a Server-Sent Events response, decoded."""
+    name, data = "", []
+    async for line in response.aiter_lines():
+        if line.startswith("event:"):
+            name = line.partition(":")[2].strip()
+        elif line.startswith("data:"):
+            data.append(line.partition(":")[2].strip())
+        elif not line and data:
+            if name == "fleet":
+                yield json.loads("\n".join(data))
+            name, data = "", []
+
+
+async def test_live_feed_pushes_heartbeats_offline_and_admin_changes(
+    db_server: ProvisioningServer, tmp_path: Path
+) -> None:
+    """The console's stream: the counts at once, a device going quiet pushed as offline
+    (nobody asks: the server's sweep notices), its next heartbeat pushed as online again,
+    and an admin's change pushed with the device it named."""
+    server = db_server
+    admin = server.store.create_admin()
+    steady, steady_src = await device(server, tmp_path, "steady")
+    flaky, flaky_src = await device(server, tmp_path, "flaky")
+    await steady_src.heartbeat(report(10))
+    await flaky_src.heartbeat(report(10, heartbeat_s=1))  # offline 2.5 s after its last beat
+    auth = {"Authorization": f"Bearer {admin}"}
+    async with (
+        httpx.AsyncClient(headers=auth, timeout=30) as http,
+        http.stream("GET", f"{server.base_url}/v1/admin/console/events") as response,
+        asyncio.timeout(30),
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        feed = events(response)
+        hello = await anext(feed)
+        assert hello["reasons"] == ["hello"]
+        assert hello["counts"]["total"] == 2
+        event = hello
+        while event["counts"]["offline"] != 1:  # pushed by the sweep when it happens
+            event = await anext(feed)
+        assert event["counts"]["online"] == 1
+        assert event["attention"] == 1
+        await flaky_src.heartbeat(report(12))
+        while event["counts"]["online"] != 2:
+            event = await anext(feed)
+        assert "heartbeat" in event["reasons"]
+        assert flaky.device_id in event["devices"]
+        url = f"{server.base_url}/v1/admin/devices/{steady.device_id}/disable"
+        assert (await http.post(url)).status_code == 200
+        while event["counts"]["disabled"] != 1:
+            event = await anext(feed)
+        assert event["reasons"] == ["admin"]
+        assert event["devices"] == [steady.device_id]
+    assert server.app.state.fleet.feed.pushed >= 3
+
+
+async def test_admin_asks_a_device_to_rotate_its_key(
+    db_server: ProvisioningServer, tmp_path: Path
+) -> None:
+    """The admin asks; the device's next heartbeat is answered with the request and the
+    device's heartbeat client makes, registers and stores a new key; the console shows the
+    request, then the rotation; both are audited."""
+    server = db_server
+    admin = server.store.create_admin()
+    state = tmp_path / "kitchen"
+    identity = await enroll(server.base_url, server.store.create_token("default"), state, "kitchen")
+    source = ProvisioningKeySource(identity)
+    enrolled_key = public_key_b64(identity.private_key)
+    auth = {"Authorization": f"Bearer {admin}"}
+    detail_url = f"{server.base_url}/v1/admin/devices/{identity.device_id}/detail"
+    async with (
+        StandIn(StandInConfig(api_key=STANDIN_KEY)) as standin,
+        harness_device(standin, tmp_path / "device") as dev,
+        httpx.AsyncClient(headers=auth) as http,
+    ):
+        started = time.monotonic()
+        assert await send(source, dev.app, started)
+        assert (await http.get(detail_url)).json()["key"]["rotation_requested_at"] is None
+
+        url = f"{server.base_url}/v1/admin/devices/{identity.device_id}/rotate"
+        assert (await http.post(url)).status_code == 200
+        key = (await http.get(detail_url)).json()["key"]
+        assert key["rotation_requested_at"] is not None
+        assert key["rotations"] == []
+        # the request rides on every heartbeat's reply until the device has rotated
+        assert await source.heartbeat(report(5)) == {"rotate_key": True}
+        assert await send(source, dev.app, started)  # this one rotates
+
+        stored = Identity.load(state)
+        new_key = public_key_b64(stored.private_key)
+        assert new_key != enrolled_key
+        with server.store.session() as db:
+            row = db.get_one(Device, identity.device_id)
+            assert (row.public_key, row.previous_key) == (new_key, enrolled_key)
+            assert row.rotate_requested_at is None
+        key = (await http.get(detail_url)).json()["key"]
+        assert key["rotation_requested_at"] is None
+        assert len(key["rotations"]) == 1
+        assert await source.heartbeat(report(6)) == {}  # signed with the new key; no request
+        assert public_key_b64(Identity.load(state).private_key) == new_key
+        await server.app.state.ledger.flush()
+        audit = (
+            await http.get(
+                f"{server.base_url}/v1/admin/audit/search?device_id={identity.device_id}"
+            )
+        ).json()["audit"]
+    actions = [a["action"] for a in reversed(audit)]
+    assert actions.index("device.rotate_requested") < actions.index("device.rotate")
+    requested = next(a for a in audit if a["action"] == "device.rotate_requested")
+    assert requested["detail"]["admin"] == admin.split(".")[0].removeprefix("adm_")
+    server.store.set_device_state(identity.device_id, "revoke")
+    async with httpx.AsyncClient(headers=auth) as http:
+        refused = await http.post(url)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "device_revoked")
+
+
 async def test_refusals_are_counted_by_reason(server: ProvisioningServer, tmp_path: Path) -> None:
     identity, source = await device(server, tmp_path, "den")
     await source.heartbeat(report(1))
@@ -271,34 +448,53 @@ async def test_console_in_chromium(server: ProvisioningServer, tmp_path: Path) -
     await server.app.state.ledger.flush()
 
     async def count(page: Page, kind: str, n: int) -> None:
-        await page.wait_for_selector(f"[data-count='{kind}'] b:text-is('{n}')")
+        """Wait until the page shows ``n`` on the ``kind`` card."""
+        await page.wait_for_function(
+            "([kind, n]) => document.querySelector(`[data-count='${kind}'] b`)"
+            "?.textContent === String(n)",
+            arg=[kind, n],
+        )
+
+    async def feed(page: Page, mode: str) -> None:
+        """Wait until the page's live updates are ``stream`` (pushed) or ``polling``."""
+        await page.wait_for_function("(mode) => document.body.dataset.live === mode", arg=mode)
 
     silence = silent_wav(tmp_path)
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=chromium_args(silence))
         page = await browser.new_page(viewport={"width": 1280, "height": 900})
         page.on("dialog", lambda dialog: dialog.accept())
-        await page.goto(f"{server.base_url}/console?poll=300")
+        # polling only every 10 minutes: whatever changes below was pushed
+        await page.goto(f"{server.base_url}/console?poll=600000")
         await page.fill("#token", admin)
         await page.click("#login button[type=submit]")
+        await feed(page, "stream")
         await count(page, "online", 12)
         await count(page, "offline", 0)
 
-        # three devices go quiet (their last heartbeat long ago): the page follows by itself
-        quiet = [identity.device_id for identity, _ in fleet[9:12]]
-        with server.store.session.begin() as db:
-            db.execute(
-                update(Device).where(Device.id.in_(quiet)).values(last_seen=time.time() - 3600)
-            )
+        # three devices beat once more, saying they beat every second, then go quiet: 2.5 s
+        # later the server's sweep pushes them offline, with nobody asking
+        for _identity, source in fleet[9:12]:
+            await source.heartbeat(report(3700, heartbeat_s=1))
         await count(page, "offline", 3)
         await count(page, "online", 9)
-        first = await page.locator("#devices tbody tr").first.get_attribute("data-status")
-        assert first == "offline"  # attention first
+        await page.wait_for_function(
+            "document.querySelector('#devices tbody tr')?.dataset.status === 'offline'"
+        )  # attention first
         await page.screenshot(path=str(ARTEFACTS / "overview-desktop.png"), full_page=True)
-        for _identity, source in fleet[9:12]:  # and come back
+        for _identity, source in fleet[9:12]:  # and come back: each heartbeat is pushed
             await source.heartbeat(report(7200))
         await count(page, "online", 12)
         await count(page, "offline", 0)
+        # an admin's change elsewhere (the API, another console) is pushed too
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {admin}"}) as http:
+            url = f"{server.base_url}/v1/admin/devices/{fleet[5][0].device_id}/disable"
+            assert (await http.post(url)).status_code == 200
+            await count(page, "disabled", 1)
+            await count(page, "online", 11)
+            assert (await http.post(url.replace("disable", "enable"))).status_code == 200
+            await count(page, "online", 12)
+        assert await page.evaluate("document.body.dataset.live") == "stream"
 
         # the device page: plots drawn from the stored buckets
         await page.click(f"tr[data-id='{star.device_id}'] a")
@@ -315,6 +511,15 @@ async def test_console_in_chromium(server: ProvisioningServer, tmp_path: Path) -
         await page.click("#enable")
         await page.wait_for_selector("#device-status:text-is('online')")
         await star_src.heartbeat(report(90120))
+        # a new key: asked on the page, made by the device at its next heartbeat; the page
+        # follows by itself (the rotation is pushed)
+        key_says = "(document.querySelector(\"dd[data-key='key']\")?.textContent ?? '')"
+        await page.click("#rotate")
+        await page.wait_for_function(f"{key_says}.startsWith('rotation requested')")
+        assert await star_src.heartbeat(report(90180)) == {"rotate_key": True}
+        await star_src.rotate_key()
+        await page.wait_for_function(f"{key_says}.startsWith('rotated ')")
+        await page.screenshot(path=str(ARTEFACTS / "device-rotated.png"), full_page=True)
         await page.select_option("#range", "7d")
         await page.wait_for_selector("#plots .plot canvas")
 
@@ -337,12 +542,23 @@ async def test_console_in_chromium(server: ProvisioningServer, tmp_path: Path) -
         assert "device.disable" in audit
         assert "device.enable" in audit
 
-        # a phone: nothing runs off the right edge
+        # a phone whose live stream cannot get through: it polls instead, and takes the
+        # stream once it can
         phone = await browser.new_page(viewport={"width": 390, "height": 844})
-        await phone.goto(f"{server.base_url}/console?poll=300")
+        blocked = "**/v1/admin/console/events"
+        await phone.route(blocked, lambda route: route.abort())
+        await phone.goto(f"{server.base_url}/console?poll=300&retry=500")
         await phone.fill("#token", admin)
         await phone.click("#login button[type=submit]")
+        await feed(phone, "polling")
         await count(phone, "online", 12)
+        _quiet, quiet_src = fleet[8]
+        await quiet_src.heartbeat(report(7300, heartbeat_s=1))
+        await count(phone, "offline", 1)  # found by polling
+        await quiet_src.heartbeat(report(7400))
+        await count(phone, "offline", 0)
+        await phone.unroute(blocked)
+        await feed(phone, "stream")
         for route, shot in (("", "overview"), (f"device/{star.device_id}", "device")):
             await phone.goto(f"{server.base_url}/console#/{route}")
             await phone.wait_for_selector("#counts .card" if not route else "#plots .plot canvas")

@@ -296,3 +296,54 @@ def test_groups_on_models_with_a_shutdown_date_are_moved(
     logged = caplog.text
     assert "group 'old' moved" in logged
     assert "'diarize' keeps gpt-4o-transcribe-diarize" in logged
+
+
+def test_console_columns_are_filled_from_the_stored_reports(empty_url: str) -> None:
+    """console_1 → console_2: each device's offline_after, state and in_error come from the
+    health report it last sent, as the ledger writes them with every heartbeat since."""
+    engine = make_engine(empty_url)
+    reports = {
+        "dev_a": {"state": "idle", "heartbeat_s": 60},
+        "dev_b": {"state": "error"},  # no interval: the old 300 s default
+        "dev_c": {"state": "muted", "heartbeat_s": 10, "last_error": "mic gone"},
+        "dev_d": {},
+    }
+    try:
+        migrations.upgrade(engine, "console_1")
+        meta = MetaData()
+        groups = Table("groups", meta, autoload_with=engine)
+        devices = Table("devices", meta, autoload_with=engine)
+        with engine.begin() as conn:
+            conn.execute(groups.insert().values(name="default", profile={}, limits={}))
+            conn.execute(
+                devices.insert(),
+                [
+                    {
+                        "id": device_id,
+                        "name": device_id,
+                        "group": "default",
+                        "public_key": f"k{device_id}",
+                        "enabled": True,
+                        "revoked": False,
+                        "created_at": 0.0,
+                        "health": health,
+                    }
+                    for device_id, health in reports.items()
+                ],
+            )
+        assert migrations.upgrade(engine) == HEAD
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT id, offline_after, state, in_error, rotate_requested_at "
+                    "FROM devices ORDER BY id"
+                )
+            ).all()
+        assert [(r[0], r[1], r[2], bool(r[3]), r[4]) for r in rows] == [
+            ("dev_a", 150.0, "idle", False, None),
+            ("dev_b", 750.0, "error", True, None),
+            ("dev_c", 25.0, "muted", True, None),
+            ("dev_d", 750.0, None, False, None),
+        ]
+    finally:
+        engine.dispose()

@@ -18,10 +18,11 @@ from appliance.errors import (
     BackendMoved,
     ClockSkew,
     DeviceRevoked,
+    EnrollmentError,
     ProvisioningUnavailable,
     RateLimited,
 )
-from appliance.identity import Identity
+from appliance.identity import Identity, rotate
 from appliance.neterrors import describe
 from appliance.realtime.keys import EphemeralKey
 
@@ -108,8 +109,28 @@ class ProvisioningKeySource:
         data = (await self._post("/v1/live/sessions", {"sdp": sdp, "tools": tools})).json()
         return str(data["session_id"]), str(data["sdp"])
 
-    async def heartbeat(self, health: dict[str, Any]) -> None:
-        await self._post("/v1/devices/heartbeat", health)
+    async def heartbeat(self, health: dict[str, Any]) -> dict[str, Any]:
+        """Send a health report; the server's requests in reply (``rotate_key``), if any."""
+        response = await self._post("/v1/devices/heartbeat", health)
+        if response.status_code != 200:
+            return {}
+        try:
+            reply = response.json()
+        except ValueError:
+            return {}
+        return reply if isinstance(reply, dict) else {}
+
+    async def rotate_key(self) -> None:
+        """Make a new key pair and register it (the server asked in a heartbeat's reply);
+        every later request signs with it. ``EnrollmentError`` if the key cannot be
+        replaced here or the server refused the new one."""
+        state_dir = self._identity.state_dir
+        if state_dir is None:
+            raise EnrollmentError(
+                "key rotation asked, but the key is not in the state directory "
+                "(a systemd credential): replace it there"
+            )
+        self._identity = await rotate(self._identity, state_dir)
 
     async def probe(self) -> None:
         """``GET /healthz``: raises ``ProvisioningUnavailable`` (with the reason in words)

@@ -2,7 +2,10 @@
 // and goes only in the Authorization header (no cookie: other sites' forms cannot use it).
 "use strict";
 const $ = (s, root = document) => root.querySelector(s);
-const POLL_MS = Number(new URLSearchParams(location.search).get("poll")) || 5000;
+const PARAMS = new URLSearchParams(location.search);
+const POLL_MS = Number(PARAMS.get("poll")) || 5000;  // only while the live stream is down
+const RETRY_MS = Number(PARAMS.get("retry")) || 5000;  // a broken stream is tried again after this
+const PAGE = 100;
 let timer = null;
 
 function el(tag, attrs = {}, ...children) {
@@ -38,8 +41,10 @@ function showLogin(message) {
 
 // ---- overview ----
 const filters = {q: "", status: "", group: ""};
+let offset = 0;
+function paged(fn) { return (e) => { fn(e); offset = 0; refresh(); }; }
 async function overview() {
-  const query = new URLSearchParams({...filters, limit: 100});
+  const query = new URLSearchParams({...filters, limit: PAGE, offset});
   const data = await api("/v1/admin/fleet?" + query);
   if (route() !== "") return;  // the user moved on while this was loading
   let view = $("#overview");
@@ -49,19 +54,19 @@ async function overview() {
       el("p", {class: "states", id: "states"}),
       el("div", {class: "filters"},
         el("input", {id: "q", type: "search", placeholder: "search id, name, group", value: filters.q,
-          oninput: (e) => { filters.q = e.target.value; refresh(); }}),
-        el("select", {id: "status-filter", onchange: (e) => { filters.status = e.target.value; refresh(); }},
+          oninput: paged((e) => { filters.q = e.target.value; })}),
+        el("select", {id: "status-filter", onchange: paged((e) => { filters.status = e.target.value; })},
           ...["", "attention", "online", "offline", "disabled", "revoked"].map((s) => el("option", {value: s, selected: s === filters.status}, s || "all devices")))),
       el("table", {class: "responsive", id: "devices"},
         el("thead", {}, el("tr", {}, ...["device", "group", "status", "state", "last seen", "needs attention", "latency", "false wakes", "uptime", "version"].map((h) => el("th", {}, h)))),
         el("tbody")),
-      el("p", {class: "note", id: "matching"}));
+      el("p", {class: "pager"},
+        el("button", {id: "prev", type: "button", onclick: () => { offset = Math.max(0, offset - PAGE); refresh(); }}, "← previous"),
+        el("span", {class: "note", id: "matching"}),
+        el("button", {id: "next", type: "button", onclick: () => { offset += PAGE; refresh(); }}, "next →")));
     $("#view").replaceChildren(view);
   }
-  const c = data.counts;
-  $("#counts").replaceChildren(...["online", "offline", "error", "muted", "disabled", "revoked"].map((k) =>
-    el("div", {class: "card " + k, dataset: {count: k}}, el("b", {}, String(c[k])), k)));
-  $("#states").textContent = "By state: " + (Object.entries(data.states).map(([s, n]) => `${s} ${n}`).join(" · ") || "none online") + ` — ${c.total} devices, ${data.attention} need attention`;
+  showCounts(data);
   $("#devices tbody").replaceChildren(...data.devices.map((d) => el("tr", {dataset: {id: d.id, status: d.status}},
     el("td", {"data-label": "device"}, el("a", {href: "#/device/" + d.id}, d.name), el("br"), el("small", {}, d.id)),
     el("td", {"data-label": "group"}, d.group),
@@ -73,7 +78,17 @@ async function overview() {
     el("td", {"data-label": "false wakes"}, String(d.false_wakes ?? "-")),
     el("td", {"data-label": "uptime"}, dur(d.uptime_s)),
     el("td", {"data-label": "version"}, d.version || "-"))));
-  $("#matching").textContent = `${data.matching} shown of ${c.total} (attention first; at most 100 listed — narrow with the search)`;
+  const last = offset + data.devices.length;
+  $("#matching").textContent = data.matching ? `${offset + 1}–${last} of ${data.matching} (attention first)` : "no device matches";
+  $("#prev").disabled = offset === 0;
+  $("#next").disabled = last >= data.matching;
+}
+function showCounts(data) {  // the cards: from a page read or straight from a pushed event
+  const c = data.counts;
+  if (!$("#counts")) return;
+  $("#counts").replaceChildren(...["online", "offline", "error", "muted", "disabled", "revoked"].map((k) =>
+    el("div", {class: "card " + k, dataset: {count: k}}, el("b", {}, String(c[k])), k)));
+  $("#states").textContent = "By state: " + (Object.entries(data.states).map(([s, n]) => `${s} ${n}`).join(" · ") || "none online") + ` — ${c.total} devices, ${data.attention} need attention`;
 }
 
 // ---- device page ----
@@ -93,7 +108,7 @@ async function devicePage(id) {
   const action = (verb) => async () => {
     if (verb === "revoke" && !confirm(`Revoke ${d.name}? It cannot come back.`)) return;
     await api(`/v1/admin/devices/${id}/${verb}`, {method: "POST"});
-    say(`${d.name}: ${verb}d`); refresh();
+    say(verb === "rotate" ? `${d.name}: key rotation requested` : `${d.name}: ${verb}d`); refresh();
   };
   const cfg = d.config;
   const plots = el("div", {class: "plots", id: "plots"});
@@ -104,14 +119,17 @@ async function devicePage(id) {
     el("div", {class: "actions"},
       d.status !== "revoked" && d.status !== "disabled" ? el("button", {id: "disable", onclick: action("disable")}, "Disable") : null,
       d.status === "disabled" ? el("button", {id: "enable", onclick: action("enable")}, "Enable") : null,
-      d.status !== "revoked" ? el("button", {id: "revoke", onclick: action("revoke")}, "Revoke") : null),
+      d.status !== "revoked" ? el("button", {id: "revoke", onclick: action("revoke")}, "Revoke") : null,
+      d.status !== "revoked" && !d.key.rotation_requested_at ? el("button", {id: "rotate", title: "the device makes a new key at its next heartbeat", onclick: action("rotate")}, "Rotate key") : null),
     el("dl", {class: "config"},
       ...[["group", cfg.group], ["board", cfg.board || "not reported"], ["model", cfg.model || "service default"], ["firmware", cfg.firmware || "-"],
         ["echo canceller", cfg.aec || "-"], ["heartbeat", cfg.heartbeat_s ? cfg.heartbeat_s + " s" : "not reported"],
         ["last error", d.last_error || "none"], ["enrolled", when(d.created_at)],
+        ["key", d.key.rotation_requested_at ? `rotation requested ${when(d.key.rotation_requested_at)}: the device makes its new key at its next heartbeat`
+          : d.key.rotations.length ? `rotated ${when(d.key.rotations[0])}` : "the key it enrolled with"],
         ["key rotations", d.key.rotations.length ? d.key.rotations.map(when).join(", ") : "none"],
         ["transcripts", cfg.transcripts ? "this group opts in: the last turn's words are stored" : "kept on the device (the group has not opted in)"]]
-        .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))])),
+        .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {dataset: {key: k}}, String(v))])),
     el("h3", {}, "Health over ", el("select", {id: "range", onchange: (e) => { deviceRange = e.target.value; refresh(); }},
       ...["24h", "7d"].map((r) => el("option", {value: r, selected: r === deviceRange}, r === "24h" ? "the last 24 h" : "the last 7 days")))),
     plots,
@@ -189,7 +207,14 @@ async function auditPage() {
 
 // ---- routing and live updates ----
 function route() { return (location.hash || "#/").split("/")[1] || ""; }
-async function refresh() {
+let loading = null, again = false;
+async function refresh() {  // one read at a time; a change meanwhile reads once more after it
+  if (loading) { again = true; return loading; }
+  loading = load();
+  try { await loading; } finally { loading = null; }
+  if (again) { again = false; return refresh(); }
+}
+async function load() {
   if (!sessionStorage.getItem("adm")) return showLogin();
   $("#login").hidden = true; $("#logout").hidden = false;
   const [, route, arg] = (location.hash || "#/").split("/");
@@ -201,13 +226,77 @@ async function refresh() {
     else await overview();
     document.body.dataset.updated = String(Date.now());
   } catch (err) { say(String(err.message || err)); }
+  live();
+}
+
+// The live feed: Server-Sent Events read with fetch (EventSource cannot send the
+// Authorization header, and the credential never goes in a URL or a cookie). While it is
+// down the overview polls every POLL_MS, and the stream is tried again every RETRY_MS.
+let stream = null, retryAt = 0;
+function setLive(mode) {
+  document.body.dataset.live = mode;
+  $("#live").textContent = mode === "stream" ? "● live" : mode === "polling" ? "○ polling" : "";
+}
+function onFleet(event) {
+  if (!route()) { showCounts(event); refresh(); }
+  else if (route() === "device") {
+    const id = decodeURIComponent((location.hash || "").split("/")[2] || "");
+    if (event.devices === null || event.devices.includes(id)) refresh();
+  }
+}
+async function live() {
+  if (stream || Date.now() < retryAt || !sessionStorage.getItem("adm")) return;
+  const ctl = new AbortController();
+  stream = ctl;
+  let opened = 0;
+  try {
+    const r = await fetch("/v1/admin/console/events", {signal: ctl.signal,
+      headers: {Authorization: "Bearer " + sessionStorage.getItem("adm"), Accept: "text/event-stream"}});
+    if (r.status === 401) { sessionStorage.removeItem("adm"); showLogin("That credential was refused."); }
+    if (!r.ok || !r.body) throw new Error("live feed refused: " + r.status);
+    opened = Date.now();
+    setLive("stream");
+    const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) break;
+      buffer = (buffer + value).replace(/\r\n/g, "\n");  // either line end, even split between reads
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {  // one event per blank line
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        let name = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          const colon = line.indexOf(":");
+          if (colon === 0) continue;  // a comment (the server's keep-alive ping)
+          const field = colon < 0 ? line : line.slice(0, colon);
+          const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+          if (field === "event") name = value; else if (field === "data") data.push(value);
+        }
+        if (name === "fleet" && data.length) onFleet(JSON.parse(data.join("\n")));
+      }
+    }
+  } catch (err) {
+    if (ctl.signal.aborted) return;
+  } finally {
+    if (stream === ctl) stream = null;
+  }
+  if (!sessionStorage.getItem("adm")) return setLive("off");
+  // a stream that ran its lifetime comes back at once; one that broke or was refused after
+  // RETRY_MS, the overview polling meanwhile
+  if (opened && Date.now() - opened > 1000) return live();
+  setLive("polling");
+  retryAt = Date.now() + RETRY_MS;
+  setTimeout(live, RETRY_MS);
 }
 function schedule() {
   clearInterval(timer);
-  // live: the overview refreshes itself; other pages refresh on navigation and after actions
-  timer = setInterval(() => { if (!route() && !document.hidden) refresh(); }, POLL_MS);
+  // only while the stream is down: the overview reads itself again every POLL_MS
+  timer = setInterval(() => { if (!route() && !document.hidden && document.body.dataset.live !== "stream") refresh(); }, POLL_MS);
 }
 window.addEventListener("hashchange", () => { if (!location.hash.startsWith("#/device")) $("#view").replaceChildren(); refresh(); });
 $("#login").addEventListener("submit", (e) => { e.preventDefault(); sessionStorage.setItem("adm", $("#token").value); $("#token").value = ""; refresh(); });
-$("#logout").addEventListener("click", () => { sessionStorage.removeItem("adm"); showLogin("Logged out."); });
+$("#logout").addEventListener("click", () => { sessionStorage.removeItem("adm"); if (stream) stream.abort(); stream = null; setLive("off"); showLogin("Logged out."); });
 refresh(); schedule();
