@@ -1,0 +1,122 @@
+"""Waiting in tests: on something that happened, never on the clock.
+
+Every wait here ends when an event arrives (a callback ran, an item was appended, a log
+record was emitted). The ``within`` bound only turns a hang into a failure; it is generous
+on purpose and never the thing a test checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import SupportsIndex, TypeVar
+
+T = TypeVar("T")
+
+HANG_S = 30.0
+"""How long a wait may take before the test counts it as a hang."""
+
+
+class Changes:
+    """Something that changes: callbacks call ``notify()`` (from any thread with
+    ``notify_threadsafe()``), tests ``await until(done)``."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def notify(self, *_: object) -> None:
+        self._event.set()
+
+    def notify_threadsafe(self, *_: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def until(
+        self, done: Callable[[], bool], what: str = "the condition", within: float = HANG_S
+    ) -> None:
+        """Return once ``done()`` holds, checking it at every change."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    self._event.clear()
+                    if done():
+                        return
+                    await self._event.wait()
+        except TimeoutError:
+            raise AssertionError(f"{what}: not within {within:g} s (a hang)") from None
+
+
+class Recorded(list[T]):
+    """A list that tells waiters when something is appended (pass ``.append`` as a callback)."""
+
+    def __init__(self, items: Iterable[T] = ()) -> None:
+        super().__init__(items)
+        self.changes = Changes()
+
+    def append(self, item: T) -> None:
+        super().append(item)
+        if self._other_thread():
+            self.changes.notify_threadsafe()
+        else:
+            self.changes.notify()
+
+    def extend(self, items: Iterable[T]) -> None:
+        super().extend(items)
+        self.changes.notify()
+
+    def insert(self, index: SupportsIndex, item: T) -> None:
+        super().insert(index, item)
+        self.changes.notify()
+
+    @staticmethod
+    def _other_thread() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return True
+        return False
+
+    async def until(
+        self, done: Callable[[list[T]], bool], what: str = "the item", within: float = HANG_S
+    ) -> None:
+        """Return once ``done(self)`` holds."""
+        await self.changes.until(lambda: done(self), what, within)
+
+    async def first(
+        self, wanted: Callable[[T], bool], what: str = "a matching item", within: float = HANG_S
+    ) -> T:
+        """Return the first item ``wanted`` accepts, waiting for it to arrive."""
+        await self.until(lambda items: any(wanted(i) for i in items), what, within)
+        return next(i for i in self if wanted(i))
+
+
+def observe(owner: object, name: str) -> Recorded[object]:
+    """Make ``owner.<name>`` (a list some code appends to) a ``Recorded`` with the same items,
+    so a test can wait on what is appended to it. For our own stand-in's public lists."""
+    current = getattr(owner, name)
+    if isinstance(current, Recorded):
+        return current
+    recorded: Recorded[object] = Recorded(current)
+    setattr(owner, name, recorded)
+    return recorded
+
+
+class LogWatch(logging.Handler):
+    """Collects log records and wakes waiters on each (the ``logwatch`` fixture)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: Recorded[logging.LogRecord] = Recorded()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def count(self, text: str) -> int:
+        return sum(text in record.getMessage() for record in self.records)
+
+    async def wait_for(self, text: str, count: int = 1, within: float = HANG_S) -> None:
+        """Return once ``count`` records containing ``text`` were logged."""
+        await self.records.until(lambda _: self.count(text) >= count, repr(text), within)
