@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import SupportsIndex, TypeVar
+from typing import Any, SupportsIndex, TypeVar
 
 T = TypeVar("T")
 
@@ -52,9 +52,10 @@ class Changes:
 class Recorded(list[T]):
     """A list that tells waiters when something is appended (pass ``.append`` as a callback)."""
 
-    def __init__(self, items: Iterable[T] = ()) -> None:
+    def __init__(self, items: Iterable[T] = (), changes: Changes | None = None) -> None:
         super().__init__(items)
-        self.changes = Changes()
+        self.changes = changes or Changes()
+        """Notified at every append (several lists may share one)."""
 
     def append(self, item: T) -> None:
         super().append(item)
@@ -93,13 +94,14 @@ class Recorded(list[T]):
         return next(i for i in self if wanted(i))
 
 
-def observe(owner: object, name: str) -> Recorded[object]:
-    """Make ``owner.<name>`` (a list some code appends to) a ``Recorded`` with the same items,
-    so a test can wait on what is appended to it. For our own stand-in's public lists."""
+def observe(owner: object, name: str, changes: Changes | None = None) -> Recorded[Any]:
+    """Make ``owner.<name>`` (a public list some code appends to, e.g. the stand-in's
+    ``Call.sent`` or gpiozero's ``MockPin.states``) a ``Recorded`` with the same items, so a
+    test can wait on what is appended to it."""
     current = getattr(owner, name)
-    if isinstance(current, Recorded):
+    if isinstance(current, Recorded) and changes is None:
         return current
-    recorded: Recorded[object] = Recorded(current)
+    recorded: Recorded[Any] = Recorded(current, changes)
     setattr(owner, name, recorded)
     return recorded
 
@@ -120,3 +122,13 @@ class LogWatch(logging.Handler):
     async def wait_for(self, text: str, count: int = 1, within: float = HANG_S) -> None:
         """Return once ``count`` records containing ``text`` were logged."""
         await self.records.until(lambda _: self.count(text) >= count, repr(text), within)
+
+
+async def any_pin_changes(pins: Iterable[object], within: float = HANG_S) -> None:
+    """Return once any of gpiozero's mock ``pins`` changes state after this call."""
+    changes = Changes()
+    recorded = [observe(pin, "states", changes) for pin in pins]
+    before = [len(states) for states in recorded]
+    await changes.until(
+        lambda: [len(states) for states in recorded] != before, "a pin change", within
+    )
