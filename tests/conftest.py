@@ -64,5 +64,6 @@ def logwatch() -> Iterator[LogWatch]:
         root.setLevel(logging.INFO)
     root.addHandler(watch)
     yield watch
+    watch.restore()
     root.removeHandler(watch)
     root.setLevel(saved)

@@ -50,35 +50,41 @@ class Changes:
 
 
 class Recorded(list[T]):
-    """A list that tells waiters when something is appended (pass ``.append`` as a callback)."""
+    """A list that wakes waiters when something is appended (pass ``.append`` as a callback;
+    appends from other threads are fine)."""
 
-    def __init__(self, items: Iterable[T] = (), changes: Changes | None = None) -> None:
+    def __init__(self, items: Iterable[T] = ()) -> None:
         super().__init__(items)
-        self.changes = changes or Changes()
-        """Notified at every append (several lists may share one)."""
+        self.changes = Changes()
+        self._watchers: list[Changes] = [self.changes]
+
+    def watch(self, changes: Changes) -> None:
+        self._watchers.append(changes)
+
+    def unwatch(self, changes: Changes) -> None:
+        self._watchers.remove(changes)
+
+    def _notify(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # another thread (gpiozero's, the ledger's)
+            for changes in list(self._watchers):
+                changes.notify_threadsafe()
+            return
+        for changes in list(self._watchers):
+            changes.notify()
 
     def append(self, item: T) -> None:
         super().append(item)
-        if self._other_thread():
-            self.changes.notify_threadsafe()
-        else:
-            self.changes.notify()
+        self._notify()
 
     def extend(self, items: Iterable[T]) -> None:
         super().extend(items)
-        self.changes.notify()
+        self._notify()
 
     def insert(self, index: SupportsIndex, item: T) -> None:
         super().insert(index, item)
-        self.changes.notify()
-
-    @staticmethod
-    def _other_thread() -> bool:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return True
-        return False
+        self._notify()
 
     async def until(
         self, done: Callable[[list[T]], bool], what: str = "the item", within: float = HANG_S
@@ -94,14 +100,31 @@ class Recorded(list[T]):
         return next(i for i in self if wanted(i))
 
 
-def observe(owner: object, name: str, changes: Changes | None = None) -> Recorded[Any]:
+async def until(
+    done: Callable[[], bool],
+    *sources: Recorded[Any],
+    what: str = "the condition",
+    within: float = HANG_S,
+) -> None:
+    """Return once ``done()`` holds, checking it whenever any of ``sources`` grows."""
+    changes = Changes()
+    for source in sources:
+        source.watch(changes)
+    try:
+        await changes.until(done, what, within)
+    finally:
+        for source in sources:
+            source.unwatch(changes)
+
+
+def observe(owner: object, name: str) -> Recorded[Any]:
     """Make ``owner.<name>`` (a public list some code appends to, e.g. the stand-in's
-    ``Call.sent`` or gpiozero's ``MockPin.states``) a ``Recorded`` with the same items, so a
-    test can wait on what is appended to it."""
+    ``Call.sent``, a ``WavSink``'s ``frames`` or gpiozero's ``MockPin.states``) a
+    ``Recorded`` with the same items, so a test can wait on what is appended to it."""
     current = getattr(owner, name)
-    if isinstance(current, Recorded) and changes is None:
+    if isinstance(current, Recorded):
         return current
-    recorded: Recorded[Any] = Recorded(current, changes)
+    recorded: Recorded[Any] = Recorded(current)
     setattr(owner, name, recorded)
     return recorded
 
@@ -112,12 +135,32 @@ class LogWatch(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.records: Recorded[logging.LogRecord] = Recorded()
+        self._levels: list[tuple[logging.Logger, int]] = []
+
+    def debug(self, name: str) -> None:
+        """Also collect ``name``'s DEBUG records (e.g. the session's "in: <event>" lines, one
+        per server event read) until ``restore()``."""
+        logger = logging.getLogger(name)
+        self._levels.append((logger, logger.level))
+        logger.setLevel(logging.DEBUG)
+
+    def restore(self) -> None:
+        for logger, level in reversed(self._levels):
+            logger.setLevel(level)
+        self._levels.clear()
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
     def count(self, text: str) -> int:
         return sum(text in record.getMessage() for record in self.records)
+
+    async def until(
+        self, done: Callable[[], bool], what: str = "the condition", within: float = HANG_S
+    ) -> None:
+        """Return once ``done()`` holds, checking it at every record (with
+        ``debug("appliance.app")``: at every step of the device's state machine)."""
+        await until(done, self.records, what=what, within=within)
 
     async def wait_for(self, text: str, count: int = 1, within: float = HANG_S) -> None:
         """Return once ``count`` records containing ``text`` were logged."""
@@ -126,9 +169,11 @@ class LogWatch(logging.Handler):
 
 async def any_pin_changes(pins: Iterable[object], within: float = HANG_S) -> None:
     """Return once any of gpiozero's mock ``pins`` changes state after this call."""
-    changes = Changes()
-    recorded = [observe(pin, "states", changes) for pin in pins]
+    recorded = [observe(pin, "states") for pin in pins]
     before = [len(states) for states in recorded]
-    await changes.until(
-        lambda: [len(states) for states in recorded] != before, "a pin change", within
+    await until(
+        lambda: [len(states) for states in recorded] != before,
+        *recorded,
+        what="a pin change",
+        within=within,
     )

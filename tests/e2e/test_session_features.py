@@ -20,8 +20,8 @@ from appliance.realtime import messages as msg
 from appliance.realtime.tools import Tool, builtin_registry
 from provisioning.standin import StandIn
 from tests.e2e.harness import Device, client_events, device
-from tests.realtime.test_session import until
 from tests.standin.conftest import scripted
+from tests.waiting import observe, until
 from tests.wire import extras, validate_client
 
 SCRIPT = """
@@ -158,13 +158,14 @@ async def test_a_barge_in_during_an_announcement_truncates_nothing(
         await dev.seen(m.State.SPEAKING, mark)
         session = dev.app.session
         assert session is not None
-        await until(lambda: session.playout.reply_ms > 0)  # the user heard some of it
+        speaker = observe(dev.sink, "frames")
+        await until(lambda: session.playout.reply_ms > 0, speaker)  # the user heard some of it
         dev.app.post(m.ButtonPressed())  # over the announcement
         await dev.seen(m.State.LISTENING, mark)
         marker = msg.session_update({"type": "realtime"})
         session.send(marker)  # the channel is ordered: anything sent before arrives first
         call = standin.calls[str(session.call_id)]
-        await until(lambda: any(e.get("event_id") == marker["event_id"] for e in call.received))
+        await observe(call, "received").first(lambda e: e.get("event_id") == marker["event_id"])
         dev.app.post(m.ButtonReleased())
     kinds = [e["type"] for e in received(standin)]
     assert "response.cancel" in kinds, "the announcement was cut"
