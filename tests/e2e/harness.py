@@ -42,9 +42,12 @@ class StandInKeys:
         self.standin = standin
         self.session = session
         self.minted = 0
+        self.asked = Changes()
+        """Notified at every key asked for (every session the device tries to open)."""
 
     async def get_key(self) -> EphemeralKey:
         self.minted += 1
+        self.asked.notify()
         value = await mint(self.standin.base_url, self.session)
         return EphemeralKey(value, time.time() + 600, self.standin.base_url)
 

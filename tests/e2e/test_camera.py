@@ -17,6 +17,8 @@ from tests.standin.conftest import API_KEY
 from tests.waiting import observe
 from tests.wire import validate_client
 
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
+
 
 def photo(path: Path, width: int = 2400, height: int = 1800) -> Path:
     """A large, hard-to-compress 'photo' (gradients plus noise) written as a JPEG file."""

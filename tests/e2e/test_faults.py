@@ -39,6 +39,8 @@ from tests.fakehttp import Fixed, fixed_reply
 from tests.standin.conftest import API_KEY
 from tests.waiting import LogWatch
 
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
+
 
 @pytest.fixture
 async def standin() -> AsyncIterator[StandIn]:

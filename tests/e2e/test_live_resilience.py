@@ -26,6 +26,8 @@ from tests.standin.conftest import API_KEY
 from tests.waiting import Changes, LogWatch
 from tests.wire_live import validate_live_client
 
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
+
 
 class StandInRelay:
     """What the provisioning server's relay does, minus the server: the device's offer goes to

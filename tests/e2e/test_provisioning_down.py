@@ -6,6 +6,8 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
 from appliance import machine as m
 from appliance.app import App
 from appliance.audio.base import AudioFormat
@@ -20,6 +22,8 @@ from provisioning.standin import StandIn, StandInConfig
 from tests.e2e.harness import Device
 from tests.standin.conftest import API_KEY
 from tests.waiting import Changes
+
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
 
 
 def free_port() -> int:

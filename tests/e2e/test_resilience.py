@@ -16,6 +16,8 @@ from tests.standin.conftest import API_KEY
 from tests.waiting import LogWatch
 from tests.wire import validate_client
 
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
+
 
 @pytest.fixture
 async def standin() -> AsyncIterator[StandIn]:

@@ -24,6 +24,8 @@ from tests.standin.conftest import scripted
 from tests.waiting import observe, until
 from tests.wire import extras, validate_client
 
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
+
 SCRIPT = """
 transcripts = ["what time is it", "what time is it"]
 
