@@ -1,5 +1,6 @@
 # Newcomer commands:  make demo   (runs the whole system on this machine, fake hardware)
 #                     make test   (lint + types + the test suite)
+#                     make test-fast (the quick subset while you work: no lint, no slow tests)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,11 +10,12 @@ PIP := $(VENV)/bin/pip
 # portaudio19-dev libsystemd-dev pkg-config (see .ci/run and scripts/install.sh).
 EXTRAS ?= server,dev,wake,aec,postgres,pi
 
-.PHONY: help venv venv-dev demo test lint fmt typecheck pytest bench soak clean install uninstall pi-check
+.PHONY: help venv venv-dev demo test test-fast lint fmt typecheck pytest bench soak clean install uninstall pi-check
 
 help:
 	@echo "make demo   - run the stand-in, the provisioning server and a device on fake hardware"
 	@echo "make test   - lint (ruff), types (mypy --strict) and the test suite"
+	@echo "make test-fast - the quick subset (unit and contract tests, < 1 min): no lint, no slow or chromium tests"
 	@echo "make bench  - latency, CPU, audio and mint benchmarks (prints tables)"
 	@echo "make pi-check - install on an emulated arm64 Debian trixie (Pi OS stand-in) and test there (root)"
 
@@ -47,6 +49,10 @@ pytest: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: lint pytest
+
+# the quick subset: everything but the real-time end-to-end (slow) and browser (chromium) tests
+test-fast: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q -m "not slow and not chromium" $(PYTEST_ARGS)
 
 bench: $(VENV)/.stamp-dev
 	$(PY) -m appliance.bench

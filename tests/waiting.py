@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Iterable
-from typing import Any, SupportsIndex, TypeVar
+from pathlib import Path
+from typing import IO, Any, SupportsIndex, TypeVar
 
 T = TypeVar("T")
 
@@ -177,3 +179,45 @@ async def any_pin_changes(pins: Iterable[object], within: float = HANG_S) -> Non
         what="a pin change",
         within=within,
     )
+
+
+class OutputLines:
+    """A subprocess's output pipe, copied to ``log`` line by line by a thread of its own;
+    ``wait_for`` blocks until a line says something (a daemon's "listening" line)."""
+
+    def __init__(self, stream: IO[bytes], log: Path) -> None:
+        self.lines: list[str] = []
+        self._ended = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._copy, args=(stream, log), daemon=True)
+        self._thread.start()
+
+    def _copy(self, stream: IO[bytes], log: Path) -> None:
+        with stream, log.open("w") as out:
+            for raw in stream:
+                line = raw.decode(errors="replace")
+                out.write(line)
+                out.flush()
+                with self._cond:
+                    self.lines.append(line)
+                    self._cond.notify_all()
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def join(self) -> None:
+        """After the process ended: wait for the rest of its output to be copied."""
+        self._thread.join(HANG_S)
+
+    def count(self, text: str) -> int:
+        with self._cond:
+            return sum(text in line for line in self.lines)
+
+    def wait_for(self, text: str, count: int = 1, within: float = HANG_S) -> bool:
+        """``True`` once ``count`` lines contain ``text``; ``False`` if the output ended
+        first (the process exited) or after ``within`` s (a hang)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._ended or sum(text in line for line in self.lines) >= count, within
+            )
+        return self.count(text) >= count

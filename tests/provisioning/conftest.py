@@ -18,7 +18,7 @@ STANDIN_KEY = "sk-standin-provisioning-test"
 """The stand-in's standard key: the secret the provisioning server holds in these tests."""
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'prov.db'}"

@@ -40,10 +40,13 @@ from tests.wire import validate_server
 
 # The live call's thread uses the global ``random`` (aiortc's RTCP intervals, the retry
 # jitter) while Hypothesis draws in this one; Hypothesis's own generation is unaffected.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Do not use the `random` module inside strategies"
-    ":hypothesis.errors.HypothesisDeprecationWarning"
-)
+pytestmark = [
+    pytest.mark.slow,  # a live call, fuzzed
+    pytest.mark.filterwarnings(
+        "ignore:Do not use the `random` module inside strategies"
+        ":hypothesis.errors.HypothesisDeprecationWarning"
+    ),
+]
 T = TypeVar("T")
 JSON = dict[str, Any]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))

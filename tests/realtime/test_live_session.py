@@ -26,6 +26,8 @@ from provisioning.standin.media import ReplyTrack, make_track
 from tests.waiting import LogWatch, Recorded
 from tests.wire_live import validate_live_client, validate_live_server
 
+pytestmark = pytest.mark.slow  # a WebRTC call in real time
+
 
 class ScriptedService:
     """Answers the device's offer like the Live service and lets the test send any event."""

@@ -241,6 +241,7 @@ async def test_the_mic_sends_speech_bitrate_opus_packets_with_rtp_clock_timestam
 # ---------------------------------------------------------------- over the network
 
 
+@pytest.mark.slow  # a call through a lossy network namespace
 def test_a_reply_through_5_percent_loss_is_played_whole_and_without_gaps() -> None:
     require_tool("unshare")
     require_tool("nft")

@@ -44,6 +44,7 @@ async def open_session(standin: StandIn, events: list[m.Event]) -> RealtimeSessi
     return session
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_connect_configures_the_session_and_keeps_the_call_id(standin: StandIn) -> None:
     session = await open_session(standin, [])
     assert session.call_id in standin.calls
@@ -54,6 +55,7 @@ async def test_connect_configures_the_session_and_keeps_the_call_id(standin: Sta
     await session.close()
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_response_create_is_held_back_while_one_is_active(standin: StandIn) -> None:
     events: Recorded[m.Event] = Recorded()
     session = await open_session(standin, events)
@@ -70,6 +72,7 @@ async def test_response_create_is_held_back_while_one_is_active(standin: StandIn
     await session.close()
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_interrupt_cancels_clears_and_truncates(standin: StandIn) -> None:
     events: Recorded[m.Event] = Recorded()
     session = await open_session(standin, events)
@@ -112,6 +115,7 @@ async def test_rejected_call_invalidates_the_cached_key(standin: StandIn) -> Non
     await session.close()
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_session_expiry_is_a_lost_session() -> None:
     async with StandIn(StandInConfig(api_key=API_KEY, max_session_s=1.5)) as standin:
         events: Recorded[m.Event] = Recorded()
@@ -231,6 +235,7 @@ def test_the_offer_asks_for_opus_in_band_fec() -> None:
     assert ask_for_opus_fec("v=0\r\nm=audio 9 RTP 0\r\na=rtpmap:0 PCMU/8000\r\n").count("fmtp") == 0
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_no_requests_left_defers_the_response_until_the_limit_resets(
     standin: StandIn,
 ) -> None:

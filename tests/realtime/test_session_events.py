@@ -30,6 +30,7 @@ async def standin() -> AsyncIterator[StandIn]:
         yield s
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_a_barge_in_during_an_announcement_truncates_nothing(standin: StandIn) -> None:
     """An out-of-band response's item is in no conversation: truncating it is an error
     (and the previous reply's item must not be cut to the announcement's length)."""

@@ -25,6 +25,8 @@ from provisioning.live_relay import live_profile
 from provisioning.server import ProvisioningServer, Settings
 from provisioning.standin import StandIn, StandInConfig
 
+pytestmark = pytest.mark.slow  # appliance check end to end
+
 
 @pytest.fixture
 def pins(mock_pins: MockFactory) -> MockFactory:

@@ -92,6 +92,7 @@ async def test_watchdog_is_fed_only_while_audio_flows(
     task.cancel()
 
 
+@pytest.mark.slow  # the daemon in a subprocess
 async def test_daemon_notifies_ready_and_stops_cleanly_on_sigterm(
     tmp_path: Path, server: ProvisioningServer
 ) -> None:

@@ -13,6 +13,8 @@ from tests.peer import GaPeer
 from tests.speech import speech
 from tests.standin.conftest import API_KEY, mint
 
+pytestmark = pytest.mark.slow  # a WebRTC call in real time
+
 GET_TIME = {
     "type": "function",
     "name": "get_time",

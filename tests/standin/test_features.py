@@ -20,6 +20,8 @@ from tests.standin.conftest import scripted
 from tests.standin.test_events import GET_TIME, connect
 from tests.wire import extras, validate_client, validate_server
 
+pytestmark = pytest.mark.slow  # a WebRTC call in real time
+
 SCRIPT = """
 transcripts = ["hello", "what time is it"]
 
