@@ -50,9 +50,9 @@ pytest: $(VENV)/.stamp-dev
 
 test: lint pytest
 
-# the quick subset: everything but the real-time end-to-end (slow) and browser (chromium) tests
+# the quick subset: no real-time end-to-end (slow), browser (chromium) or PostgreSQL tests
 test-fast: $(VENV)/.stamp-dev
-	$(PY) -m pytest -q -m "not slow and not chromium" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow and not chromium and not postgres" $(PYTEST_ARGS)
 
 bench: $(VENV)/.stamp-dev
 	$(PY) -m appliance.bench
