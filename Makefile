@@ -52,7 +52,7 @@ test: lint pytest
 
 # the quick subset: no real-time end-to-end (slow), browser (chromium) or PostgreSQL tests
 test-fast: $(VENV)/.stamp-dev
-	$(PY) -m pytest -q -m "not slow and not chromium and not postgres" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n auto -m "not slow and not chromium and not postgres" $(PYTEST_ARGS)
 
 bench: $(VENV)/.stamp-dev
 	$(PY) -m appliance.bench
