@@ -189,7 +189,7 @@ async def test_an_unreachable_server_while_idle_shows_offline_until_it_answers(
         dev.app.probe = provisioning.probe
         dev.app.attach_leds(leds)
         assert not await send(provisioning, dev.app, time.monotonic())  # a heartbeat fails
-        await dev.wait(m.State.OFFLINE, 5)
+        await dev.wait(m.State.OFFLINE)
         assert showing(leds, m.State.OFFLINE)
         assert "connection refused" in dev.app.status_text()
         assert health(dev.app, 0.0)["state"] == "offline"
@@ -197,7 +197,7 @@ async def test_an_unreachable_server_while_idle_shows_offline_until_it_answers(
         assert dev.app.snapshot.failures >= 2
         assert dev.app.snapshot.state is m.State.OFFLINE
         async with fixed_reply(Fixed(200, b'{"status":"ok"}', port=port)) as server:
-            await dev.wait(m.State.IDLE, 10)
+            await dev.wait(m.State.IDLE, 30)  # after the back-off under way (≤ 8 s by then)
             assert server.requests >= 1
         assert dev.app.last_error == ""
     states = dev.states()
