@@ -1,5 +1,6 @@
 # Newcomer commands:  make demo   (runs the whole system on this machine, fake hardware)
 #                     make test   (lint + types + the test suite)
+#                     make test-fast (the quick subset while you work: no lint, no slow tests)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,11 +16,12 @@ SOURCES := common device server stand-in devtools tests
 PYPROJECTS := pyproject.toml common/pyproject.toml device/pyproject.toml server/pyproject.toml \
 	stand-in/pyproject.toml devtools/pyproject.toml
 
-.PHONY: help venv venv-dev demo test lint fmt typecheck pytest bench soak clean install uninstall pi-check
+.PHONY: help venv venv-dev demo test test-fast lint fmt typecheck pytest bench soak clean install uninstall pi-check
 
 help:
 	@echo "make demo   - run the stand-in, the provisioning server and a device on fake hardware"
 	@echo "make test   - lint (ruff), types (mypy --strict) and the test suite"
+	@echo "make test-fast - the quick subset (unit and contract tests, < 1 min): no lint, no slow or chromium tests"
 	@echo "make bench  - latency, CPU, audio and mint benchmarks (prints tables)"
 	@echo "make pi-check - install on an emulated arm64 Debian trixie (Pi OS stand-in) and test there (root)"
 
@@ -53,6 +55,10 @@ pytest: $(VENV)/.stamp-dev
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: lint pytest
+
+# the quick subset: no real-time end-to-end (slow), browser (chromium) or PostgreSQL tests
+test-fast: $(VENV)/.stamp-dev
+	$(PY) -m pytest -q -n auto -m "not slow and not chromium and not postgres" $(PYTEST_ARGS)
 
 bench: $(VENV)/.stamp-dev
 	$(PY) -m appliance_dev.bench

@@ -7,6 +7,7 @@ CI (``APPLIANCE_REQUIRE_ALL=1``) it fails loudly, so nothing is silently skipped
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from appliance_common.ice import allow_loopback
+from tests.waiting import LogWatch
 
 REQUIRE_ALL = os.environ.get("APPLIANCE_REQUIRE_ALL") == "1"
 
@@ -50,3 +52,18 @@ def mock_pins() -> Iterator[MockFactory]:
     yield Device.pin_factory
     Device.pin_factory.reset()
     Device.pin_factory = saved
+
+
+@pytest.fixture
+def logwatch() -> Iterator[LogWatch]:
+    """Every log record (INFO and up) of the test, to wait on: ``await logwatch.wait_for(…)``."""
+    watch = LogWatch()
+    root = logging.getLogger()
+    saved = root.level
+    if saved > logging.INFO:
+        root.setLevel(logging.INFO)
+    root.addHandler(watch)
+    yield watch
+    watch.restore()
+    root.removeHandler(watch)
+    root.setLevel(saved)

@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from appliance.audio.frames import Pcm, Resampler
 from appliance_common.ice import PeerConnection
+from tests.waiting import Changes, Recorded
 from tests.wire import validate_client, validate_server
 
 RATE = 48_000
@@ -37,6 +38,8 @@ class ClipTrack(MediaStreamTrack):
         self._queue: Pcm = np.zeros(0, dtype=np.int16)
         self._pts = 0
         self._start: float | None = None
+        self.sent = Changes()
+        """Notified at every frame handed to the peer connection."""
 
     def play(self, samples: Pcm) -> None:
         self._queue = np.concatenate([self._queue, samples])
@@ -45,14 +48,19 @@ class ClipTrack(MediaStreamTrack):
     def busy(self) -> bool:
         return bool(self._queue.size)
 
+    async def until_played(self) -> None:
+        """Return once every queued clip has been sent to its last sample."""
+        await self.sent.until(lambda: not self.busy, "the clip to be sent")
+
     async def recv(self) -> av.AudioFrame:
         if self._start is None:
             self._start = time.monotonic()
         delay = self._start + self._pts / RATE - time.monotonic()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # the media clock: frames go out at real-time rate
         chunk = self._queue[:FRAME]
         self._queue = self._queue[FRAME:]
+        self.sent.notify()
         if chunk.size < FRAME:
             chunk = np.concatenate([chunk, np.zeros(FRAME - chunk.size, dtype=np.int16)])
         frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
@@ -71,7 +79,7 @@ class GaPeer:
     key: str
     events: list[dict[str, Any]] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)
-    heard: list[Pcm] = field(default_factory=list)
+    heard: Recorded[Pcm] = field(default_factory=Recorded)
     call_id: str | None = None
     mic: ClipTrack = field(default_factory=ClipTrack)
 
@@ -165,6 +173,10 @@ class GaPeer:
                 await asyncio.wait_for(self._new_event.wait(), remaining)
             except TimeoutError:
                 continue
+
+    async def until_heard(self, frames: int) -> None:
+        """Return once ``frames`` audio frames in all were received from the service."""
+        await self.heard.until(lambda heard: len(heard) >= frames, f"{frames} frames heard")
 
     def heard_audio(self) -> Pcm:
         return np.concatenate(self.heard) if self.heard else np.zeros(0, dtype=np.int16)

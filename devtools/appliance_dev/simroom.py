@@ -111,10 +111,21 @@ class RoomMic:
         self._room = room
         self._started: float | None = None
         self._frames = 0
+        self._progress = asyncio.Event()
 
     @property
     def format(self) -> AudioFormat:
         return MIC
+
+    @property
+    def frames_read(self) -> int:
+        return self._frames
+
+    async def until_read(self, count: int) -> None:
+        """Return once ``count`` frames in all have been read (tests wait on this clock)."""
+        while self._frames < count:
+            self._progress.clear()
+            await self._progress.wait()
 
     async def start(self) -> None:
         self._started = asyncio.get_running_loop().time()
@@ -126,6 +137,7 @@ class RoomMic:
         self._frames += 1
         due = self._started + self._frames * MIC.frame_ms / 1000
         await asyncio.sleep(max(0.0, due - loop.time()))
+        self._progress.set()
         return self._room._next_mic_frame()
 
     async def close(self) -> None:

@@ -590,6 +590,7 @@ class Checkpointer:
         """Rounds run so far."""
         self._conn = sqlite3.connect(path, timeout=0.1, check_same_thread=False)
         self._lock = threading.Lock()
+        self._ran = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="wal-checkpoint", daemon=True)
         self._thread.start()
@@ -602,7 +603,18 @@ class Checkpointer:
                 sql = "PRAGMA wal_checkpoint(RESTART)"
                 _busy, frames, copied = self._conn.execute(sql).fetchone()
             self.rounds += 1
+            self._ran.notify_all()
         return int(frames), int(copied)
+
+    def wait_for_rounds(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` rounds have run in all (``False`` after ``timeout`` s)."""
+        with self._ran:
+            return self._ran.wait_for(lambda: self.rounds >= count, timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the background thread still runs (``stop()`` ends it)."""
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         """Stop the thread, after one last round."""

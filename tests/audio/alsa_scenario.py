@@ -32,7 +32,7 @@ async def capture(folder: Path) -> dict[str, Any]:
     for i in range(60):
         frames.append(await source.read())
         if i >= 20:
-            await asyncio.sleep(0.005)  # a slow consumer: the file plugin outruns it
+            await asyncio.sleep(0.005)  # not a wait: the consumer's work, the plugin outruns it
     await source.close()
     data = (folder / "in.raw").read_bytes()
     size = CAPTURE.frame_bytes
@@ -58,7 +58,10 @@ async def playback(folder: Path) -> dict[str, Any]:
     tone = (bytes(range(256)) * (PLAYBACK.frame_bytes // 256 + 1))[: PLAYBACK.frame_bytes]
     for i in range(25):
         await sink.write(bytes([i]) * 2 + tone[2:])
-    await asyncio.sleep(0.05)  # the plugin drains the last frames at once
+    # a sink's queue full of silence behind them: once write() accepts the last of it, the
+    # device's callback has taken every marked frame (and close() plays out what it took)
+    for _ in range(10):  # AlsaSink's default max_frames
+        await sink.write(bytes(PLAYBACK.frame_bytes))
     await sink.close()
     played = (folder / "out.raw").read_bytes()
     out["played_frames"] = len(played) // PLAYBACK.frame_bytes

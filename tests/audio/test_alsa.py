@@ -69,6 +69,7 @@ def run(mode: str, home: Path) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow  # PyAudio and ALSA in a subprocess
 def test_capture_through_pyaudio_and_alsa_is_exact_and_counts_every_lost_frame(
     alsa_home: Path,
 ) -> None:
@@ -85,6 +86,7 @@ def test_capture_through_pyaudio_and_alsa_is_exact_and_counts_every_lost_frame(
     assert "no capture device matches 'no_such_mic'" in result["missing"]
 
 
+@pytest.mark.slow  # PyAudio and ALSA in a subprocess
 def test_playback_through_pyaudio_and_alsa_plays_every_frame_in_order(
     alsa_home: Path,
 ) -> None:

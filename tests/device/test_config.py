@@ -98,6 +98,7 @@ def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
         ('[activation]\nwake_sensitivity = "loud"\n', "activation.wake_sensitivity"),
     ],
 )
+@pytest.mark.slow  # a CLI subprocess per case
 def test_cli_exits_78_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
     path = tmp_path / "appliance.toml"
     path.write_text(toml)
@@ -112,6 +113,7 @@ def test_cli_exits_78_naming_the_key(tmp_path: Path, toml: str, key: str) -> Non
     assert key in result.stderr
 
 
+@pytest.mark.slow  # a CLI subprocess per case
 def test_cli_exits_78_when_the_device_never_enrolled(tmp_path: Path) -> None:
     path = tmp_path / "appliance.toml"
     path.write_text(f'[device]\nstate_dir = "{tmp_path / "state"}"\n[audio]\nbackend = "wav"\n')

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from gpiozero import PWMLED, RGBLED, Button
@@ -12,6 +11,7 @@ from gpiozero.pins.mock import MockFactory
 from appliance import machine as m
 from appliance.button import ButtonEvents
 from appliance.leds import PATTERNS, GpioLeds, Kind
+from tests.waiting import Recorded, any_pin_changes
 
 
 @pytest.fixture
@@ -20,14 +20,14 @@ def factory(mock_pins: MockFactory) -> MockFactory:
 
 
 async def test_long_press_toggles_mute(factory: MockFactory) -> None:
-    events: list[m.Event] = []
+    events: Recorded[m.Event] = Recorded()
     loop = asyncio.get_running_loop()
     button = ButtonEvents(Button(17, hold_time=0.1), loop, events.append, mute_s=0.3)
     pin = factory.pin(17)
     pin.drive_low()
-    await asyncio.sleep(0.45)
+    await events.first(lambda e: e == m.MuteToggled(), "muted by the long press")
     pin.drive_high()
-    await asyncio.sleep(0.05)
+    await events.first(lambda e: e == m.ButtonReleased(), "the release")
     assert events == [m.ButtonPressed(), m.ButtonHeld(), m.MuteToggled(), m.ButtonReleased()]
     snap = m.Snapshot()
     for event in events:
@@ -38,24 +38,24 @@ async def test_long_press_toggles_mute(factory: MockFactory) -> None:
 
 
 async def test_button_press_hold_release_become_events(factory: MockFactory) -> None:
-    events: list[m.Event] = []
+    events: Recorded[m.Event] = Recorded()
     button = ButtonEvents(Button(17, hold_time=0.1), asyncio.get_running_loop(), events.append)
     pin = factory.pin(17)
     pin.drive_low()
-    await asyncio.sleep(0.25)
+    await events.first(lambda e: e == m.ButtonHeld(), "the hold")
     pin.drive_high()
-    await asyncio.sleep(0.05)
+    await events.first(lambda e: e == m.ButtonReleased(), "the release")
     assert events == [m.ButtonPressed(), m.ButtonHeld(), m.ButtonReleased()]
     events.clear()
     pin.drive_low()
     pin.drive_high()
-    await asyncio.sleep(0.05)
+    await events.first(lambda e: e == m.ButtonReleased(), "the tap's release")
     assert events == [m.ButtonPressed(), m.ButtonReleased()], "a tap is never held"
     button.close()
 
 
 @pytest.mark.parametrize("state", list(m.State))
-def test_every_state_has_a_visible_pattern_on_a_pwm_led(
+async def test_every_state_has_a_visible_pattern_on_a_pwm_led(
     factory: MockFactory, state: m.State
 ) -> None:
     leds = GpioLeds(PWMLED(25))
@@ -67,11 +67,7 @@ def test_every_state_has_a_visible_pattern_on_a_pwm_led(
     elif pattern.kind is Kind.SOLID:
         assert pin.state == pytest.approx(max(pattern.color))
     else:  # blinking/pulsing: the LED changes over time
-        levels = set()
-        for _ in range(30):
-            levels.add(round(pin.state, 2))
-            time.sleep(pattern.period_s / 20)
-        assert len(levels) > 1
+        await any_pin_changes([pin])
     leds.close()
 
 

@@ -32,6 +32,7 @@ from appliance.wiring import make_frontend
 from appliance_dev.demo import asset
 from standin import StandIn
 from tests.standin.conftest import mint
+from tests.waiting import Changes
 
 
 class StandInKeys:
@@ -42,9 +43,12 @@ class StandInKeys:
         self.standin = standin
         self.session = session
         self.minted = 0
+        self.asked = Changes()
+        """Notified at every key asked for (every session the device tries to open)."""
 
     async def get_key(self) -> EphemeralKey:
         self.minted += 1
+        self.asked.notify()
         value = await mint(self.standin.base_url, self.session)
         return EphemeralKey(value, time.time() + 600, self.standin.base_url)
 
@@ -55,22 +59,19 @@ class Device:
     source: Any
     sink: Any
     keys: StandInKeys
-    changed: asyncio.Event
-    """Set by the app's ``on_state`` callback at every state change."""
+    changed: Changes
+    """Notified by the app's ``on_state`` callback at every state change."""
 
     def states(self) -> list[m.State]:
         return [state for _, state in self.app.stats.states]
 
     async def _until(self, done: Callable[[], bool], what: str, within: float) -> None:
         """Wait (on state changes, not on a clock) until ``done()``."""
-        deadline = time.monotonic() + within
-        while not done():
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), deadline - time.monotonic())
-            except TimeoutError:
-                seen = [state.name for state in self.states()]
-                raise AssertionError(f"{what} within {within:g} s; states {seen}") from None
+        try:
+            await self.changed.until(done, what, within)
+        except AssertionError as exc:
+            seen = [state.name for state in self.states()]
+            raise AssertionError(f"{exc}; states {seen}") from None
 
     async def wait(self, wanted: m.State, within: float = 20.0) -> float:
         """Wait for ``wanted``; returns when it was entered (monotonic)."""
@@ -93,9 +94,9 @@ class Device:
         self.app.post(m.ButtonHeld())
         await self.wait(m.State.LISTENING)
         self.source.queue(asset(question))
-        while self.source.playing:  # noqa: ASYNC110  # the fake mic has no "done" event
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)
+        await self.source.until_played()
+        # ten frames of trailing silence on the mic's own clock carry the question's end through
+        await self.source.until_read(self.source.frames_read + 10)
         self.app.post(m.ButtonReleased())
 
 
@@ -134,7 +135,7 @@ async def device(
         standin,
         {"type": "transcription"} if realtime and realtime.mode == "transcription" else None,
     )
-    changed = asyncio.Event()
+    changed = Changes()
     used: KeySource = CachedKeySource(keys) if cache_keys else keys
     app = App(
         config,
@@ -143,7 +144,7 @@ async def device(
         keys=used,
         tools=tools or builtin_registry(),
         frontend=make_frontend(config, source.format),
-        on_state=lambda _: changed.set(),
+        on_state=changed.notify,
     )
     stop = asyncio.Event()
     runner = asyncio.create_task(app.run(stop))

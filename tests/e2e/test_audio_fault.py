@@ -16,6 +16,8 @@ from standin import StandIn, StandInConfig
 from tests.e2e.harness import device
 from tests.standin.conftest import API_KEY
 
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
+
 
 class UnpluggedMic(WavSource):
     """A WAV mic whose device disappears after ``works_for`` frames and refuses to open

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +14,10 @@ from appliance.camera import encode_jpeg, jpeg_budget, jpeg_that_fits
 from standin import StandIn, StandInConfig
 from tests.e2e.harness import device
 from tests.standin.conftest import API_KEY
+from tests.waiting import observe
 from tests.wire import validate_client
+
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
 
 
 def photo(path: Path, width: int = 2400, height: int = 1800) -> Path:
@@ -61,11 +63,9 @@ async def test_look_sends_a_photo_that_fits_the_peers_message_size(
         out = json.loads(await dev.app.tools.call("look", "{}"))
         assert "added to the conversation" in out["photo"]
         call = standin.calls[str(session.call_id)]
-        for _ in range(50):
-            images = [e for e in call.received if "input_image" in json.dumps(e)]
-            if images:
-                break
-            await asyncio.sleep(0.05)
+        received = observe(call, "received")
+        await received.first(lambda e: "input_image" in json.dumps(e), "the photo")
+        images = [e for e in received if "input_image" in json.dumps(e)]
     (event,) = images
     validate_client(event)
     assert len(json.dumps(event)) <= 65_536

@@ -16,6 +16,8 @@ from appliance import machine as m
 from appliance_dev.demo import Report, run_demo
 from tests.wire import validate_client, validate_server
 
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Report:

@@ -12,6 +12,8 @@ from appliance_dev.demo import STANDIN_KEY, Report, run_demo
 from tests.e2e.test_demo import TWO_TURNS, states
 from tests.wire_live import validate_live_client, validate_live_server
 
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Report:

@@ -16,7 +16,10 @@ from appliance_dev.demo import asset
 from standin import StandIn, StandInConfig
 from tests.e2e.harness import client_events, device
 from tests.standin.conftest import API_KEY
+from tests.waiting import Recorded
 from tests.wire import validate_client
+
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
 
 
 @pytest.fixture
@@ -25,9 +28,9 @@ async def standin() -> AsyncIterator[StandIn]:
         yield server
 
 
-async def webhook() -> tuple[asyncio.Server, list[dict[str, Any]]]:
+async def webhook() -> tuple[asyncio.Server, Recorded[dict[str, Any]]]:
     """A minimal HTTP endpoint on loopback that records JSON bodies."""
-    received: list[dict[str, Any]] = []
+    received: Recorded[dict[str, Any]] = Recorded()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -55,10 +58,7 @@ async def test_dictation_transcribes_posts_and_never_answers(
         dev.app.post(m.ButtonReleased())  # a tap: dictate until the user stops talking
         await dev.wait(m.State.LISTENING)
         dev.source.queue(asset("question-moon.wav"))
-        for _ in range(200):
-            if received:
-                break
-            await asyncio.sleep(0.05)
+        await received.until(bool, "a posted transcript")
         assert dev.app.snapshot.state is m.State.LISTENING, "still listening after a sentence"
         await dev.wait(m.State.IDLE, 10)  # the silence ends the dictation
     assert [r["text"] for r in received] == ["what is the weather like on the moon"]

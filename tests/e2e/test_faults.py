@@ -10,7 +10,7 @@ import logging
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,9 @@ from tests.e2e.harness import Device as Dev
 from tests.e2e.harness import client_events, device
 from tests.fakehttp import Fixed, fixed_reply
 from tests.standin.conftest import API_KEY
+from tests.waiting import LogWatch
+
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
 
 
 @pytest.fixture
@@ -67,13 +70,6 @@ def inject(standin: StandIn, dev: Dev, event: dict[str, Any]) -> None:
     call_of(standin, dev).wire.send(event)
 
 
-async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def one_turn(dev: Dev, question: str = "question-moon.wav") -> None:
     await dev.push_to_talk(question)
     await dev.wait(m.State.SPEAKING, 20)
@@ -91,7 +87,7 @@ class KeysFor:
 
 
 async def test_a_malformed_event_is_logged_once_and_the_call_stays_up(
-    standin: StandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    standin: StandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture, logwatch: LogWatch
 ) -> None:
     caplog.set_level(logging.INFO)
     async with device(standin, tmp_path) as dev:
@@ -106,7 +102,8 @@ async def test_a_malformed_event_is_logged_once_and_the_call_stays_up(
             {"type": "rate_limits.updated", "event_id": "ev_rl", "rate_limits": limits},
         )
         inject(standin, dev, {"type": "response.created", "event_id": "ev_bad", "response": "x"})
-        await until(lambda: session.server_events >= seen + 2)
+        await logwatch.wait_for("event_id ev_bad")  # read (the channel is ordered), noted
+        assert session.server_events >= seen + 2
         assert dev.app.session is session, "the call survived"
         assert session.accepting_audio
         await one_turn(dev, "question-time.wav")  # and it still answers
@@ -182,23 +179,25 @@ def free_port() -> int:
 
 
 async def test_an_unreachable_server_while_idle_shows_offline_until_it_answers(
-    standin: StandIn, tmp_path: Path, leds: GpioLeds
+    standin: StandIn, tmp_path: Path, leds: GpioLeds, logwatch: LogWatch
 ) -> None:
     port = free_port()
     identity = Identity("dev_test", f"http://127.0.0.1:{port}", Ed25519PrivateKey.generate())
     provisioning = ProvisioningKeySource(identity, timeout_s=2)
+    logwatch.debug("appliance.app")
     async with device(standin, tmp_path) as dev:
         dev.app.probe = provisioning.probe
         dev.app.attach_leds(leds)
         assert not await send(provisioning, dev.app, time.monotonic())  # a heartbeat fails
-        await dev.wait(m.State.OFFLINE, 5)
+        await dev.wait(m.State.OFFLINE)
         assert showing(leds, m.State.OFFLINE)
         assert "connection refused" in dev.app.status_text()
         assert health(dev.app, 0.0)["state"] == "offline"
-        await until(lambda: dev.app.snapshot.failures >= 2)  # a probe failed: still OFFLINE
+        await logwatch.wait_for("OFFLINE + Unreachable -> OFFLINE")  # a probe failed
+        assert dev.app.snapshot.failures >= 2
         assert dev.app.snapshot.state is m.State.OFFLINE
         async with fixed_reply(Fixed(200, b'{"status":"ok"}', port=port)) as server:
-            await dev.wait(m.State.IDLE, 10)
+            await dev.wait(m.State.IDLE, 30)  # after the back-off under way (≤ 8 s by then)
             assert server.requests >= 1
         assert dev.app.last_error == ""
     states = dev.states()
@@ -226,18 +225,21 @@ async def test_no_microphone_at_start_shows_error_and_retries_until_it_is_there(
 
 
 async def test_no_requests_left_with_a_far_reset_still_answers_when_the_limit_lifts(
-    standin: StandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    standin: StandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture, logwatch: LogWatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="appliance")
     async with device(standin, tmp_path) as dev:
         await one_turn(dev)
         session = dev.app.session
         assert session is not None
+        logwatch.debug("appliance.realtime.webrtc")
+        updates = logwatch.count("in: rate_limits.updated")
         limits = [{"name": "requests", "limit": 100, "remaining": 0, "reset_seconds": 1e9}]
         inject(
             standin, dev, {"type": "rate_limits.updated", "event_id": "e1", "rate_limits": limits}
         )
-        await until(lambda: session.rate_limits.get("requests", (1, 0))[0] == 0)
+        await logwatch.wait_for("in: rate_limits.updated", count=updates + 1)
+        assert session.rate_limits["requests"][0] == 0
         await dev.push_to_talk("question-time.wav")
         await dev.wait(m.State.THINKING, 10)
         (held,) = [r.getMessage() for r in caplog.records if "request limit" in r.getMessage()]
@@ -253,7 +255,7 @@ async def test_no_requests_left_with_a_far_reset_still_answers_when_the_limit_li
 
 
 async def test_a_flood_of_unknown_events_is_two_log_lines_with_a_count(
-    standin: StandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    standin: StandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture, logwatch: LogWatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="appliance")
     async with device(standin, tmp_path) as dev:
@@ -261,10 +263,12 @@ async def test_a_flood_of_unknown_events_is_two_log_lines_with_a_count(
         session = dev.app.session
         assert session is not None
         seen = session.server_events
+        logwatch.debug("appliance.realtime.webrtc")
         for i in range(2000):
             inject(standin, dev, {"type": "response.telepathy.delta", "event_id": f"ev_{i}"})
         inject(standin, dev, {"type": "response.telepathy.done", "event_id": "ev_done"})
-        await until(lambda: session.server_events >= seen + 2001, 30)
+        await logwatch.wait_for("in: response.telepathy.done")  # the last one was read
+        assert session.server_events >= seen + 2001
         assert dev.app.session is session
     lines = [
         r.getMessage()

@@ -5,7 +5,6 @@ noticed; privacy mute closes the session. Every event the device sends is strict
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,7 +24,10 @@ from appliance.wiring import make_frontend
 from standin import StandIn, StandInConfig
 from tests.e2e.harness import Device, StandInKeys
 from tests.standin.conftest import API_KEY
+from tests.waiting import Changes, LogWatch
 from tests.wire_live import validate_live_client
+
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
 
 
 class StandInRelay:
@@ -61,7 +63,7 @@ async def live_device(
     source = WavSource(None, AudioFormat(config.audio.capture_rate))
     sink = WavSink(None, AudioFormat(config.audio.playback_rate))
     relay = StandInRelay(standin, session or {"model": "gpt-live-1"})
-    changed = asyncio.Event()
+    changed = Changes()
     app = App(
         config,
         source=source,
@@ -70,7 +72,7 @@ async def live_device(
         tools=builtin_registry(),
         frontend=make_frontend(config, source.format),
         relay=relay,
-        on_state=lambda _: changed.set(),
+        on_state=changed.notify,
     )
     app.sessions.backend = "live"
     stop = asyncio.Event()
@@ -123,17 +125,15 @@ async def test_a_session_cut_mid_reply_reconnects_and_carries_over(
     assert "assistant" not in transcripts, "the broken reply never completed"
 
 
-async def test_an_expired_session_is_noticed(tmp_path: Path) -> None:
+async def test_an_expired_session_is_noticed(tmp_path: Path, logwatch: LogWatch) -> None:
+    logwatch.debug("appliance.app")  # a record at every step of the state machine
     async with (
         StandIn(StandInConfig(api_key=API_KEY, max_session_s=2.0)) as standin,
         live_device(standin, tmp_path) as (dev, _relay),
     ):
         await dev.push_to_talk()
         await dev.wait(m.State.IDLE, 30)
-        deadline = time.monotonic() + 10
-        while dev.app.snapshot.session_open:  # the machine's snapshot has no event to await
-            assert time.monotonic() < deadline, "the expired session was not noticed"
-            await asyncio.sleep(0.05)
+        await logwatch.until(lambda: not dev.app.snapshot.session_open, "the expiry noticed")
         assert "expired" in dev.app.last_error
 
 

@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from appliance import machine as m
 from tests.conftest import require, require_tool
+
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,18 +33,18 @@ def test_a_partition_mid_reply_is_noticed_in_seconds_and_heals_by_itself() -> No
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    # aiortc alone stays silent ~30 s after a partition; the liveness watch (3 s here) wins
-    assert 2.5 <= result["detected_s"] <= 4.5, result
-    assert "no audio or events" in result["reason"]
+    # aiortc alone stays silent ~30 s after a partition; the liveness watch (3 s here) wins:
+    # the reason is the watch's (how many seconds it took is reported, not asserted)
+    assert "no audio or events" in result["reason"], result
     assert result["status"].startswith("offline: ")
     # during the outage it kept trying, each attempt bounded by the connect deadline
-    assert result["attempts_during_outage"] >= 1
+    assert result["attempts_during_outage"] >= 2
     states = [m.State[name] for name in result["states"]]
     cut = states.index(m.State.OFFLINE)
     assert states[cut - 1] is m.State.SPEAKING
-    # healed: back at the next attempt (back-off ≤ 4 s by then, + one connect), announced,
-    # and the conversation kept warm
-    assert result["recovered_s"] < 8.0, result
+    # healed: back at the attempt under way or the next one, announced, and the
+    # conversation kept warm
+    assert result["attempts_to_heal"] <= 1, result
     assert states[-3:] == [m.State.IDLE, m.State.SPEAKING, m.State.IDLE]
     assert m.State.ERROR not in states
     assert result["session_open"]

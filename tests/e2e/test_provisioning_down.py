@@ -6,6 +6,8 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
+
 from appliance import machine as m
 from appliance.app import App
 from appliance.audio.base import AudioFormat
@@ -19,6 +21,9 @@ from provisioning.server import ProvisioningServer, Settings
 from standin import StandIn, StandInConfig
 from tests.e2e.harness import Device
 from tests.standin.conftest import API_KEY
+from tests.waiting import Changes
+
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
 
 
 def free_port() -> int:
@@ -46,14 +51,14 @@ async def test_a_dead_provisioning_server_means_offline_then_it_heals(tmp_path: 
         )
         source = WavSource(None, AudioFormat(16_000))
         keys = CachedKeySource(ProvisioningKeySource(identity, timeout_s=2))
-        changed = asyncio.Event()
+        changed = Changes()
         app = App(
             config,
             source=source,
             sink=WavSink(None, AudioFormat(48_000)),
             keys=keys,
             tools=builtin_registry(),
-            on_state=lambda _: changed.set(),
+            on_state=changed.notify,
         )
         dev = Device(app, source, None, None, changed)  # type: ignore[arg-type]
         stop = asyncio.Event()

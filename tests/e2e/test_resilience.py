@@ -13,7 +13,10 @@ from appliance.heartbeat import health
 from standin import StandIn, StandInConfig
 from tests.e2e.harness import client_events, device
 from tests.standin.conftest import API_KEY
+from tests.waiting import LogWatch
 from tests.wire import validate_client
+
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
 
 
 @pytest.fixture
@@ -92,16 +95,17 @@ async def test_a_call_dropped_mid_reply_reconnects_carries_over_and_says_so(
 
 
 async def test_a_long_session_rolls_over_between_turns_and_keeps_the_conversation(
-    standin: StandIn, tmp_path: Path
+    standin: StandIn, tmp_path: Path, logwatch: LogWatch
 ) -> None:
+    logwatch.debug("appliance.app")  # a record at every step of the state machine
     async with device(standin, tmp_path, max_age_s=0.5) as dev:
         await dev.push_to_talk()
         await dev.wait(m.State.SPEAKING)
         await dev.wait(m.State.IDLE, 20)
-        for _ in range(100):  # the rollover closes the old session right after the turn
-            if dev.app.session is None and not dev.app.snapshot.session_open:
-                break
-            await asyncio.sleep(0.05)
+        await logwatch.until(  # the rollover closes the old session right after the turn
+            lambda: dev.app.session is None and not dev.app.snapshot.session_open,
+            "the old session closed",
+        )
         assert dev.app.session is None
         assert not dev.app.snapshot.session_open
         assert dev.app.snapshot.state is m.State.IDLE, "a rollover is invisible"

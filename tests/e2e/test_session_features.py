@@ -20,9 +20,11 @@ from appliance.realtime.tools import Tool, builtin_registry
 from appliance_dev.demo import asset
 from standin import StandIn
 from tests.e2e.harness import Device, client_events, device
-from tests.realtime.test_session import until
 from tests.standin.conftest import scripted
+from tests.waiting import observe, until
 from tests.wire import extras, validate_client
+
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
 
 SCRIPT = """
 transcripts = ["what time is it", "what time is it"]
@@ -158,13 +160,14 @@ async def test_a_barge_in_during_an_announcement_truncates_nothing(
         await dev.seen(m.State.SPEAKING, mark)
         session = dev.app.session
         assert session is not None
-        await until(lambda: session.playout.reply_ms > 0)  # the user heard some of it
+        speaker = observe(dev.sink, "frames")
+        await until(lambda: session.playout.reply_ms > 0, speaker)  # the user heard some of it
         dev.app.post(m.ButtonPressed())  # over the announcement
         await dev.seen(m.State.LISTENING, mark)
         marker = msg.session_update({"type": "realtime"})
         session.send(marker)  # the channel is ordered: anything sent before arrives first
         call = standin.calls[str(session.call_id)]
-        await until(lambda: any(e.get("event_id") == marker["event_id"] for e in call.received))
+        await observe(call, "received").first(lambda e: e.get("event_id") == marker["event_id"])
         dev.app.post(m.ButtonReleased())
     kinds = [e["type"] for e in received(standin)]
     assert "response.cancel" in kinds, "the announcement was cut"

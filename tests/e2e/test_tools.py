@@ -22,6 +22,8 @@ from tests.e2e.harness import client_events, device
 from tests.standin.conftest import API_KEY
 from tests.wire import validate_client
 
+pytestmark = pytest.mark.slow  # a whole device in real time against the stand-in
+
 
 @pytest.fixture
 async def standin() -> AsyncIterator[StandIn]:

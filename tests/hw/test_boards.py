@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from appliance.boards import PROFILES, make_leds
 from appliance.leds import PATTERNS, Kind
 from appliance.machine import State
 from tests.conftest import require_tool
+from tests.waiting import any_pin_changes, observe
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ GPIO_BOARDS = [name for name, b in PROFILES.items() if b.led_pin or b.rgb_pins]
 @pytest.mark.parametrize("pins", [False], indirect=True)
 @pytest.mark.parametrize("board", APA102_BOARDS)
 @pytest.mark.parametrize("state", list(State))
-def test_apa102_boards_show_every_state(pins: MockFactory, board: str, state: State) -> None:
+async def test_apa102_boards_show_every_state(pins: MockFactory, board: str, state: State) -> None:
     profile = PROFILES[board]
     bus = MockSPIDevice(11, 10, 9, 8)
     with warnings.catch_warnings():
@@ -62,7 +62,8 @@ def test_apa102_boards_show_every_state(pins: MockFactory, board: str, state: St
         assert pins.pin(profile.led_power_pin).state == 1, "LED ring powered"
     if pattern.kind in (Kind.PULSE, Kind.BLINK, Kind.SPIN):
         bus.rx_buf.clear()
-        time.sleep(pattern.period_s / 3)
+        clock = observe(pins.pin(11), "states")  # the SPI clock ticks for every bit sent
+        await clock.until(lambda _: bool(bits_to_bytes(bus.rx_buf)), "a later refresh")
         assert bits_to_bytes(bus.rx_buf), "animated patterns keep refreshing"
     leds.close()
     bus.close()
@@ -71,7 +72,7 @@ def test_apa102_boards_show_every_state(pins: MockFactory, board: str, state: St
 @pytest.mark.parametrize("pins", [True], indirect=True)
 @pytest.mark.parametrize("board", GPIO_BOARDS)
 @pytest.mark.parametrize("state", list(State))
-def test_gpio_boards_show_every_state(pins: MockFactory, board: str, state: State) -> None:
+async def test_gpio_boards_show_every_state(pins: MockFactory, board: str, state: State) -> None:
     profile = PROFILES[board]
     leds = make_leds(profile)
     assert leds is not None
@@ -84,14 +85,8 @@ def test_gpio_boards_show_every_state(pins: MockFactory, board: str, state: Stat
     elif pattern.kind is Kind.SOLID:
         want = list(pattern.color) if profile.rgb_pins else [max(pattern.color)]
         assert levels == pytest.approx(want)
-    else:
-        seen = set()
-        for _ in range(12):
-            seen.add(tuple(round(pins.pin(p).state, 2) for p in led_pins))
-            if len(seen) > 1:
-                break
-            time.sleep(pattern.period_s / 10)
-        assert len(seen) > 1, "blinking/pulsing changes over time"
+    else:  # blinking/pulsing changes over time
+        await any_pin_changes(pins.pin(p) for p in led_pins)
     leds.close()
 
 

@@ -23,7 +23,7 @@ STANDARD_KEY = "sk-standin-" + secrets.token_hex(12)
 """The standard key of the ``standin`` fixture (random: tests look for it in what leaks)."""
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'prov.db'}"

@@ -16,6 +16,7 @@ from provisioning.server import ProvisioningServer
 from provisioning.store import Device, Group, Store, hash_token
 from tests.browser import CHROMIUM, chromium_args, silent_wav
 from tests.provisioning.conftest import STANDIN_KEY
+from tests.waiting import Changes
 
 KEY = STANDIN_KEY
 
@@ -84,7 +85,15 @@ async def test_admin_requests_do_not_hold_up_devices(
     token = server.store.create_token("default")
     identity = await enroll(server.base_url, token, tmp_path / "d", "d")
     finished: list[str] = []
-    async with httpx.AsyncClient() as http:
+    sent = Changes()
+    admins_sent = 0
+
+    async def on_request(request: httpx.Request) -> None:
+        nonlocal admins_sent
+        admins_sent += "/v1/admin/" in request.url.path
+        sent.notify()
+
+    async with httpx.AsyncClient(event_hooks={"request": [on_request]}) as http:
 
         async def admin_list() -> None:
             auth = {"Authorization": f"Bearer {admin}"}
@@ -93,7 +102,7 @@ async def test_admin_requests_do_not_hold_up_devices(
             finished.append("admin")
 
         async def device_heartbeat() -> None:
-            await asyncio.sleep(0.01)  # the admin requests are in by now
+            await sent.until(lambda: admins_sent == 3, "the admin requests sent")
             auth = {"Authorization": f"Bearer {identity.token()}"}
             reply = await http.post(
                 f"{server.base_url}/v1/devices/heartbeat", headers=auth, json={"uptime_s": 1}

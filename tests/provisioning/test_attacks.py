@@ -199,6 +199,7 @@ async def test_concurrent_rotations_have_one_winner(
         _b64(bytes(33)),
     ],
 )
+@pytest.mark.slow  # a server per case, many cases
 async def test_rotation_to_a_weak_or_junk_key_is_refused(
     server: ProvisioningServer, tmp_path: Path, new_key: str
 ) -> None:
@@ -324,6 +325,7 @@ async def test_a_slow_body_is_timed_out(
         "[" * 20_000 + "]" * 20_000,  # nesting far past the JSON parser's bound
     ],
 )
+@pytest.mark.slow  # a server per case, many cases
 async def test_bad_enrollment_names_are_refused(server: ProvisioningServer, raw_name: str) -> None:
     token = server.store.create_token("default")
     body = f'{{"token": "{token}", "public_key": "{_key()}", "name": {raw_name}}}'
@@ -337,6 +339,7 @@ async def test_bad_enrollment_names_are_refused(server: ProvisioningServer, raw_
     "public_key",
     [_b64(bytes(32)), _b64(bytes([1]) + bytes(31)), "A" * 42 + "B", "?" * 43, "abc"],
 )
+@pytest.mark.slow  # a server per case, many cases
 async def test_bad_enrollment_keys_are_refused(server: ProvisioningServer, public_key: str) -> None:
     token = server.store.create_token("default")
     reply = await _enroll(server.base_url, token, public_key)

@@ -164,6 +164,7 @@ def test_list_commands_speak_json(url: str, capsys: pytest.CaptureFixture[str]) 
     assert [g["name"] for g in json.loads(capsys.readouterr().out)] == ["default"]
 
 
+@pytest.mark.slow  # CLI subprocesses
 def test_quiet_by_default_version_and_completion(tmp_path: Path) -> None:
     env = {**os.environ, "PROVISIONING_DATABASE_URL": f"sqlite:///{tmp_path / 'q.db'}"}
 

@@ -176,6 +176,7 @@ async def test_console_api_needs_the_admin_credential(server: ProvisioningServer
                 assert r.json()["error"]["code"] == "admin_required"
 
 
+@pytest.mark.slow  # four devices enrolled and reporting
 async def test_overview_counts_and_puts_attention_first(
     db_server: ProvisioningServer, tmp_path: Path
 ) -> None:

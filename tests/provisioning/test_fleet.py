@@ -37,6 +37,7 @@ from provisioning.server import ProvisioningServer
 from provisioning.store import Device, EnrollmentToken, Store, hash_token
 from tests.conftest import require, require_tool
 from tests.provisioning.conftest import STANDIN_KEY
+from tests.waiting import OutputLines
 
 STANDARD_KEY = STANDIN_KEY
 SERVER = "https://prov.example.com"
@@ -395,28 +396,25 @@ def sshd(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         f"PidFile {d / 'sshd.pid'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
         "PubkeyAuthentication yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
-        "Subsystem sftp internal-sftp\nMaxStartups 64\nLogLevel ERROR\n"
+        "Subsystem sftp internal-sftp\nMaxStartups 64\nLogLevel INFO\n"
     )
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    log = d / "sshd.log"
-    with log.open("wb") as stderr:
-        proc = subprocess.Popen([daemon, "-D", "-e", "-f", str(d / "sshd_config")], stderr=stderr)
+    proc = subprocess.Popen(
+        [daemon, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    output = OutputLines(proc.stderr, d / "sshd.log")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"sshd did not start: {log.read_text()}")
-                time.sleep(0.05)
+        if not output.wait_for(f"Server listening on 127.0.0.1 port {port}"):
+            pytest.fail(f"sshd did not start: {''.join(output.lines)}")
         yield port, d / "client_key"
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        output.join()
 
 
+@pytest.mark.slow  # pushes over a real sshd
 async def test_push_over_ssh_in_parallel(
     server: ProvisioningServer, sshd: tuple[int, Path], tmp_path: Path, appliance_cli: str
 ) -> None:

@@ -23,6 +23,8 @@ from provisioning.__main__ import main as cli
 from provisioning.store import Base, Device, Store, make_engine
 from tests.conftest import require
 
+pytestmark = pytest.mark.slow  # alembic up and down on real databases
+
 HEAD = migrations.head()
 TABLES = {
     "admin_keys",

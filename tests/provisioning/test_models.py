@@ -479,6 +479,7 @@ def test_device_and_server_defaults_are_current() -> None:
         store.close()
 
 
+@pytest.mark.chromium
 async def test_dashboard_shows_groups_on_retiring_models(standin: StandIn, tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 

@@ -8,10 +8,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
 from provisioning.server import Settings, create_app
+
+pytestmark = pytest.mark.slow  # schemathesis over the whole API
 
 _db = Path(tempfile.mkdtemp(prefix="schemathesis-")) / "fuzz.db"
 app = create_app(

@@ -25,6 +25,7 @@ from provisioning.server import ProvisioningServer, Settings, profile_for
 from provisioning.store import Audit, Device, MintCounter, UsedJti
 from standin import StandIn
 from tests.provisioning.conftest import STANDARD_KEY, enrolled, serving
+from tests.waiting import LogWatch
 
 
 @pytest.fixture
@@ -369,14 +370,17 @@ async def test_concurrent_mints_are_counted_exactly(
 
 
 async def test_a_failing_database_gives_503_and_keeps_the_audit(
-    server: ProvisioningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server: ProvisioningServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    logwatch: LogWatch,
 ) -> None:
     identity = await enrolled(server, tmp_path)
     url = f"{server.base_url}/v1/realtime/keys"
     with server.store.engine.begin() as conn:
         conn.execute(text("ALTER TABLE audit RENAME TO audit_away"))
     assert (await post(url, identity.token())).status_code == 200  # its audit row cannot land
-    await asyncio.sleep(0.2)
+    await logwatch.wait_for("mint ledger: database unavailable")  # the ledger tried
     refused = await post(url, identity.token())  # admitted with that row: the transaction fails
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "database_unavailable"
@@ -384,7 +388,7 @@ async def test_a_failing_database_gives_503_and_keeps_the_audit(
     assert "database unavailable" in caplog.text
     with server.store.engine.begin() as conn:
         conn.execute(text("ALTER TABLE audit_away RENAME TO audit"))
-    await asyncio.sleep(0.6)  # the ledger backs off for 0.5 s after a failure
+    # (a request during the ledger's back-off after a failure waits for the next batch)
     assert (await post(url, identity.token())).status_code == 200
     await server.app.state.ledger.flush()
     with server.store.session() as db:

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,6 +21,9 @@ from appliance.realtime.provisioning_keys import ProvisioningKeySource
 from provisioning.store import Device, Store, hash_token
 from standin import StandIn, StandInConfig
 from tests.standin.conftest import API_KEY
+from tests.waiting import OutputLines
+
+pytestmark = pytest.mark.slow  # multi-process servers
 
 LIMIT = 5
 
@@ -50,30 +52,24 @@ def workers(db_url: str, standin: StandIn, tmp_path: Path) -> Iterator[str]:
         "PROVISIONING_UPSTREAM_URL": standin.base_url,
         "PROVISIONING_OPENAI_API_KEY": API_KEY,
     }
-    log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "provisioning", "serve", "--port", str(port), "--workers", "2"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=log,
+        stderr=subprocess.PIPE,
     )
+    assert proc.stderr is not None
+    output = OutputLines(proc.stderr, tmp_path / "serve.log")
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.2)
     try:
+        # uvicorn logs this once per worker, when it accepts requests
+        up = output.wait_for("Application startup complete", count=2)
+        assert up, "".join(output.lines)[-2000:]
         yield base
     finally:
         proc.terminate()
         proc.wait(timeout=15)
-        log.close()
+        output.join()
 
 
 async def test_limits_hold_across_worker_processes(

@@ -24,6 +24,7 @@ from appliance.realtime.tools import builtin_registry
 from appliance_common.serving import Served
 from tests.browser import CHROMIUM, chromium_args
 from tests.speech import speech
+from tests.waiting import Changes
 from tests.wire import validate_client, validate_server
 
 PAGE = """<!doctype html><meta charset="utf-8"><title>fake Realtime service</title>
@@ -109,21 +110,23 @@ async def test_device_talks_to_libwebrtc(tmp_path: Path) -> None:
         await page.goto(f"{served.base_url}/")
         key = EphemeralKey("ek_chromium", time.time() + 60, served.base_url)
         sink = WavSink(None, AudioFormat(48_000))
+        changed = Changes()
         app = App(
             Config(),
             source=WavSource(None, AudioFormat(16_000)),
             sink=sink,
             keys=StaticKeySource(key),
             tools=builtin_registry(),
+            on_state=changed.notify,
         )
         stop = asyncio.Event()
         runner = asyncio.create_task(app.run(stop))
         app.post(m.ButtonPressed())
         app.post(m.ButtonReleased())  # a tap: hands-free
-        deadline = time.monotonic() + 20
-        while not (app.stats.states and app.stats.states[-1][1] is m.State.IDLE):
-            assert time.monotonic() < deadline, f"stuck in {app.snapshot.state}"
-            await asyncio.sleep(0.05)
+        await changed.until(
+            lambda: bool(app.stats.states) and app.stats.states[-1][1] is m.State.IDLE,
+            "back to IDLE after the call opened",
+        )
         assert app.session is not None
         assert app.session.call_id == "rtc_chromium"
         received = await page.evaluate("window.received")

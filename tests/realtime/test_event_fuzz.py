@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import threading
-import time
 import typing
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -36,14 +35,18 @@ from appliance.realtime.webrtc import RealtimeSession
 from standin import StandIn, StandInConfig
 from tests.e2e.harness import Device, device
 from tests.standin.conftest import API_KEY
+from tests.waiting import LogWatch
 from tests.wire import validate_server
 
 # The live call's thread uses the global ``random`` (aiortc's RTCP intervals, the retry
 # jitter) while Hypothesis draws in this one; Hypothesis's own generation is unaffected.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Do not use the `random` module inside strategies"
-    ":hypothesis.errors.HypothesisDeprecationWarning"
-)
+pytestmark = [
+    pytest.mark.slow,  # a live call, fuzzed
+    pytest.mark.filterwarnings(
+        "ignore:Do not use the `random` module inside strategies"
+        ":hypothesis.errors.HypothesisDeprecationWarning"
+    ),
+]
 T = TypeVar("T")
 JSON = dict[str, Any]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "20"))
@@ -220,6 +223,9 @@ class LiveCall:
         self.failed: BaseException | None = None
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._main, name="live-call", daemon=True)
+        self.read = LogWatch()
+        """The session's "in: <event>" record for every server event the device read."""
+        self._markers = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -233,11 +239,17 @@ class LiveCall:
         self._thread.join(30)
 
     def _main(self) -> None:
+        logger = logging.getLogger("appliance.realtime.webrtc")
+        logger.addHandler(self.read)
+        self.read.debug(logger.name)
         try:
             asyncio.run(self._serve())
         except BaseException as exc:  # reported to the test thread
             self.failed = exc
             self.ready.set()
+        finally:
+            self.read.restore()
+            logger.removeHandler(self.read)
 
     async def _serve(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -269,10 +281,9 @@ class LiveCall:
         before = session.messages_in
         call.wire.send_raw(text)  # as it is: the stand-in's own send would re-encode it
         call.wire.send_raw(json.dumps({"type": "fuzz.marker", "event_id": "fuzz_marker"}))
-        deadline = time.monotonic() + 10
-        while session.messages_in < before + 2:
-            assert time.monotonic() < deadline, "the device stopped reading the channel"
-            await asyncio.sleep(0.002)
+        self._markers += 1
+        await self.read.wait_for("in: fuzz.marker", self._markers, within=10)
+        assert session.messages_in >= before + 2, "the device read both, in order"
 
     async def problems(self) -> list[str]:
         """What is wrong with the call or the snapshot now (empty: nothing)."""

@@ -23,7 +23,10 @@ from appliance.realtime.live import VOICE_HANG_MS, LiveSession, VoiceGate
 from appliance.realtime.media import MicTrack
 from appliance_common.ice import PeerConnection, allow_loopback
 from standin.media import ReplyTrack, make_track
+from tests.waiting import LogWatch, Recorded
 from tests.wire_live import validate_live_client, validate_live_server
+
+pytestmark = pytest.mark.slow  # a WebRTC call in real time
 
 
 class ScriptedService:
@@ -91,15 +94,15 @@ def started(session_id: str = "live_scripted") -> dict[str, Any]:
 class Pair:
     session: LiveSession
     service: ScriptedService
-    events: list[m.Event] = field(default_factory=list)
+    events: Recorded[m.Event] = field(default_factory=Recorded)
     transcripts: list[tuple[str, str]] = field(default_factory=list)
 
 
 @pytest.fixture
-async def pair() -> AsyncIterator[Pair]:
+async def pair(logwatch: LogWatch) -> AsyncIterator[Pair]:
     allow_loopback()
     service = ScriptedService()
-    events: list[m.Event] = []
+    events: Recorded[m.Event] = Recorded()
     transcripts: list[tuple[str, str]] = []
     session = LiveSession(
         relay=service,
@@ -112,7 +115,8 @@ async def pair() -> AsyncIterator[Pair]:
     )
     connecting = asyncio.create_task(session.connect())
     await asyncio.wait_for(service.opened.wait(), 10)
-    await asyncio.sleep(0.2)
+    service.send("info", code="before_start", message="the device reads the channel already")
+    await logwatch.wait_for("live notice before_start")  # a later event: the window passed
     assert not connecting.done(), "connect() waits for session.started"
     assert service.received == [], "nothing is sent before session.started"
     service.send("session.started", session=started())
@@ -176,10 +180,7 @@ async def test_the_models_turns_become_machine_events(
     usage = {"seconds": 5.0, "active_seconds": 4, "paused_seconds": 1}
     service.send("session.usage.updated", usage=usage)
     service.send("session.closed", reason="expired", session=started(), usage=usage)
-    deadline = time.monotonic() + 10
-    while not any(isinstance(e, m.SessionLost) for e in events):
-        assert time.monotonic() < deadline, f"events so far: {events}"
-        await asyncio.sleep(0.02)
+    await events.first(lambda e: isinstance(e, m.SessionLost), f"the end; got {events}")
     assert events == [
         m.SpeechStarted(),
         m.ResponseStarted("dlg_1"),

@@ -17,6 +17,7 @@ from appliance.realtime.jitter import ConcealingJitterBuffer, OpusDecoder
 from appliance.realtime.media import UPLINK_BITRATE, MicTrack
 from appliance_dev.bench.soak import loss_available, measure_loss
 from tests.conftest import require, require_tool
+from tests.waiting import HANG_S
 
 
 def kinds(steps: Sequence[tuple[str, bytes]]) -> list[str]:
@@ -202,9 +203,8 @@ async def test_the_receiver_side_puts_one_decoded_frame_per_packet_on_the_track_
             receiver.add(RtpPacket(payload_type=111, sequence_number=100 + i, payload=payload))
     receiver.add(RtpPacket(payload_type=0, sequence_number=200, payload=b"\xff" * 160))
     assert queue.qsize() == 18, "the last two are held"
-    await asyncio.sleep(0.15)  # the stream pauses: the hold is played out
-    frames = [queue.get_nowait() for _ in range(queue.qsize())]
-    assert len(frames) == 20
+    # the stream pauses: the hold is played out (after idle_flush_s of the receiver's clock)
+    frames = [await asyncio.wait_for(queue.get(), HANG_S) for _ in range(20)]
     assert {(f.sample_rate, f.layout.name, f.samples) for f in frames} == {(48_000, "mono", 960)}
     assert [f.pts for f in frames] == [960 * i for i in range(20)]
     assert receiver.stats.recovered == 1
@@ -241,6 +241,7 @@ async def test_the_mic_sends_speech_bitrate_opus_packets_with_rtp_clock_timestam
 # ---------------------------------------------------------------- over the network
 
 
+@pytest.mark.slow  # a call through a lossy network namespace
 def test_a_reply_through_5_percent_loss_is_played_whole_and_without_gaps() -> None:
     require_tool("unshare")
     require_tool("nft")
@@ -252,14 +253,15 @@ def test_a_reply_through_5_percent_loss_is_played_whole_and_without_gaps() -> No
     # no loss: nothing regresses (every packet becomes one frame, no concealment)
     assert clean["played"] == pytest.approx(clean["sent"], abs=3)
     assert clean["concealed"] == clean["recovered"] == 0
-    assert clean["max_gap_ms"] < 100
+    assert clean["skipped"] == clean["discontinuities"] == 0
     # 5% of the audio packets really were dropped on the way in ...
     lost = lossy["concealed"] + lossy["recovered"]
     assert lost >= 0.01 * lossy["sent"], lossy
     # ... yet every frame was played (concealed ones count) ...
     assert lossy["played_ratio"] >= 0.95, lossy
-    # ... continuously: no stall while a gap waits (aiortc's buffer stalls ~300 ms) ...
-    assert lossy["max_gap_ms"] < 150, lossy
+    # ... continuously: no run of audio thrown away to catch up after a stall (aiortc's
+    # buffer stalls ~300 ms, then skips); the longest gap in ms is `make bench`'s figure
+    assert lossy["skipped"] == lossy["discontinuities"] == 0, lossy
     # ... and the listener hears as much speech as without loss
     assert lossy["voiced"] >= 0.95 * clean["voiced"], (lossy, clean)
 

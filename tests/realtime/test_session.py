@@ -21,6 +21,7 @@ from appliance.realtime.tools import Tool, ToolRegistry, builtin_registry
 from appliance.realtime.webrtc import RealtimeSession
 from standin import StandIn, StandInConfig
 from tests.standin.conftest import API_KEY, mint
+from tests.waiting import Recorded, observe, until
 from tests.wire import validate_client
 
 
@@ -43,13 +44,7 @@ async def open_session(standin: StandIn, events: list[m.Event]) -> RealtimeSessi
     return session
 
 
-async def until(predicate: object, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_connect_configures_the_session_and_keeps_the_call_id(standin: StandIn) -> None:
     session = await open_session(standin, [])
     assert session.call_id in standin.calls
@@ -60,13 +55,14 @@ async def test_connect_configures_the_session_and_keeps_the_call_id(standin: Sta
     await session.close()
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_response_create_is_held_back_while_one_is_active(standin: StandIn) -> None:
-    events: list[m.Event] = []
+    events: Recorded[m.Event] = Recorded()
     session = await open_session(standin, events)
     session.request_response(instructions="Say: first answer with several words in it")
     session.request_response(instructions="Say: second")
     call = standin.calls[session.call_id or ""]
-    await until(lambda: sum(isinstance(e, m.ResponseDone) for e in events) >= 2, 20)
+    await events.until(lambda got: sum(isinstance(e, m.ResponseDone) for e in got) >= 2)
     creates = [e for e in call.received if e["type"] == "response.create"]
     assert len(creates) == 2
     errors = [e for e in call.sent if e["type"] == "error"]
@@ -76,16 +72,18 @@ async def test_response_create_is_held_back_while_one_is_active(standin: StandIn
     await session.close()
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_interrupt_cancels_clears_and_truncates(standin: StandIn) -> None:
-    events: list[m.Event] = []
+    events: Recorded[m.Event] = Recorded()
     session = await open_session(standin, events)
+    call = standin.calls[session.call_id or ""]
+    speaker, sent = observe(session.playout.sink, "frames"), observe(call, "sent")
     session.request_response(instructions="Say: " + "a very long reply that goes on " * 5)
-    await until(lambda: any(isinstance(e, m.ReplyAudioStarted) for e in events))
-    await asyncio.sleep(1.0)
+    await events.first(lambda e: isinstance(e, m.ReplyAudioStarted), "the reply's audio")
+    await until(lambda: session.playout.reply_ms >= 1000, speaker, what="a second played")
     played = session.playout.reply_ms
     session.interrupt()
-    call = standin.calls[session.call_id or ""]
-    await until(lambda: any(e["type"] == "conversation.item.truncated" for e in call.sent))
+    await until(lambda: any(e["type"] == "conversation.item.truncated" for e in sent), sent)
     kinds = [e["type"] for e in call.received]
     assert kinds[-3:] == [
         "response.cancel",
@@ -94,7 +92,9 @@ async def test_interrupt_cancels_clears_and_truncates(standin: StandIn) -> None:
     ]
     truncate = call.received[-1]
     assert truncate["audio_end_ms"] == played, "truncated at what was actually played"
-    assert 0 < played <= 1500
+    done = await events.first(lambda e: isinstance(e, m.ResponseDone), "the response's end")
+    assert isinstance(done, m.ResponseDone)
+    assert done.status == "cancelled", "cut, not played to its end"
     await session.close()
 
 
@@ -115,11 +115,12 @@ async def test_rejected_call_invalidates_the_cached_key(standin: StandIn) -> Non
     await session.close()
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_session_expiry_is_a_lost_session() -> None:
     async with StandIn(StandInConfig(api_key=API_KEY, max_session_s=1.5)) as standin:
-        events: list[m.Event] = []
+        events: Recorded[m.Event] = Recorded()
         session = await open_session(standin, events)
-        await until(lambda: any(isinstance(e, m.SessionLost) for e in events), 10)
+        await events.first(lambda e: isinstance(e, m.SessionLost), "the session's end")
         lost = [e for e in events if isinstance(e, m.SessionLost)]
         assert len(lost) == 1, "reported once"
         assert lost[0].reason == "session_expired"
@@ -181,7 +182,7 @@ async def test_tools_validate_time_out_and_never_raise() -> None:
     registry = ToolRegistry()
 
     async def slow() -> str:
-        await asyncio.sleep(5)
+        await asyncio.Event().wait()  # a tool that never answers
         return "late"
 
     def broken() -> None:
@@ -234,6 +235,7 @@ def test_the_offer_asks_for_opus_in_band_fec() -> None:
     assert ask_for_opus_fec("v=0\r\nm=audio 9 RTP 0\r\na=rtpmap:0 PCMU/8000\r\n").count("fmtp") == 0
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_no_requests_left_defers_the_response_until_the_limit_resets(
     standin: StandIn,
 ) -> None:
@@ -247,11 +249,14 @@ async def test_no_requests_left_defers_the_response_until_the_limit_resets(
             {"name": "tokens", "limit": 1000, "remaining": 900, "reset_seconds": 1},
         ],
     }
+    received = observe(call, "received")
     session._on_message(json.dumps(limits))  # as if it came over the data channel
     session.request_response()
-    await asyncio.sleep(0.3)
-    assert not any(e["type"] == "response.create" for e in call.received), "held back"
-    await until(lambda: any(e["type"] == "response.create" for e in call.received), 3)
+    session.send(msg.clear_input())  # the channel is ordered: a response.create sent now
+    clear = await received.first(lambda e: e["type"] == "input_audio_buffer.clear")
+    before = received[: received.index(clear)]  # would have arrived before this
+    assert not any(e["type"] == "response.create" for e in before), "held back"
+    await received.first(lambda e: e["type"] == "response.create", "the deferred response")
     await session.close()
 
 

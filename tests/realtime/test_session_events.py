@@ -18,8 +18,9 @@ from appliance.realtime.keys import EphemeralKey, StaticKeySource
 from appliance.realtime.media import MicTrack
 from appliance.realtime.webrtc import RealtimeSession
 from standin import StandIn, StandInConfig
-from tests.realtime.test_session import open_session, until
+from tests.realtime.test_session import open_session
 from tests.standin.conftest import API_KEY
+from tests.waiting import Recorded, observe, until
 from tests.wire import validate_client, validate_server
 
 
@@ -29,22 +30,28 @@ async def standin() -> AsyncIterator[StandIn]:
         yield s
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_a_barge_in_during_an_announcement_truncates_nothing(standin: StandIn) -> None:
     """An out-of-band response's item is in no conversation: truncating it is an error
     (and the previous reply's item must not be cut to the announcement's length)."""
-    events: list[m.Event] = []
+    events: Recorded[m.Event] = Recorded()
     session = await open_session(standin, events)
     call = standin.calls[str(session.call_id)]
+    speaker, out = observe(session.playout.sink, "frames"), observe(call, "sent")
+
+    def count(kind: type[m.Event]) -> int:
+        return sum(isinstance(e, kind) for e in events)
+
     session.request_response(instructions="Say: the moon is far away")
-    await until(lambda: sum(isinstance(e, m.ReplyAudioStopped) for e in events) == 1, 20)
+    await until(lambda: count(m.ReplyAudioStopped) == 1, events)
     reply_item = next(e for e in call.sent if e["type"] == "conversation.item.added")
     assert reply_item["item"]["id"] in session.conversation
     session.announce("timer", "Say: " + "your tea timer is up, " * 6)
-    await until(lambda: sum(isinstance(e, m.ReplyAudioStarted) for e in events) == 2)
-    await until(lambda: session.playout.reply_ms > 0)
+    await until(lambda: count(m.ReplyAudioStarted) == 2, events)
+    await until(lambda: session.playout.reply_ms > 0, speaker, what="the announcement plays")
     session.interrupt()
-    await until(lambda: any(e["type"] == "output_audio_buffer.cleared" for e in call.sent))
-    await until(lambda: sum(isinstance(e, m.ResponseDone) for e in events) == 2)
+    await until(lambda: any(e["type"] == "output_audio_buffer.cleared" for e in out), out)
+    await until(lambda: count(m.ResponseDone) == 2, events)
     sent = [e["type"] for e in call.received]
     assert "response.cancel" in sent
     assert "conversation.item.truncate" not in sent

@@ -61,6 +61,7 @@ async def skewed(server: ProvisioningServer, tmp_path: Path, skew_s: float) -> I
     return Identity(enrolled.device_id, enrolled.server, enrolled.private_key, clock)
 
 
+@pytest.mark.slow  # a device against real servers
 @pytest.mark.parametrize("skew_s", [3.0, 45.0, -40.0, -YEAR])
 async def test_a_skewed_device_mints_and_heartbeats_in_server_time(
     server: ProvisioningServer, tmp_path: Path, skew_s: float
@@ -118,6 +119,7 @@ async def test_clock_skew_is_retried_in_server_time_then_named_never_revoked(
         assert revoked.value.code == "revoked"
 
 
+@pytest.mark.slow  # a device against real servers
 async def test_the_device_shows_clock_skew_as_such(standin: StandIn, tmp_path: Path) -> None:
     async with (
         fixed_reply(refusal("clock_skew", time.time())) as fake,
@@ -133,6 +135,7 @@ async def test_the_device_shows_clock_skew_as_such(standin: StandIn, tmp_path: P
     assert "refused this device" not in status
 
 
+@pytest.mark.slow  # a device against real servers
 async def test_appliance_check_passes_with_the_device_clock_45_s_ahead(
     server: ProvisioningServer, tmp_path: Path
 ) -> None:

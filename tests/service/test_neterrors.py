@@ -97,6 +97,7 @@ async def standin() -> AsyncIterator[StandIn]:
         yield server
 
 
+@pytest.mark.slow  # a device against real servers
 async def test_the_words_reach_status_and_heartbeat(standin: StandIn, tmp_path: Path) -> None:
     identity = Identity("dev_x", "http://no-such-host.invalid", Ed25519PrivateKey.generate())
     source = ProvisioningKeySource(identity)
@@ -107,6 +108,7 @@ async def test_the_words_reach_status_and_heartbeat(standin: StandIn, tmp_path: 
     assert status.startswith("offline: provisioning server unreachable: DNS lookup failed")
 
 
+@pytest.mark.slow  # a device against real servers
 @pytest.mark.usefixtures("mock_pins")
 async def test_appliance_check_names_the_failure(tmp_path: Path) -> None:
     async with fixed_reply(Fixed(200, b"{}")) as plain:

@@ -22,6 +22,8 @@ from appliance.errors import EX_CONFIG
 from appliance.identity import ID_FILE, KEY_FILE, enroll
 from provisioning.server import ProvisioningServer
 
+pytestmark = pytest.mark.slow  # daemons in subprocesses
+
 
 def write_identity(state: Path, server: str) -> None:
     """What ``appliance enroll`` leaves behind, without a server."""

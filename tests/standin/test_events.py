@@ -13,6 +13,8 @@ from tests.peer import GaPeer
 from tests.speech import speech
 from tests.standin.conftest import API_KEY, mint
 
+pytestmark = pytest.mark.slow  # a WebRTC call in real time
+
 GET_TIME = {
     "type": "function",
     "name": "get_time",
@@ -75,13 +77,14 @@ async def test_manual_commit_and_text_input(peer: GaPeer) -> None:
     error = (await peer.wait_for("error"))["error"]
     assert (error["code"], error["event_id"]) == ("input_audio_buffer_commit_empty", too_soon)
     peer.mic.play(speech("hello there", pad_s=0.3))
-    await asyncio.sleep(1.5)
-    assert "input_audio_buffer.speech_started" not in peer.types(), "no VAD when it is null"
+    await peer.mic.until_played()
     peer.send({"type": "input_audio_buffer.commit"})
     await peer.wait_for("input_audio_buffer.committed")
     peer.ask("tell me about the moon")
     done = await peer.wait_for("response.output_audio_transcript.done", within=15)
     assert "moon" in done["transcript"]
+    # long after the speech reached it (its reply came later still), the VAD never fired
+    assert "input_audio_buffer.speech_started" not in peer.types(), "no VAD when it is null"
 
 
 async def test_second_response_create_while_active_is_refused(peer: GaPeer) -> None:
@@ -103,7 +106,7 @@ async def test_client_cancel_clear_and_truncate(peer: GaPeer) -> None:
         }
     )
     await peer.wait_for("output_audio_buffer.started")
-    await asyncio.sleep(1.0)
+    await peer.until_heard(len(peer.heard) + 50)  # a second of the reply plays
     peer.send({"type": "response.cancel"})
     peer.send({"type": "output_audio_buffer.clear"})
     done = await peer.wait_for("response.done")
@@ -134,7 +137,7 @@ async def test_speech_interrupts_a_reply(peer: GaPeer) -> None:
         }
     )
     await peer.wait_for("output_audio_buffer.started")
-    await asyncio.sleep(0.8)
+    await peer.until_heard(len(peer.heard) + 40)  # the reply is well under way
     peer.mic.play(speech("stop please", pad_s=1.0))
     await peer.wait_for("input_audio_buffer.speech_started", within=5)
     done = await peer.wait_for("response.done")

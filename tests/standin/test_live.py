@@ -15,6 +15,8 @@ from tests.live_peer import LivePeer
 from tests.speech import speech
 from tests.standin.conftest import API_KEY
 
+pytestmark = pytest.mark.slow  # a WebRTC call in real time
+
 GET_TIME = {
     "type": "function",
     "name": "get_time",

@@ -71,6 +71,7 @@ def test_bad_rules_are_refused(tmp_path: Path, rule: str) -> None:
         Script.load(write(tmp_path, f"[[rule]]\n{rule}\n"))
 
 
+@pytest.mark.slow  # a WebRTC call in real time
 async def test_long_form_rule_file_drives_a_tool_round_trip(tmp_path: Path) -> None:
     config = StandInConfig(api_key=API_KEY, script=write(tmp_path, LONG_FORM), tts="assets")
     tool = {"type": "function", "name": "get_time", "parameters": {"type": "object"}}

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from standin import StandIn
 from tests.peer import GaPeer
 from tests.speech import speech
 from tests.standin.conftest import mint
+
+pytestmark = pytest.mark.slow  # a WebRTC call in real time
 
 TURN_ORDER = [
     "input_audio_buffer.speech_started",

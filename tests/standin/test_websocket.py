@@ -21,6 +21,8 @@ from tests.speech import speech
 from tests.standin.conftest import API_KEY, mint
 from tests.wire import validate_client, validate_server
 
+pytestmark = pytest.mark.slow  # a WebRTC call in real time
+
 MODEL = "gpt-realtime-2.1"
 
 

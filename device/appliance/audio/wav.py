@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ class WavSource:
         self._next_at: float | None = None
         self._silence = bytes(fmt.frame_bytes)
         self.frames_read = 0
+        self._progress = asyncio.Event()
 
     @property
     def format(self) -> AudioFormat:
@@ -61,6 +63,22 @@ class WavSource:
     def playing(self) -> bool:
         return bool(self._frames)
 
+    async def until_read(self, count: int) -> None:
+        """Return once ``count`` frames in all have been read (tests wait on the fake mic's
+        own clock instead of the wall clock)."""
+        await self._until(lambda: self.frames_read >= count)
+
+    async def until_played(self) -> None:
+        """Return once every queued clip has been read to its last frame."""
+        await self._until(lambda: not self._frames)
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        while True:
+            self._progress.clear()
+            if done():
+                return
+            await self._progress.wait()
+
     async def start(self) -> None:
         for path in self._paths:
             self.queue(path)
@@ -75,6 +93,7 @@ class WavSource:
             await asyncio.sleep(delay)
         self._next_at += self._format.frame_ms / 1000
         self.frames_read += 1
+        self._progress.set()
         if self._frames:
             return self._frames.pop(0)
         if not self._loop_silence:

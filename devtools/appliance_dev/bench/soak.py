@@ -249,6 +249,8 @@ async def loss_trial(loss_pct: int, conceal: bool) -> dict[str, Any]:
         "recovered": stats.recovered if stats else None,
         "concealed": stats.concealed if stats else None,
         "late": stats.late if stats else None,
+        "skipped": stats.skipped if stats else None,
+        "discontinuities": stats.discontinuities if stats else None,
         "decode_us": 1e6 * decode_s / stats.played if stats and stats.played else None,
     }
 
