@@ -165,7 +165,7 @@ class AudioConfig:
     """Echo suppression engine: ``speex`` (libspeexdsp AEC + residual-echo suppressor),
     ``webrtc`` (WebRTC AEC3 via pywebrtc-audio), ``half-duplex`` (mute the mic while the
     speaker plays), ``off``. Falls back to ``half-duplex`` when the engine cannot load."""
-    aec_tail_ms: int = 200
+    aec_tail_ms: int = 300
     """Echo tail the canceller models, in ms (room reverberation it can remove)."""
     aec_delay_ms: int = 0
     """Known extra delay between a playback write and its echo in the mic, in ms (0:

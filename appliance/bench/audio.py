@@ -101,9 +101,10 @@ class _Tally:
     after_change_ms: list[float] = field(default_factory=list)
 
 
-def front_end(engine: str, guard: bool, clock: StreamClock) -> FrontEnd:
+def front_end(engine: str, guard: bool, clock: StreamClock, tail_ms: int | None = None) -> FrontEnd:
+    audio = replace(AudioConfig(), aec=engine)
     config = Config(
-        audio=replace(AudioConfig(), aec=engine),
+        audio=audio if tail_ms is None else replace(audio, aec_tail_ms=tail_ms),
         activation=replace(ActivationConfig(), wake_word=""),
     )
     return FrontEnd(config, AudioFormat(rate=RATE, frame_ms=20), clock=clock, guard=guard)

@@ -87,3 +87,21 @@ def test_volume_step_scales_the_learned_echo_model() -> None:
     assert guard.diverged(2.5)
     assert not guard.diverged(3.5)
     assert guard.divergences == 1
+
+
+def test_a_user_under_the_echo_is_not_taken_for_a_diverged_canceller() -> None:
+    """The bench's own room 12 (the user 6 dB under the echo): at the user's onset the
+    canceller's median band removal falls below 6 dB, which used to mark the canceller
+    diverged for a second and left the user unheard; the removal stays high in most bands,
+    so the guard now hears them while they speak."""
+    scene = roomset.make_hard_scene(12, "bench")
+    clock = StreamClock()
+    fe = front_end("speex", True, clock)
+    _, started, _, _ = asyncio.run(play(fe, scene, clock))
+    fe.close()
+    onset, talk = scene.scene.near_onset, scene.scene.double_talk
+    assert onset is not None
+    assert talk is not None
+    assert [f for f in started if (f + 1) * FRAME < onset] == []
+    assert [f for f in started if onset <= (f + 1) * FRAME and f * FRAME < talk[1]]
+    assert fe.divergences == 0
