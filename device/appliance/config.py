@@ -160,8 +160,9 @@ class AudioConfig:
     """Echo suppression engine: ``speex`` (libspeexdsp AEC + residual-echo suppressor),
     ``webrtc`` (WebRTC AEC3 via pywebrtc-audio), ``half-duplex`` (mute the mic while the
     speaker plays), ``off``. Falls back to ``half-duplex`` when the engine cannot load."""
-    aec_tail_ms: int = 200
-    """Echo tail the canceller models, in ms (room reverberation it can remove)."""
+    aec_tail_ms: int = 300
+    """Echo tail the canceller models, in ms: bulk delay plus the room reverberation it
+    can remove (300: delays up to ~120 ms in reverberant rooms; docs/audio.md)."""
     aec_delay_ms: int = 0
     """Known extra delay between a playback write and its echo in the mic, in ms (0:
     measured by cross-correlating the mic with the speaker's signal, docs/audio.md)."""

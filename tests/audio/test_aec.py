@@ -299,3 +299,40 @@ def test_near_end_gate() -> None:
     suppressor.process(_tone(320, 300.0, 3000.0).tobytes())
     assert suppressor.near_end
     assert suppressor.mic_dbfs == pytest.approx(suppressor.out_dbfs)
+
+
+# ---- the speaker model -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("condition", "nonlinear"), [("hard", True), ("moderate", False)])
+def test_speex_models_a_clipping_speaker_and_keeps_a_linear_one_linear(
+    condition: str, nonlinear: bool
+) -> None:
+    """Issue 18: a speaker driven into saturation (the hard rooms) leaves echo a linear
+    filter cannot remove; the canceller picks a saturating speaker model there, and the
+    linear one where the speaker is clean."""
+    _require_speexdsp()
+    from appliance_dev import roomset
+
+    scene = roomset.make_hard_scene(1, condition).scene
+    chosen = SpeexCanceller(RATE, 300)
+    out, _ = room.run_engine(chosen, scene)
+    assert not chosen.selecting
+    assert (chosen.speaker_drive > 0.0) == nonlinear
+    linear = SpeexCanceller(RATE, 300, speaker_drives=(0.0,))
+    plain, _ = room.run_engine(linear, scene)
+    gained = room.erle_db(scene.mic, out, scene.far_only) - room.erle_db(
+        scene.mic, plain, scene.far_only
+    )
+    if nonlinear:
+        assert gained >= 5.0
+    else:
+        assert abs(gained) < 1.0
+    chosen.close()
+    linear.close()
+
+
+def test_speaker_models_must_include_the_linear_one() -> None:
+    _require_speexdsp()
+    with pytest.raises(ValueError, match="linear"):
+        SpeexCanceller(RATE, 300, speaker_drives=(2.0,))

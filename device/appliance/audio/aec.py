@@ -41,6 +41,23 @@ KINDS = ("speex", "webrtc", "half-duplex", "off")
 ENGINE_FRAME_MS = 10
 NEAR_END_FLOOR_DBFS = -55.0
 NEAR_END_MAX_ATTENUATION_DB = 20.0
+SPEAKER_DRIVES = (0.0, 1.5, 3.0)
+"""Speaker models ``SpeexCanceller`` chooses from (0: linear; else a ``tanh`` drive)."""
+SPEAKER_SELECT_S = 4.0
+SPEAKER_HEARD_DBFS = -45.0
+SPEAKER_MODEL_MARGIN_DB = 0.2
+SPEAKER_FORGET = 0.98
+"""Per frame the speaker played: the comparison looks at the last second or so, when the
+filters have converged, not at how fast they got there."""
+
+
+def saturate(pcm: bytes, drive: float) -> bytes:
+    """``pcm`` (s16le) through a loudspeaker that compresses its peaks:
+    ``tanh(drive·x)/drive`` in full-scale units (unity gain for quiet audio)."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    y = np.tanh(drive * x) * (32768.0 / drive)
+    out: bytes = np.clip(np.round(y), -32768, 32767).astype("<i2").tobytes()
+    return out
 
 
 def near_end_present(
@@ -101,6 +118,14 @@ class SpeexCanceller:
     filter blocks), for less CPU per second of audio (figures: docs/audio.md, "Smaller
     measurements"); the price is 20 ms of latency (the preprocessor delays its output by one
     frame).
+
+    A small loudspeaker driven hard compresses its peaks, and a linear filter cannot model
+    that. ``speaker_drives`` are candidate speaker models (``saturate``: a ``tanh`` soft
+    clip of that drive; 0 = linear): one adaptive filter per model runs on the reference
+    passed through it, and once they have heard ``select_s`` of the speaker the one that
+    leaves the least echo is kept (a nonlinear model only when it beats the linear one by
+    ``SPEAKER_MODEL_MARGIN_DB``) and the others are dropped. Until then the best so far
+    cleans the mic. ``reset`` keeps the choice (the speaker did not change).
     """
 
     name = "speex"
@@ -115,11 +140,26 @@ class SpeexCanceller:
         echo_suppress_active_db: int = -15,
         denoise: bool = True,
         noise_suppress_db: int = -15,
+        speaker_drives: tuple[float, ...] | None = None,
+        select_s: float = SPEAKER_SELECT_S,
         library: str = DEFAULT_LIBRARY,
     ) -> None:
+        if speaker_drives is None:
+            speaker_drives = SPEAKER_DRIVES
+        if not speaker_drives or speaker_drives[0] != 0.0:
+            raise ValueError("speaker_drives must start with 0 (the linear model)")
         self.rate = rate
         self.frame_samples = _frame_samples(rate, frame_ms)
-        self._echo = SpeexEcho(self.frame_samples, rate * tail_ms // 1000, rate, library=library)
+        self.drives = list(speaker_drives)
+        self._echoes = [
+            SpeexEcho(self.frame_samples, rate * tail_ms // 1000, rate, library=library)
+            for _ in speaker_drives
+        ]
+        self._echo = self._echoes[0]
+        self._residual = np.zeros(len(self.drives))
+        """Echo left by each model over the frames the speaker played (energy sums)."""
+        self._heard = 0
+        self._select_frames = round(select_s * 1000 / frame_ms)
         self._pre = SpeexPreprocessor(
             self.frame_samples,
             rate,
@@ -131,15 +171,55 @@ class SpeexCanceller:
             library=library,
         )
 
+    @property
+    def speaker_drive(self) -> float:
+        """The speaker model in use (0: linear)."""
+        return self.drives[self._echoes.index(self._echo)]
+
+    @property
+    def selecting(self) -> bool:
+        """Several speaker models still run side by side."""
+        return len(self._echoes) > 1
+
     def process(self, mic: bytes, ref: bytes) -> bytes:
-        return self._pre.run(self._echo.cancel(mic, ref)).tobytes()
+        if not self.selecting:
+            drive = self.drives[0]
+            x = ref if drive == 0.0 else saturate(ref, drive)
+            return self._pre.run(self._echo.cancel(mic, x)).tobytes()
+        outs = []
+        for echo, drive in zip(self._echoes, self.drives, strict=True):
+            x = ref if drive == 0.0 else saturate(ref, drive)
+            outs.append(echo.cancel(mic, x).copy())
+        if rms_dbfs(ref) > SPEAKER_HEARD_DBFS:
+            self._heard += 1
+            self._residual *= SPEAKER_FORGET
+            self._residual += [float(np.dot(o, o.astype(np.float64))) for o in outs]
+            self._choose()
+        return self._pre.run(outs[self._echoes.index(self._echo)]).tobytes()
+
+    def _choose(self) -> None:
+        margin = 10.0 ** (SPEAKER_MODEL_MARGIN_DB / 10.0)
+        scores = self._residual * np.where(np.arange(len(self.drives)) == 0, 1.0, margin)
+        best = int(np.argmin(scores))
+        if self._heard >= self._select_frames // 4 and self._echoes[best] is not self._echo:
+            self._echo = self._echoes[best]
+            self._pre.wire(self._echo)
+        if self._heard < self._select_frames:
+            return
+        for i, echo in enumerate(self._echoes):
+            if i != best:
+                echo.close()
+        self._echoes, self.drives = [self._echoes[best]], [self.drives[best]]
+        log.info("speaker model: %s", f"drive {self.drives[0]:g}" if self.drives[0] else "linear")
 
     def reset(self) -> None:
-        self._echo.reset()
+        for echo in self._echoes:
+            echo.reset()
 
     def close(self) -> None:
-        self._pre.close()  # first: it points at the echo state
-        self._echo.close()
+        self._pre.close()  # first: it points at an echo state
+        for echo in self._echoes:
+            echo.close()
 
 
 class WebRtcCanceller:

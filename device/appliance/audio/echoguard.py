@@ -13,19 +13,21 @@ reference):
 - ``S_b``: the reference envelope: the loudest of the last ``LEAD_FRAMES`` reference frames
   (the echo arrives up to that late), decaying no faster than a 0.6 s reverberation;
 - predicted echo in the mic ``P_b = G_b·S_b`` and in the output ``Q_b = Gr_b·S_b``, with
-  ``G_b`` / ``Gr_b`` the 90th percentile of mic/S and out/S over the last 3 s of echo;
+  ``G_b`` / ``Gr_b`` the 95th / 90th percentile of mic/S and out/S over the last 3 s of
+  echo (the 95th for both while the canceller is or just was diverged);
 - **out excess**: the share of the output's energy in bands ≥ 6 dB above ``Q_b`` (what
   the canceller left is more than its residual: someone else is there);
 - **mic excess**: the share of the mic's energy in bands ≥ 6 dB above ``P_b`` (the mic
   holds more than the echo can explain);
 - **removal**: the median over bands of mic/out while the reference plays.
 
-A frame with out excess but little removal (the output is about as loud as the mic, band
-by band) and no mic excess is the canceller having diverged, not the user: the guard marks
-the canceller *diverged* from that frame on (``DIVERGED_HOLD_S`` past the last such frame,
-or until the residual model has caught up), and while diverged only mic excess counts as
-the user. A volume step the device makes after the reference tap (``volume_step``) scales
-both gains at once and marks the canceller diverged, without waiting to discover it.
+A frame with out excess but little removal in most bands (the output is about as loud as
+the mic in three bands of four) and no mic excess is the canceller having diverged, not the
+user: the guard marks the canceller *diverged* from that frame on (``DIVERGED_HOLD_S``
+past the last such frame, or until the residual model has caught up), and while diverged
+only mic excess counts as the user. A volume step the device makes after the reference
+tap (``volume_step``) scales both gains at once and marks the canceller diverged, without
+waiting to discover it.
 """
 
 from __future__ import annotations
@@ -51,13 +53,27 @@ LEARN_EVERY = 10
 UNHEARD = -30.0
 """log10 gain recorded for a band the reference did not reach in a frame."""
 PERCENTILE = 95
+RESIDUAL_PERCENTILE = 90
+"""The residual model the user's voice must exceed: the 90th percentile of out/S (the
+95th, as for the mic, let a clipping speaker's rare residual bursts hide a user 10 dB
+under the echo: hard rooms 11/16 barge-ins within 200 ms, 13/16 with the 90th) ..."""
+CAUTIOUS_S = 3.0
+"""... except while the canceller is diverged and for this long after: then the 95th."""
 EXCESS = 4.0
 """6 dB: how far above a prediction a band must be to count as excess."""
 EXCESS_SHARE = 0.5
 DIVERGED_REMOVAL_DB = 6.0
-"""Median per-band removal below this with the reference playing: the canceller removes
-(almost) nothing."""
+"""Per-band removal below this with the reference playing: the canceller removes (almost)
+nothing ..."""
+DIVERGED_BANDS_PCT = 75
+"""... in three bands of four (its 75th percentile): a user's voice lowers the removal in
+the bands it dominates, a diverged filter in all of them (measured: a user's onset had
+the median below 6 dB but not the 75th percentile in 9 frames of 10; an echo-path
+change had both in most)."""
 MIC_SHARE = 0.0
+ADDED_DB = -5.0
+"""A frame of echo the canceller made louder by this much has diverged whatever else it
+shows (measured: a new chord in the music rooms; the user never does that)."""
 BURST_MIC_SHARE = 0.02
 """Out excess while the canceller still removes something and the mic shows (almost) no
 excess: a burst of nonlinear residual (a clipping speaker's loud onset), not the user."""
@@ -132,6 +148,7 @@ class EchoGuard:
         self._since = 0
         self.echo_gain: Floats | None = None
         """log10 of mic/envelope per band (90th percentile); None until learned."""
+        self._loud_residual = np.zeros(BANDS)
         self.residual_gain: Floats | None = None
         """log10 of out/envelope per band (90th percentile)."""
         self.diverged_until = -1.0
@@ -141,6 +158,8 @@ class EchoGuard:
         self.mic_share = 0.0
         self.removal_db = 0.0
         self.removal_limit_db = MIN_REMOVAL_LIMIT_DB
+        self.band_removal_db: Floats = np.zeros(0)
+        """What the canceller took off the last frame, per band the reference reached."""
         self.typical_removal_db = 0.0
         """Median per-band removal over the last 3 s of echo."""
         """A frame the canceller took more than this off (band median) is its own echo."""
@@ -169,6 +188,9 @@ class EchoGuard:
             self.residual_gain = self.residual_gain + shift
         self._history = deque(((m + shift, o + shift) for m, o in self._history), maxlen=HISTORY)
         self.mark_diverged(now)
+
+    def recently_diverged(self, now: float) -> bool:
+        return now < self.diverged_until + CAUTIOUS_S
 
     def mark_diverged(self, now: float) -> None:
         if not self.diverged(now):
@@ -211,20 +233,28 @@ class EchoGuard:
                 self._learn(log_m - log_s, log_e - log_s, active)
             return False
         p = np.maximum(log_s + self.echo_gain, self._mic_floor)
-        q = np.maximum(log_s + self.residual_gain, self._out_floor)
+        residual = self.residual_gain
+        if self.diverged(now) or self.recently_diverged(now):
+            residual = residual + self._loud_residual
+        q = np.maximum(log_s + residual, self._out_floor)
         gap = np.log10(EXCESS)
         out_ex = log_e > q + gap + np.where(self._fresh > 0, FRESH_GAP, 0.0)
         mic_ex = log_m > p + gap
         self.out_share = float(e[out_ex].sum() / max(float(e.sum()), 1e-9))
         self.mic_share = float(m[mic_ex].sum() / max(float(m.sum()), 1e-9))
-        self.removal_db = float(np.median(10.0 * (log_m[active] - log_e[active])))
+        self.band_removal_db = 10.0 * (log_m[active] - log_e[active])
+        self.removal_db = float(np.median(self.band_removal_db))
         typical = float(np.median(self._removals)) if self._removals else 0.0
         self.typical_removal_db = typical
         self.removal_limit_db = max(MIN_REMOVAL_LIMIT_DB, typical - REMOVAL_MARGIN_DB)
         out_excess = self.out_share >= EXCESS_SHARE and self.removal_db < self.removal_limit_db
         mic_excess = self.mic_share >= EXCESS_SHARE
         quiet_mic = self.mic_share < DIVERGED_MIC_SHARE
-        if out_excess and quiet_mic and self.removal_db < DIVERGED_REMOVAL_DB:
+        most = float(np.percentile(self.band_removal_db, DIVERGED_BANDS_PCT))
+        echo = m.sum() > ECHO_OVER_NOISE * float(np.sum(10.0**self._mic_floor))
+        if (out_excess and quiet_mic and most < DIVERGED_REMOVAL_DB) or (
+            echo and self.removal_db < ADDED_DB
+        ):
             self.mark_diverged(now)
         some_mic = float(m[log_m > p].sum()) >= MIC_SHARE * float(m.sum())
         burst_removal = DIVERGED_REMOVAL_DB if typical < BURST_BELOW_DB else CLEAN_BURST_DB
@@ -232,7 +262,7 @@ class EchoGuard:
         near = out_excess and not burst and (mic_excess or (some_mic and not self.diverged(now)))
         if not user and not near:
             self._learn(log_m - log_s, log_e - log_s, active)
-            if m.sum() > ECHO_OVER_NOISE * float(np.sum(10.0**self._mic_floor)):
+            if echo:
                 self._removals.append(self.removal_db)  # echo, not a pause in the reply
         return near
 
@@ -246,6 +276,9 @@ class EchoGuard:
         self._since = 0
         hist = np.array(self._history)  # (frames, 2, bands)
         gains = np.percentile(hist, PERCENTILE, axis=0)
+        typical = np.percentile(hist[:, 1], RESIDUAL_PERCENTILE, axis=0)
         # a band the reference has (almost) never reached: assume the loudest band's gain
         gains = np.where(gains < UNHEARD / 2, np.max(gains, axis=1, keepdims=True), gains)
-        self.echo_gain, self.residual_gain = gains[0], gains[1]
+        typical = np.where(typical < UNHEARD / 2, gains[1], typical)
+        self.echo_gain, self.residual_gain = gains[0], typical
+        self._loud_residual = gains[1] - typical

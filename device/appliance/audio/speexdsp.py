@@ -220,9 +220,7 @@ class SpeexPreprocessor:
         self.ctl_int(SPEEX_PREPROCESS_SET_ECHO_SUPPRESS, echo_suppress_db)
         self.ctl_int(SPEEX_PREPROCESS_SET_ECHO_SUPPRESS_ACTIVE, echo_suppress_active_db)
         if echo is not None:
-            self._lib.speex_preprocess_ctl(
-                self._state, SPEEX_PREPROCESS_SET_ECHO_STATE, ctypes.c_void_p(echo.handle)
-            )
+            self.wire(echo)
         self.frame = np.zeros(frame_size, dtype=np.int16)
         """The working frame: ``run`` processes it in place."""
         self._frame_p = _ptr(self.frame)
@@ -239,6 +237,13 @@ class SpeexPreprocessor:
         if self._lib.speex_preprocess_ctl(self.handle, request, ctypes.byref(arg)) != 0:
             raise ValueError(f"speex_preprocess_ctl: unknown request {request}")
         return arg.value
+
+    def wire(self, echo: SpeexEcho) -> None:
+        """Take the residual echo's estimate from ``echo`` from now on."""
+        self._lib.speex_preprocess_ctl(
+            self.handle, SPEEX_PREPROCESS_SET_ECHO_STATE, ctypes.c_void_p(echo.handle)
+        )
+        self._echo = echo
 
     def echo_state(self) -> int | None:
         """The ``SpeexEchoState*`` the residual-echo suppressor uses (None if unwired)."""

@@ -9,7 +9,9 @@ step in a room is reported to the front end (``FrontEnd.volume_changed``), as th
 does for the volume it sets itself.
 
 Rooms: ``appliance_dev.roomset.CONDITIONS`` (bench, moderate, hard, path change, music;
-``ROOMS`` seeds each, ``BENCH_AUDIO_ROOMS`` overrides). Per engine and condition:
+``ROOMS`` seeds each, ``BENCH_AUDIO_ROOMS`` overrides). A quick subset:
+``BENCH_AUDIO_CONDITIONS=hard,"path change"`` and ``BENCH_AUDIO_RUNS=speex`` (of
+``speex-today``, ``speex``, ``webrtc``). Per engine and condition:
 
 - **self-interruptions** per minute of playback: ``speech_started`` anywhere but during
   the user's utterance (from its onset to 0.5 s after its end), over the minutes the
@@ -50,6 +52,10 @@ from appliance_dev import room, roomset
 RATE = DSP_FORMAT.rate
 FRAME = DSP_FORMAT.frame_samples
 ROOMS = int(os.environ.get("BENCH_AUDIO_ROOMS", "16"))
+ONLY_CONDITIONS = os.environ.get("BENCH_AUDIO_CONDITIONS", "")
+"""Comma-separated condition names to run (empty: all), e.g. ``hard,path change``."""
+ONLY_RUNS = os.environ.get("BENCH_AUDIO_RUNS", "")
+"""Comma-separated runs (empty: all): ``speex-today``, ``speex``, ``webrtc``."""
 DURATION_S = 12.0
 BARGE_IN_GOAL_MS = 200.0
 USER_TAIL_S = 0.5
@@ -101,9 +107,10 @@ class _Tally:
     after_change_ms: list[float] = field(default_factory=list)
 
 
-def front_end(engine: str, guard: bool, clock: StreamClock) -> FrontEnd:
+def front_end(engine: str, guard: bool, clock: StreamClock, tail_ms: int | None = None) -> FrontEnd:
+    audio = replace(AudioConfig(), aec=engine)
     config = Config(
-        audio=replace(AudioConfig(), aec=engine),
+        audio=audio if tail_ms is None else replace(audio, aec_tail_ms=tail_ms),
         activation=replace(ActivationConfig(), wake_word=""),
     )
     return FrontEnd(config, AudioFormat(rate=RATE, frame_ms=20), clock=clock, guard=guard)
@@ -228,16 +235,33 @@ def _rows(label: str, cond: str, t: _Tally) -> list[tuple[str, str]]:
     return rows
 
 
+def _chosen(names: list[str], only: str, what: str) -> list[str]:
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(unknown)} (one of {', '.join(names)})")
+    return [n for n in names if not wanted or n in wanted]
+
+
+def _run_name(engine: str, guard: bool) -> str:
+    return engine if guard else f"{engine}-today"
+
+
 def run(rooms: int = ROOMS) -> list[tuple[str, str]]:
+    conditions = _chosen(list(roomset.CONDITIONS), ONLY_CONDITIONS, "condition")
+    runs = _chosen([_run_name(*r) for r in RUNS], ONLY_RUNS, "run")
     rows: list[tuple[str, str]] = [
         (f"rooms: {name}", f"{rooms} seeds: {c.description}")
         for name, c in roomset.CONDITIONS.items()
+        if name in conditions
     ]
     scenes = {
         name: [roomset.make_hard_scene(seed, name, duration_s=DURATION_S) for seed in range(rooms)]
-        for name in roomset.CONDITIONS
+        for name in conditions
     }
     for engine, guard in RUNS:
+        if _run_name(engine, guard) not in runs:
+            continue
         probe = make_canceller(engine, RATE, AudioConfig().aec_tail_ms)
         lag = room.engine_latency(probe, RATE)
         probe.close()
