@@ -178,9 +178,16 @@ async def run_demo(
             leds, button = make_gpio(config, app.post)
             app.leds = leds
             pin = button.button.pin
-            for chatty in ("app", "session_runner", "telemetry", "micpump"):
-                logger = logging.getLogger(f"appliance.{chatty}")
-                logger.addFilter(lambda r: r.levelno >= logging.WARNING)
+
+            def warnings_only(record: logging.LogRecord) -> bool:
+                return record.levelno >= logging.WARNING
+
+            chatty = [
+                logging.getLogger(f"appliance.{name}")
+                for name in ("app", "session_runner", "telemetry", "micpump")
+            ]
+            for logger in chatty:
+                logger.addFilter(warnings_only)
             try:
                 say("turn 1: hold the button and ask (push-to-talk)")
                 pin.drive_low()
@@ -217,6 +224,8 @@ async def run_demo(
                     # GPT-Live bills active and standby (paused) seconds apart
                     say(f"Live session usage so far: {app.session.usage}")
             finally:
+                for logger in chatty:  # the demo may run inside another program
+                    logger.removeFilter(warnings_only)
                 stop.set()
                 await runner
                 if button is not None:

@@ -76,10 +76,6 @@ class Call:
         self._spawn = self._tasks.spawn
         self._expiry_handle: asyncio.TimerHandle | None = None
         self.wire = Wire(call_id, faults)
-        self.sent = self.wire.sent
-        """Every server event sent, in order (the wire's list)."""
-        self.received = self.wire.received
-        """Every client event received that parsed as a JSON object, in order."""
         self.conversation = Conversation(session, self.wire, self._turn_detection_changed)
         self.track: ReplyAudio = (
             DeltaAudio(self.wire.send, lambda: self.conversation.audio_format("output"))
@@ -105,6 +101,24 @@ class Call:
         }
 
     # ------------------------------------------------------------------ what tests read
+
+    @property
+    def sent(self) -> list[JSON]:
+        """Every server event sent, in order (the wire's list)."""
+        return self.wire.sent
+
+    @sent.setter
+    def sent(self, events: list[JSON]) -> None:  # a test may swap in a list it can wait on
+        self.wire.sent = events
+
+    @property
+    def received(self) -> list[JSON]:
+        """Every client event received that parsed as a JSON object, in order."""
+        return self.wire.received
+
+    @received.setter
+    def received(self, events: list[JSON]) -> None:
+        self.wire.received = events
 
     @property
     def session(self) -> JSON:

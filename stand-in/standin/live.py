@@ -180,8 +180,6 @@ class LiveSession:
         self.track = ReplyTrack()
         self.wire = LiveWire(session_id, faults, config)
         self.wire.handlers = self._handlers()
-        self.sent = self.wire.sent
-        self.received = self.wire.received
         self.closed = asyncio.Event()
         self.channel_label = ""
         self._vad = webrtcvad.Vad(2)
@@ -212,6 +210,24 @@ class LiveSession:
         self._idle_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ set-up
+
+    @property
+    def sent(self) -> list[JSON]:
+        """Every server event sent, in order (the wire's list)."""
+        return self.wire.sent
+
+    @sent.setter
+    def sent(self, events: list[JSON]) -> None:  # a test may swap in a list it can wait on
+        self.wire.sent = events
+
+    @property
+    def received(self) -> list[JSON]:
+        """Every client event received that parsed as a JSON object, in order."""
+        return self.wire.received
+
+    @received.setter
+    def received(self, events: list[JSON]) -> None:
+        self.wire.received = events
 
     @property
     def now_ms(self) -> int:
